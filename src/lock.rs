@@ -1,0 +1,138 @@
+//! A small spin lock for the registry shards.
+//!
+//! Why not `std::sync::Mutex`: the fork handlers must take every shard lock in
+//! the parent and release it in both processes afterwards (SPEC §3), which
+//! needs lock and unlock as separate calls rather than a guard's lifetime.
+//! Critical sections are a few dozen instructions and never allocate, so a
+//! spin that yields the CPU after a short while is the right tool.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Spins before yielding; short, because the holder is about to finish.
+const SPINS_BEFORE_YIELD: u32 = 64;
+
+pub struct SpinLock<T> {
+    locked: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out access to `value` to one thread at a time, so it
+// may be shared whenever `T` may be sent between threads.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    pub const fn new(value: T) -> Self {
+        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    /// Waits for the lock; it is released when the guard is dropped.
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        self.acquire();
+        SpinGuard { lock: self }
+    }
+
+    /// Takes the lock with no guard, for the fork handlers.
+    pub fn acquire(&self) {
+        while !self.try_acquire() {
+            let mut spins = 0;
+            // Wait with plain loads so waiting threads do not steal the
+            // cache line from the holder.
+            while self.locked.load(Ordering::Relaxed) {
+                if spins < SPINS_BEFORE_YIELD {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Releases a lock taken by [`SpinLock::acquire`].
+    ///
+    /// # Safety
+    /// The calling thread holds the lock through `acquire` (after `fork`, the
+    /// child's only thread counts as the one that took it), and no guard exists.
+    pub unsafe fn release(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Access to a locked value; dropping it releases the lock.
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> core::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves this thread holds the lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves this thread holds the lock, and `&mut self`
+        // that this is the only access through it.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard was made when this thread took the lock.
+        unsafe { self.lock.release() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_held_lock_refuses_others_until_released() {
+        let lock = SpinLock::new(());
+        let guard = lock.lock();
+        assert!(!lock.try_acquire());
+        drop(guard);
+        assert!(lock.try_acquire(), "dropping the guard released it");
+    }
+
+    #[test]
+    fn acquire_and_release_pair_without_a_guard() {
+        let lock = SpinLock::new(());
+        lock.acquire();
+        assert!(!lock.try_acquire());
+        // SAFETY: this thread took the lock just above and made no guard.
+        unsafe { lock.release() };
+        assert!(lock.try_acquire());
+    }
+
+    #[test]
+    fn increments_from_many_threads_are_not_lost() {
+        const THREADS: u64 = 4;
+        const ROUNDS: u64 = 20_000;
+        let counter = Arc::new(SpinLock::new(0u64));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        *counter.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("worker");
+        }
+        assert_eq!(*counter.lock(), THREADS * ROUNDS);
+    }
+}

@@ -1,0 +1,103 @@
+//! The C allocator: every byte the library owns, blocks and registry tables
+//! alike, comes from here, so valgrind, AddressSanitizer and an `LD_PRELOAD`ed
+//! malloc see it as usual (SPEC §3). Nothing here can abort: a refusal is a
+//! NULL pointer, which callers turn into `MAPI_E_NOT_ENOUGH_MEMORY`.
+
+use core::ffi::c_void;
+
+/// Alignment of every pointer handed to a client: enough for any MAPI
+/// structure (`SPropValue` with doubles, `FILETIME`, `LARGE_INTEGER`).
+pub const BLOCK_ALIGN: usize = if cfg!(target_pointer_width = "64") { 16 } else { 8 };
+
+/// `size` bytes aligned to [`BLOCK_ALIGN`], or NULL.
+pub fn alloc_aligned(size: usize) -> *mut u8 {
+    if injected_failure() {
+        return core::ptr::null_mut();
+    }
+    aligned_from_c(size)
+}
+
+#[cfg(unix)]
+fn aligned_from_c(size: usize) -> *mut u8 {
+    let mut block: *mut c_void = core::ptr::null_mut();
+    // SAFETY: `block` is a valid out-pointer and BLOCK_ALIGN is a power of two
+    // and a multiple of `sizeof(void *)`, as posix_memalign requires. On
+    // failure it returns non-zero and leaves `block` untouched (NULL).
+    let status = unsafe { libc::posix_memalign(&mut block, BLOCK_ALIGN, size) };
+    if status == 0 {
+        block.cast()
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+#[cfg(not(unix))]
+fn aligned_from_c(size: usize) -> *mut u8 {
+    // The Windows C runtime's malloc is documented to align to 16 bytes on
+    // 64-bit and 8 on 32-bit, which is BLOCK_ALIGN.
+    // SAFETY: malloc accepts any size and returns NULL when it cannot comply.
+    unsafe { libc::malloc(size) }.cast()
+}
+
+/// `count * size` zeroed bytes, or NULL (also when the product overflows).
+pub fn alloc_zeroed(count: usize, size: usize) -> *mut u8 {
+    if injected_failure() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: calloc accepts any arguments and checks the product itself.
+    unsafe { libc::calloc(count, size) }.cast()
+}
+
+/// Returns memory from [`alloc_aligned`] or [`alloc_zeroed`] to the C allocator.
+///
+/// # Safety
+/// `ptr` is NULL or came from one of those functions and was not released yet.
+pub unsafe fn release(ptr: *mut u8) {
+    // SAFETY: by the caller's contract, `ptr` is a live C-allocator block (or NULL).
+    unsafe { libc::free(ptr.cast()) }
+}
+
+#[cfg(test)]
+pub use fault::fail_allocation_after;
+
+#[cfg(test)]
+fn injected_failure() -> bool {
+    fault::should_fail()
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn injected_failure() -> bool {
+    false
+}
+
+/// Unit tests make the Nth allocation of their own thread fail, to prove that
+/// running out of memory inside the registry is reported, not fatal.
+#[cfg(test)]
+mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static REMAINING: Cell<Option<u32>> = Cell::new(None);
+    }
+
+    /// After `successes` more allocations on this thread succeed, the next
+    /// one fails; `None` switches injection off.
+    pub fn fail_allocation_after(successes: Option<u32>) {
+        REMAINING.with(|remaining| remaining.set(successes));
+    }
+
+    pub fn should_fail() -> bool {
+        REMAINING.with(|remaining| match remaining.get() {
+            None => false,
+            Some(0) => {
+                remaining.set(None);
+                true
+            }
+            Some(n) => {
+                remaining.set(Some(n - 1));
+                false
+            }
+        })
+    }
+}
