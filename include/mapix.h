@@ -15,43 +15,43 @@
 #error "libmapi32's mapix.h supports 64-bit Windows and non-Windows targets only"
 #endif
 
-/*
- A MAPI status code: 32-bit signed on every platform. Negative means failure.
+/**
+ * A MAPI status code: 32-bit signed on every platform. Negative means failure.
  */
 typedef int32_t SCODE;
 
-/*
- A 32-bit unsigned count on every platform (never C `unsigned long`,
- which is 64-bit on LP64 Linux).
+/**
+ * A 32-bit unsigned count on every platform (never C `unsigned long`,
+ * which is 64-bit on LP64 Linux).
  */
 typedef uint32_t ULONG;
 
-/*
- An untyped pointer, C `void *`.
+/**
+ * An untyped pointer, C `void *`.
  */
 typedef void *LPVOID;
 
-/*
- `S_OK` (0x00000000): the call succeeded.
+/**
+ * `S_OK` (0x00000000): the call succeeded.
  */
 #define S_OK 0
 
-/*
- `MAPI_E_NOT_ENOUGH_MEMORY` (0x8007000E): the C allocator refused the block,
- the library could not record it, or the size overflowed once the library's
- overhead was added. The output pointer is set to NULL.
+/**
+ * `MAPI_E_NOT_ENOUGH_MEMORY` (0x8007000E): the C allocator refused the block,
+ * the library could not record it, or the size overflowed once the library's
+ * overhead was added. The output pointer is set to NULL.
  */
 #define MAPI_E_NOT_ENOUGH_MEMORY (SCODE)-2147024882
 
-/*
- `MAPI_E_INVALID_PARAMETER` (0x80070057): a NULL output pointer, or a parent
- that is not a live block of this library. Nothing is allocated.
+/**
+ * `MAPI_E_INVALID_PARAMETER` (0x80070057): a NULL output pointer, or a parent
+ * that is not a live block of this library. Nothing is allocated.
  */
 #define MAPI_E_INVALID_PARAMETER (SCODE)-2147024809
 
-/*
- `MAPI_E_CALL_FAILED` (0x80004005): an unexpected failure. This library never
- returns it today; it is declared for clients that test for it.
+/**
+ * `MAPI_E_CALL_FAILED` (0x80004005): an unexpected failure. This library never
+ * returns it today; it is declared for clients that test for it.
  */
 #define MAPI_E_CALL_FAILED (SCODE)-2147467259
 
@@ -59,61 +59,61 @@ typedef void *LPVOID;
 extern "C" {
 #endif // __cplusplus
 
-/*
- Allocates a root block of `cbSize` bytes.
-
- On success returns `S_OK` and stores in `*lppBuffer` a pointer to at least
- `cbSize` writable bytes, aligned to 16 bytes (8 on 32-bit platforms), with
- unspecified contents. `cbSize` 0 gives a unique, non-NULL block that can be
- freed and used as a parent.
-
- Returns `MAPI_E_INVALID_PARAMETER` if `lppBuffer` is NULL (nothing is
- allocated), and `MAPI_E_NOT_ENOUGH_MEMORY` with `*lppBuffer` set to NULL
- when memory runs out.
-
- Free the block, with every block allocated onto it, by `MAPIFreeBuffer`.
-
- # Safety
- `lppBuffer` is NULL or points to writable storage for one pointer.
+/**
+ * Allocates a root block of `cbSize` bytes.
+ *
+ * On success returns `S_OK` and stores in `*lppBuffer` a pointer to at least
+ * `cbSize` writable bytes, aligned to 16 bytes (8 on 32-bit platforms), with
+ * unspecified contents. `cbSize` 0 gives a unique, non-NULL block that can be
+ * freed and used as a parent.
+ *
+ * Returns `MAPI_E_INVALID_PARAMETER` if `lppBuffer` is NULL (nothing is
+ * allocated), and `MAPI_E_NOT_ENOUGH_MEMORY` with `*lppBuffer` set to NULL
+ * when memory runs out.
+ *
+ * Free the block, with every block allocated onto it, by `MAPIFreeBuffer`.
+ *
+ * # Safety
+ * `lppBuffer` is NULL or points to writable storage for one pointer.
  */
 SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer);
 
-/*
- Allocates a block of `cbSize` bytes that lives exactly as long as the
- root block `lpObject` belongs to.
-
- `lpObject` may be a root from `MAPIAllocateBuffer` or any block from
- `MAPIAllocateMore`: the new block joins the same root, and is freed when
- that root is passed to `MAPIFreeBuffer`. Costs the same however many
- blocks the root already has.
-
- Returns `S_OK` and stores the new block (aligned as for
- `MAPIAllocateBuffer`) in `*lppBuffer`. Returns `MAPI_E_INVALID_PARAMETER`
- if `lppBuffer` is NULL, or if `lpObject` is NULL, already freed, points
- inside a block, or was not returned by this library; the library decides
- that from its own records without reading memory at `lpObject`. Returns
- `MAPI_E_NOT_ENOUGH_MEMORY` when memory runs out. On every failure
- `*lppBuffer` (when not NULL) is set to NULL and the tree is unchanged.
-
- # Safety
- `lppBuffer` is NULL or points to writable storage for one pointer.
- `lpObject` may be any value.
+/**
+ * Allocates a block of `cbSize` bytes that lives exactly as long as the
+ * root block `lpObject` belongs to.
+ *
+ * `lpObject` may be a root from `MAPIAllocateBuffer` or any block from
+ * `MAPIAllocateMore`: the new block joins the same root, and is freed when
+ * that root is passed to `MAPIFreeBuffer`. Costs the same however many
+ * blocks the root already has.
+ *
+ * Returns `S_OK` and stores the new block (aligned as for
+ * `MAPIAllocateBuffer`) in `*lppBuffer`. Returns `MAPI_E_INVALID_PARAMETER`
+ * if `lppBuffer` is NULL, or if `lpObject` is NULL, already freed, points
+ * inside a block, or was not returned by this library; the library decides
+ * that from its own records without reading memory at `lpObject`. Returns
+ * `MAPI_E_NOT_ENOUGH_MEMORY` when memory runs out. On every failure
+ * `*lppBuffer` (when not NULL) is set to NULL and the tree is unchanged.
+ *
+ * # Safety
+ * `lppBuffer` is NULL or points to writable storage for one pointer.
+ * `lpObject` may be any value.
  */
 SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
 
-/*
- Frees a root block and every block allocated onto it.
-
- Always returns 0 (`S_OK`). NULL is accepted and does nothing. A block from
- `MAPIAllocateMore`, an already freed block, a pointer inside a block, or a
- pointer this library did not return is left alone: no memory is freed,
- read or written at that address.
-
- Known limit: once a freed address has been handed out again by a new
- allocation, a stale second free of it cannot be told from a real one.
-
- # Safety
- Any value of `lpBuffer` is accepted.
+/**
+ * Frees a root block and every block allocated onto it.
+ *
+ * Always returns 0 (`S_OK`). NULL is accepted and does nothing. A block from
+ * `MAPIAllocateMore`, an already freed block, a pointer inside a block, or a
+ * pointer this library did not return is left alone: no memory is freed,
+ * read or written at that address.
+ *
+ * Known limit: once a freed address has been handed out again by a new
+ * allocation, a stale second free of it cannot be told from a real one.
+ *
+ * # Safety
+ * Any value of `lpBuffer` is accepted.
  */
 ULONG MAPIFreeBuffer(LPVOID lpBuffer);
 

@@ -57,6 +57,13 @@ pub fn insert_root(block: Block) -> Result<(), Error> {
     shard(shard_index(block.addr())).lock().insert(block.addr(), Kind::Root)
 }
 
+/// Whether `addr` is a live root or child right now. A later call must
+/// check again under the lock: a concurrent free may end it at any moment.
+pub fn is_live(addr: usize) -> bool {
+    fork::ensure_handlers();
+    shard(shard_index(addr)).lock().get(addr).is_some()
+}
+
 /// Records a fresh block as a child, chained right after `parent`, if
 /// `parent` is a live root or child. On `Err` nothing has changed.
 pub fn insert_child(parent: usize, child: Block) -> Result<(), Error> {
@@ -188,6 +195,20 @@ mod fork {
             // On failure (ENOMEM) try again on a later call.
             STATE.store(if status == 0 { REGISTERED } else { UNREGISTERED }, Ordering::Release);
         }
+    }
+
+    /// Registers the handlers when the library is loaded, before any thread
+    /// can be inside it, so the first call cannot race a `fork()`.
+    /// `ensure_handlers` covers links where no constructor runs (a Rust test
+    /// binary that leaves this object out).
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+    #[used]
+    #[link_section = ".init_array"]
+    static REGISTER_AT_LOAD: extern "C" fn() = register_at_load;
+
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+    extern "C" fn register_at_load() {
+        ensure_handlers();
     }
 
     extern "C" fn prepare() {

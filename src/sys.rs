@@ -3,7 +3,7 @@
 //! malloc see it as usual (SPEC §3). Nothing here can abort: a refusal is a
 //! NULL pointer, which callers turn into `MAPI_E_NOT_ENOUGH_MEMORY`.
 
-use core::ffi::c_void;
+use libc::c_void;
 
 /// Alignment of every pointer handed to a client: enough for any MAPI
 /// structure (`SPropValue` with doubles, `FILETIME`, `LARGE_INTEGER`).

@@ -20,7 +20,10 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 /// A new child of `size` bytes that lives as long as the root of `parent`
 /// (`MAPIAllocateMore`). `parent` is only ever looked up, never read.
 pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
-    if parent == 0 {
+    // Refuse a bad parent before allocating anything, so that it is reported
+    // as such whatever the size, and costs no trip to the C allocator.
+    // `insert_child` checks again under the lock, for a concurrent free.
+    if parent == 0 || !registry::is_live(parent) {
         return Err(Error::InvalidParameter);
     }
     let block = Block::allocate(client_size(size)?)?;
@@ -107,6 +110,11 @@ mod tests {
         let root = allocate_root(48).unwrap();
         for parent in [0, 1, root.addr() + 1, root.addr() + 16, root.addr() - 16, usize::MAX & !15] {
             assert_eq!(allocate_child(8, parent), Err(Error::InvalidParameter), "{parent:#x}");
+            // A bad parent outranks a size the C allocator would refuse, and
+            // nothing is requested from it at all.
+            crate::sys::fail_allocation_after(Some(0));
+            assert_eq!(allocate_child(ULONG::MAX, parent), Err(Error::InvalidParameter), "{parent:#x}");
+            assert!(crate::sys::alloc_aligned(8).is_null(), "the armed failure was not consumed");
         }
         assert_eq!(free_root(root.addr()), Ok(1), "the refused calls added no child");
     }
