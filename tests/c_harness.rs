@@ -5,16 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// target/<profile>: the test binary runs from target/<profile>/deps.
-fn profile_dir() -> PathBuf {
+/// target/<profile>/deps, where this test binary lives. `cargo test` builds
+/// the cdylib there for this run; only `cargo build` copies it one level up,
+/// so the copy in target/<profile> may be stale.
+fn deps_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+    exe.parent().expect("target/<profile>/deps").to_path_buf()
 }
 
 #[test]
 fn c_conformance_suite_passes() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lib_dir = profile_dir();
+    let lib_dir = deps_dir();
     assert!(lib_dir.join("libmapi32.so").exists(), "cargo did not build the cdylib in {}", lib_dir.display());
     let program = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
 
@@ -34,11 +36,16 @@ fn c_conformance_suite_passes() {
         .arg(&program)
         .arg(format!("-L{}", lib_dir.display()))
         .arg("-lmapi32")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        // Old-style DT_RPATH outranks LD_LIBRARY_PATH, on which cargo puts
+        // target/<profile> and its possibly stale copy of the library.
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib_dir.display()))
         .status()
         .expect("run the C compiler");
     assert!(status.success(), "compiling c_tests/conformance.c failed");
 
-    let status = Command::new(&program).status().expect("run the C conformance suite");
+    let status = Command::new(&program)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .status()
+        .expect("run the C conformance suite");
     assert!(status.success(), "C conformance suite failed ({status}); its output is above");
 }
