@@ -13,7 +13,9 @@ VALGRIND ?= valgrind
 CFLAGS ?= -O2 -g
 STRICT := -Wall -Wextra -Wpedantic -Werror
 
-LIBDIR := target/release
+# Where cargo puts its output; honours CARGO_TARGET_DIR like cargo does.
+TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+LIBDIR := $(TARGET_DIR)/release
 LIB := $(LIBDIR)/libmapi32.so
 BUILD := build
 # Link the C programs against the freshly built .so, found at run time by an
