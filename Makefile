@@ -16,7 +16,6 @@ STRICT := -Wall -Wextra -Wpedantic -Werror
 # Where cargo puts its output; honours CARGO_TARGET_DIR like cargo does.
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 LIBDIR := $(TARGET_DIR)/release
-LIB := $(LIBDIR)/libmapi32.so
 BUILD := build
 # Link the C programs against the freshly built .so, found at run time by an
 # old-style DT_RPATH, which (unlike DT_RUNPATH) outranks LD_LIBRARY_PATH: the
