@@ -48,8 +48,12 @@ $(BUILD)/more_cost: c_tests/more_cost.c include/mapix.h lib | $(BUILD)
 demo: $(BUILD)/demo
 	./$(BUILD)/demo
 
-# Order matters only for reading the log: the C conformance summary comes last.
-test: cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck c-test
+# The steps of `make test`. Fragments in mk/ add theirs to TEST_STEPS; the C
+# conformance suite runs last so that its summary closes the log.
+TEST_STEPS := cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck
+-include mk/*.mk
+
+test: $(TEST_STEPS) c-test
 
 # Rust unit tests, the committed-header check and the C harness built by cc.
 cargo-test:
