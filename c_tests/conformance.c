@@ -545,31 +545,26 @@ static void build_check_free_tree(unsigned seed)
 /* Warm-up                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Enough blocks that every registry shard (64, picked by address) sees some. */
+/* Enough blocks that the registry's tables grow and shrink back once. */
 #define WARM_UP_ROOTS 4096
 
 /* Best effort, unchecked: the tests report whatever goes wrong here. */
-static void allocate_and_free_small_tree(void)
-{
-    void *root = NULL, *child = NULL;
-    if (MAPIAllocateBuffer(16, &root) == S_OK) {
-        MAPIAllocateMore(16, root, &child);
-        MAPIFreeBuffer(root);
-    }
-}
-
 static void warm_up_worker(unsigned index, void *barrier)
 {
+    void *root = NULL, *child = NULL;
     (void)index;
-    pthread_barrier_wait(barrier); /* all threads alive at once */
-    allocate_and_free_small_tree();
+    if (MAPIAllocateBuffer(16, &root) == S_OK)
+        MAPIAllocateMore(16, root, &child);
+    pthread_barrier_wait(barrier); /* every thread holds a tree at once */
+    MAPIFreeBuffer(root);
 }
 
 /*
- * The registry creates each shard's table on first use and keeps its smallest
- * table for good, and glibc keeps thread stacks (and their malloc'd TLS
- * bookkeeping) cached once used. Do both now, so that afterwards the heap
- * total only moves with the blocks a test holds.
+ * The registry gives every thread that allocates a heap of its own, reuses
+ * the heaps of exited threads, and never frees a heap (only its table, once
+ * empty); glibc keeps thread stacks (and their malloc'd TLS bookkeeping)
+ * cached once used. Make MAX_THREADS heaps and stacks exist now, so that
+ * afterwards the heap total only moves with the blocks a test holds.
  */
 static void warm_up(void)
 {

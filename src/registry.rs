@@ -3,43 +3,238 @@
 //! Every question about a client's pointer is answered here, from the
 //! library's own tables, before any memory at that pointer is touched.
 //!
-//! Shape: [`SHARD_COUNT`] shards picked by a hash of the block address, each a
-//! spin lock over a [`PtrTable`]. A root and its children form one chain
-//! through the `next` field of their headers; `MAPIAllocateMore(parent)`
-//! splices the new block in right after `parent`, so it costs O(1) whether
-//! `parent` is the root or one of its children, and freeing the root walks
-//! the chain once.
+//! Shape (ARCHITECTURE.md tells the why at more length):
+//! - Each thread that allocates owns a [`Heap`]: a [`PtrTable`] of the blocks
+//!   of the trees whose root it allocated. A child is recorded in the heap of
+//!   its parent, so a whole tree lives in one heap, and that heap's exclusive
+//!   access guards the tree's chain too.
+//! - A root and its children form one chain through the `next` field of their
+//!   headers; `MAPIAllocateMore(parent)` splices the new block in right after
+//!   `parent`, so it costs O(1) whether `parent` is the root or a child.
+//! - The owner enters its heap with plain stores and loads, no atomic
+//!   read-modify-write: that is what makes the common case (a thread freeing
+//!   what it allocated) cost about what malloc does. Any other thread is a
+//!   *guest*: it takes the heap's lock, says so, and waits for the owner to
+//!   step out. The owner's side of that handshake needs a full fence, which
+//!   the guest supplies on its behalf with `membarrier` (see [`fence`]).
+//! - A thread that exits leaves its heap as an orphan, which any thread may
+//!   enter as a guest and a new thread adopts. `fork()` quiesces every heap
+//!   first; in the child, the other threads' heaps become orphans.
 //!
-//! Locking rule: the lock of the shard that holds a block's address also
-//! guards that block's `next` field. A thread holds at most one shard lock,
-//! except [`insert_child`], which takes two in increasing index order, and
-//! the fork handlers, which take all of them in the same order; so no two
-//! threads can wait on each other.
+//! At most one heap is held at a time by any thread, except by the fork
+//! handlers, which take every guest lock in list order; so no two threads can
+//! wait on each other.
 
 use crate::block::Block;
 use crate::lock::{SpinGuard, SpinLock};
 use crate::scode::Error;
+use crate::sys;
 use crate::table::{Kind, PtrTable};
+use core::cell::{Cell, UnsafeCell};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-const SHARD_BITS: u32 = 6;
-const SHARD_COUNT: usize = 1 << SHARD_BITS;
-
-/// One cache line each, so threads working in different shards do not
-/// contend on the same line.
-#[repr(align(64))]
-struct Shard(SpinLock<PtrTable>);
-
-const EMPTY_SHARD: Shard = Shard(SpinLock::new(PtrTable::new()));
-static SHARDS: [Shard; SHARD_COUNT] = [EMPTY_SHARD; SHARD_COUNT];
-
-fn shard_index(addr: usize) -> usize {
-    // A different multiplier from the table's own hash, so that the addresses
-    // sharing a shard still spread over that shard's slots.
-    ((addr as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARD_BITS)) as usize
+/// The blocks of the trees rooted by one thread (or, once that thread has
+/// gone, by nobody: an orphan).
+struct Heap {
+    /// Keeps the hot fields off the cache lines of neighbouring allocations.
+    _pad_front: [u8; 64],
+    /// The owner is inside an operation. Written only by the owner.
+    owner_busy: AtomicBool,
+    /// A guest holds `guest` and wants the owner out. Written only under `guest`.
+    guest_waiting: AtomicBool,
+    /// A live thread owns this heap. Changed only under `guest`.
+    owned: AtomicBool,
+    /// Serialises every access that is not the owner's fast path.
+    guest: SpinLock<()>,
+    table: UnsafeCell<PtrTable>,
+    /// The next heap in the list of all heaps; set before the heap is published.
+    next: *const Heap,
+    _pad_back: [u8; 64],
 }
 
-fn shard(index: usize) -> &'static SpinLock<PtrTable> {
-    &SHARDS[index & (SHARD_COUNT - 1)].0
+// SAFETY: the table is only reached through `HeapAccess`, which the
+// owner/guest protocol makes exclusive; the other fields are atomics, the
+// lock, and a pointer that never changes once the heap is published.
+unsafe impl Sync for Heap {}
+
+impl Heap {
+    const fn new(owned: bool, next: *const Heap) -> Heap {
+        Heap {
+            _pad_front: [0; 64],
+            owner_busy: AtomicBool::new(false),
+            guest_waiting: AtomicBool::new(false),
+            owned: AtomicBool::new(owned),
+            guest: SpinLock::new(()),
+            table: UnsafeCell::new(PtrTable::new()),
+            next,
+            _pad_back: [0; 64],
+        }
+    }
+
+    /// The owner's way in: two plain stores and a load when no guest is about.
+    fn enter_as_owner(&self) -> HeapAccess<'_> {
+        self.owner_busy.store(true, Ordering::Relaxed);
+        fence::owner_side();
+        // Acquire: when a guest has just left, see what it wrote.
+        if !self.guest_waiting.load(Ordering::Acquire) {
+            return HeapAccess { heap: self, guest: None };
+        }
+        // A guest is in or about to be: step out, and queue behind it.
+        self.owner_busy.store(false, Ordering::Release);
+        HeapAccess { heap: self, guest: Some(self.guest.lock()) }
+    }
+
+    /// Everyone else's way in: the lock, then wait until the owner is out.
+    fn enter_as_guest(&self) -> HeapAccess<'_> {
+        let guard = self.guest.lock();
+        if self.owned.load(Ordering::Relaxed) {
+            self.guest_waiting.store(true, Ordering::Relaxed);
+            fence::guest_side();
+            // Acquire: see everything the owner wrote before stepping out.
+            while self.owner_busy.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+        }
+        HeapAccess { heap: self, guest: Some(guard) }
+    }
+}
+
+/// Exclusive access to one heap's table; leaving is dropping it.
+struct HeapAccess<'a> {
+    heap: &'a Heap,
+    /// `Some` when entered through the guest lock.
+    guest: Option<SpinGuard<'a, ()>>,
+}
+
+impl HeapAccess<'_> {
+    fn table(&mut self) -> &mut PtrTable {
+        // SAFETY: the owner/guest protocol admits one `HeapAccess` per heap at
+        // a time, and `&mut self` makes this the only borrow through it.
+        unsafe { &mut *self.heap.table.get() }
+    }
+}
+
+impl Drop for HeapAccess<'_> {
+    fn drop(&mut self) {
+        if self.guest.is_none() {
+            // Release: the next one in sees what we wrote.
+            self.heap.owner_busy.store(false, Ordering::Release);
+            return;
+        }
+        if !self.heap.owned.load(Ordering::Relaxed) {
+            // The last blocks of a dead thread's heap were just freed: keep
+            // no memory for them (ThreadHeap's drop does this at exit).
+            self.table().release_if_empty();
+        }
+        // Release, as above. The lock itself is released when the guard
+        // drops, after this store.
+        self.heap.guest_waiting.store(false, Ordering::Release);
+    }
+}
+
+/// For threads that cannot have a heap of their own (their thread-local
+/// storage is being torn down): an orphan from the start, entered as a guest.
+static SHARED: Heap = Heap::new(false, ptr::null());
+
+/// The list of all heaps, newest first; heaps are never freed, only reused.
+static HEAPS: AtomicPtr<Heap> = AtomicPtr::new(&SHARED as *const Heap as *mut Heap);
+
+/// Held to add a heap to the list, and by the fork handlers.
+static HEAP_LIST: SpinLock<()> = SpinLock::new(());
+
+fn heaps() -> impl Iterator<Item = &'static Heap> {
+    // SAFETY: every pointer in the list is a published heap, never freed.
+    let first = unsafe { HEAPS.load(Ordering::Acquire).as_ref() };
+    core::iter::successors(first, |heap| unsafe { heap.next.as_ref() })
+}
+
+/// This thread's claim on its heap; dropping it (at thread exit) orphans it.
+struct ThreadHeap(Cell<*const Heap>);
+
+impl Drop for ThreadHeap {
+    fn drop(&mut self) {
+        // SAFETY: a non-null pointer here is a published heap, never freed.
+        if let Some(heap) = unsafe { self.0.get().as_ref() } {
+            let _guard = heap.guest.lock();
+            heap.owned.store(false, Ordering::Relaxed);
+            // SAFETY: this thread owns the heap and is not inside an
+            // operation, and it holds the guest lock: nobody else is in.
+            let table = unsafe { &mut *heap.table.get() };
+            // An orphan with no blocks keeps no memory for them.
+            table.release_if_empty();
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_HEAP: ThreadHeap = const { ThreadHeap(Cell::new(ptr::null())) };
+}
+
+/// This thread's heap, if it has one already.
+fn current_heap() -> Option<&'static Heap> {
+    // SAFETY: a non-null pointer here is a published heap, never freed.
+    THREAD_HEAP.try_with(|mine| unsafe { mine.0.get().as_ref() }).ok().flatten()
+}
+
+/// Where this thread records a new root: its own heap, which it adopts or
+/// makes on first use; `None` while its thread-local storage is torn down.
+fn home_heap() -> Result<Option<&'static Heap>, Error> {
+    let claimed = THREAD_HEAP.try_with(|mine| {
+        // SAFETY: as in `current_heap`.
+        if let Some(heap) = unsafe { mine.0.get().as_ref() } {
+            return Ok(heap);
+        }
+        let heap = claim_heap()?;
+        mine.0.set(heap);
+        Ok(heap)
+    });
+    match claimed {
+        Ok(result) => result.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Adopts an orphan heap, or makes and publishes a new one.
+fn claim_heap() -> Result<&'static Heap, Error> {
+    fence::init();
+    for heap in heaps() {
+        if core::ptr::eq(heap, &SHARED) || heap.owned.load(Ordering::Relaxed) {
+            continue;
+        }
+        let _guard = heap.guest.lock();
+        if !heap.owned.load(Ordering::Relaxed) {
+            heap.owned.store(true, Ordering::Relaxed);
+            return Ok(heap);
+        }
+    }
+    let memory = sys::alloc_aligned(core::mem::size_of::<Heap>()).cast::<Heap>();
+    if memory.is_null() {
+        return Err(Error::NoMemory);
+    }
+    let _list = HEAP_LIST.lock();
+    // SAFETY: fresh memory of the right size, aligned to BLOCK_ALIGN (more
+    // than Heap needs); nothing else can see it until it is published.
+    unsafe { memory.write(Heap::new(true, HEAPS.load(Ordering::Relaxed))) };
+    HEAPS.store(memory, Ordering::Release);
+    // SAFETY: just published; heaps are never freed.
+    Ok(unsafe { &*memory })
+}
+
+/// Runs `attempt` on each heap's table in turn, with exclusive access, until
+/// one answers `Some`: this thread's own heap first (the usual case, on the
+/// owner's fast path), then every other heap as a guest. `attempt` answers
+/// `None` when its block is not in the table it is given.
+fn in_heap_of<R>(mut attempt: impl FnMut(&mut PtrTable) -> Option<R>) -> Option<R> {
+    let mine = current_heap();
+    if let Some(heap) = mine {
+        if let Some(answer) = attempt(heap.enter_as_owner().table()) {
+            return Some(answer);
+        }
+    }
+    heaps()
+        .filter(|heap| !mine.map_or(false, |mine| core::ptr::eq(mine, *heap)))
+        .find_map(|heap| attempt(heap.enter_as_guest().table()))
 }
 
 /// Why `MAPIFreeBuffer` left a pointer alone.
@@ -51,156 +246,208 @@ pub enum NotARoot {
     Unknown,
 }
 
-/// Records a fresh block as a root.
+/// Records a fresh block as a root, in this thread's heap.
 pub fn insert_root(block: Block) -> Result<(), Error> {
-    fork::ensure_handlers();
-    shard(shard_index(block.addr())).lock().insert(block.addr(), Kind::Root)
-}
-
-/// Whether `addr` is a live root or child right now. A later call must
-/// check again under the lock: a concurrent free may end it at any moment.
-pub fn is_live(addr: usize) -> bool {
-    fork::ensure_handlers();
-    shard(shard_index(addr)).lock().get(addr).is_some()
-}
-
-/// Records a fresh block as a child, chained right after `parent`, if
-/// `parent` is a live root or child. On `Err` nothing has changed.
-pub fn insert_child(parent: usize, child: Block) -> Result<(), Error> {
-    fork::ensure_handlers();
-    let parent_shard = shard_index(parent);
-    let child_shard = shard_index(child.addr());
-    let mut locked = LockedPair::lock(parent_shard, child_shard);
-    if locked.table(parent_shard).get(parent).is_none() {
-        return Err(Error::InvalidParameter);
+    match home_heap()? {
+        Some(heap) => heap.enter_as_owner().table().insert(block.addr(), Kind::Root),
+        None => SHARED.enter_as_guest().table().insert(block.addr(), Kind::Root),
     }
-    locked.table(child_shard).insert(child.addr(), Kind::Child)?;
-    // SAFETY: `parent` is live (the registry just said so) and stays live,
-    // with its `next` unchanged, while its shard lock is held; `child` is
-    // fresh, and its shard lock is held too.
+}
+
+/// Allocates a block of `size` bytes and records it as a child, chained
+/// right after `parent`, if `parent` is a live root or child; else
+/// `InvalidParameter`, with nothing allocated. The block is allocated only
+/// once `parent` has been found, with its heap held, so a concurrent free
+/// cannot slip in between. On `Err` nothing has changed.
+pub fn allocate_child(parent: usize, size: usize) -> Result<Block, Error> {
+    in_heap_of(|table| {
+        table.get(parent)?;
+        Some(Block::allocate(size).and_then(|child| link_child(table, parent, child)))
+    })
+    .unwrap_or(Err(Error::InvalidParameter))
+}
+
+/// Records `child` in `table` and splices it in after `parent`; on failure
+/// releases it.
+fn link_child(table: &mut PtrTable, parent: usize, child: Block) -> Result<Block, Error> {
+    if let Err(error) = table.insert(child.addr(), Kind::Child) {
+        // SAFETY: the block is fresh and was never recorded or shared.
+        unsafe { child.release() };
+        return Err(error);
+    }
+    // SAFETY: `parent` is live and its heap is held, which guards the chain;
+    // `child` is fresh and not yet shared.
     unsafe {
         let parent = Block::from_addr(parent);
         child.set_next(parent.next());
         parent.set_next(child.addr());
     }
-    Ok(())
+    Ok(child)
 }
 
-/// Removes the root at `addr` from the registry. Its children stay recorded
-/// until the returned [`Chain`] reaches them; the caller must drain it.
+/// Removes the root at `addr` and all its children from the registry, and
+/// returns them for the caller to release.
 pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
-    fork::ensure_handlers();
-    let mut table = shard(shard_index(addr)).lock();
-    match table.remove_if(addr, Kind::Root) {
+    in_heap_of(|table| match table.remove_if(addr, Kind::Root) {
+        Err(None) => None,
+        Err(Some(_)) => Some(Err(NotARoot::Child)),
         Ok(()) => {
-            // SAFETY: `addr` was a live root until this moment; its memory is
-            // still ours, and with its shard lock held (and it now unknown to
-            // `insert_child`) its `next` can no longer change.
-            let root = unsafe { Block::from_addr(addr) };
-            let first_child = unsafe { root.next() };
-            Ok(Chain { root: Some(root), next_child: first_child })
+            // SAFETY: `addr` was a live root; its heap is held, which guards
+            // the chain, and each child is removed before its link is followed.
+            unsafe { remove_children(table, Block::from_addr(addr)) };
+            Some(Ok(Chain { next: addr }))
         }
-        Err(Some(Kind::Child)) => Err(NotARoot::Child),
-        Err(_) => Err(NotARoot::Unknown),
+    })
+    .unwrap_or(Err(NotARoot::Unknown))
+}
+
+/// Removes every child chained after `root` from `table`.
+///
+/// # Safety
+/// `root` was just removed from `table`, whose heap the caller holds.
+unsafe fn remove_children(table: &mut PtrTable, root: Block) {
+    let mut last = root;
+    // SAFETY: each block reached is a live child of this tree until removed
+    // here; the held heap guards every link.
+    unsafe {
+        while last.next() != 0 {
+            let child = last.next();
+            if table.remove_if(child, Kind::Child).is_err() {
+                // Every chained block is a recorded child, so this cannot
+                // happen; if it did, stopping here leaks memory where going
+                // on could free someone else's.
+                last.set_next(0);
+                return;
+            }
+            last = Block::from_addr(child);
+        }
     }
 }
 
-/// The blocks of a removed root, the root first. Each block it yields has
-/// left the registry: the caller owns it and must release it.
+/// The blocks of a removed tree, the root first. No other thread can reach
+/// them any more: each block yielded belongs to the caller, who must release
+/// it, and its link is read before it is yielded.
 pub struct Chain {
-    root: Option<Block>,
-    /// The next child to yield, still recorded in the registry; 0 at the end.
-    next_child: usize,
+    next: usize,
 }
 
 impl Iterator for Chain {
     type Item = Block;
 
     fn next(&mut self) -> Option<Block> {
-        if let Some(root) = self.root.take() {
-            return Some(root);
-        }
-        let addr = self.next_child;
-        if addr == 0 {
+        if self.next == 0 {
             return None;
         }
-        let mut table = shard(shard_index(addr)).lock();
-        if table.remove(addr) != Some(Kind::Child) {
-            // Every chained block is a recorded child, so this cannot happen;
-            // if it ever did, stopping leaks memory where going on could free
-            // someone else's.
-            self.next_child = 0;
-            return None;
-        }
-        // SAFETY: `addr` was a live child until we removed it under its shard
-        // lock, which still guards its `next`; nothing else can reach it now.
-        let child = unsafe { Block::from_addr(addr) };
-        self.next_child = unsafe { child.next() };
-        Some(child)
+        // SAFETY: every block of the chain left the registry in `remove_root`
+        // and is released only after being yielded, after this read.
+        let block = unsafe { Block::from_addr(self.next) };
+        self.next = unsafe { block.next() };
+        Some(block)
     }
 }
 
-/// The locks of one or two shards, taken in increasing index order.
-struct LockedPair {
-    low_index: usize,
-    low: SpinGuard<'static, PtrTable>,
-    high: Option<SpinGuard<'static, PtrTable>>,
-}
+/// The fences of the owner/guest handshake.
+///
+/// The owner stores `owner_busy` then loads `guest_waiting`; a guest stores
+/// `guest_waiting` then loads `owner_busy`. Each side needs a full fence
+/// between its store and its load, or both could get in. Where the kernel
+/// offers `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, the guest's call
+/// puts that fence into every running thread of the process, so the owner
+/// gets away with a compiler fence: its fast path has no atomic
+/// read-modify-write and no fence instruction. Elsewhere both sides use a
+/// sequentially consistent fence.
+mod fence {
+    use core::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 
-impl LockedPair {
-    fn lock(a: usize, b: usize) -> LockedPair {
-        let (low_index, high_index) = if a <= b { (a, b) } else { (b, a) };
-        let low = shard(low_index).lock();
-        let high = if high_index != low_index { Some(shard(high_index).lock()) } else { None };
-        LockedPair { low_index, low, high }
+    const UNDECIDED: u8 = 0;
+    /// The guest's membarrier fences the owner.
+    const ASYMMETRIC: u8 = 1;
+    /// Both sides fence.
+    const SYMMETRIC: u8 = 2;
+
+    /// Decided before the first heap exists and never changed while other
+    /// threads may be inside (only in a freshly forked child).
+    static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+
+    /// Decides the mode, once; called before any heap is made.
+    pub fn init() {
+        if MODE.load(Ordering::Acquire) == UNDECIDED {
+            let mode = if membarrier::register() { ASYMMETRIC } else { SYMMETRIC };
+            let _ = MODE.compare_exchange(UNDECIDED, mode, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
-    /// The table of shard `index`, which is one of the two locked.
-    fn table(&mut self, index: usize) -> &mut PtrTable {
-        match &mut self.high {
-            Some(high) if index != self.low_index => high,
-            _ => &mut self.low,
+    /// After `fork()`, in the child: registration is per process, so renew
+    /// it, or fall back to symmetric fences (no other thread is running yet).
+    pub fn renew_after_fork() {
+        if MODE.load(Ordering::Relaxed) == ASYMMETRIC && !membarrier::register() {
+            MODE.store(SYMMETRIC, Ordering::Release);
+        }
+    }
+
+    #[inline]
+    pub fn owner_side() {
+        if MODE.load(Ordering::Relaxed) == ASYMMETRIC {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    pub fn guest_side() {
+        if MODE.load(Ordering::Relaxed) == ASYMMETRIC && membarrier::run() {
+            return;
+        }
+        // Registered but refused: cannot happen once registration succeeded.
+        // A full fence here still orders this side.
+        fence(Ordering::SeqCst);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    mod membarrier {
+        const QUERY: libc::c_long = 0;
+        const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+        const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+        fn call(command: libc::c_long) -> libc::c_long {
+            // SAFETY: membarrier takes a command and two zero arguments and
+            // touches no memory of ours.
+            unsafe { libc::syscall(libc::SYS_membarrier, command, 0 as libc::c_long, 0 as libc::c_long) }
+        }
+
+        pub fn register() -> bool {
+            let supported = call(QUERY);
+            supported > 0 && supported & PRIVATE_EXPEDITED != 0 && call(REGISTER_PRIVATE_EXPEDITED) == 0
+        }
+
+        pub fn run() -> bool {
+            call(PRIVATE_EXPEDITED) == 0
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    mod membarrier {
+        pub fn register() -> bool {
+            false
+        }
+
+        pub fn run() -> bool {
+            false
         }
     }
 }
 
 /// `fork()` must leave the child able to use the library at once (SPEC §3):
-/// the parent takes every shard lock before forking, so no table is caught
-/// half-changed, and both processes release them afterwards.
+/// the parent takes every heap, with no owner inside, before forking, so no
+/// table is caught half-changed; afterwards both processes let go, and in the
+/// child the heaps of threads that did not come along become orphans.
 #[cfg(unix)]
 mod fork {
-    use super::SHARDS;
-    use core::sync::atomic::{AtomicU8, Ordering};
-
-    const UNREGISTERED: u8 = 0;
-    const REGISTERING: u8 = 1;
-    const REGISTERED: u8 = 2;
-    static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
-
-    /// Registers the handlers on first use. Threads that find another one
-    /// registering go on without waiting: a thread cannot be left blocked on
-    /// this in a forked child.
-    #[inline]
-    pub fn ensure_handlers() {
-        if STATE.load(Ordering::Acquire) == REGISTERED {
-            return;
-        }
-        if STATE
-            .compare_exchange(UNREGISTERED, REGISTERING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            // SAFETY: the three handlers are `extern "C" fn()` that never
-            // unwind and live as long as the process.
-            let status = unsafe { libc::pthread_atfork(Some(prepare), Some(release_all), Some(release_all)) };
-            // On failure (ENOMEM) try again on a later call.
-            STATE.store(if status == 0 { REGISTERED } else { UNREGISTERED }, Ordering::Release);
-        }
-    }
+    use super::{fence, heaps, HEAP_LIST, THREAD_HEAP};
+    use core::sync::atomic::Ordering;
 
     /// Registers the handlers when the library is loaded, before any thread
     /// can be inside it, so the first call cannot race a `fork()`.
-    /// `ensure_handlers` covers links where no constructor runs (a Rust test
-    /// binary that leaves this object out).
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
     #[used]
     #[link_section = ".init_array"]
@@ -208,27 +455,54 @@ mod fork {
 
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
     extern "C" fn register_at_load() {
-        ensure_handlers();
+        fence::init();
+        // SAFETY: the three handlers are `extern "C" fn()` that never unwind
+        // and live as long as the process. If registration fails (ENOMEM at
+        // load), the library still works; only fork safety is lost.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
     }
 
     extern "C" fn prepare() {
-        for shard in SHARDS.iter() {
-            shard.0.acquire();
+        HEAP_LIST.acquire();
+        for heap in heaps() {
+            heap.guest.acquire();
+            heap.guest_waiting.store(true, Ordering::Relaxed);
+        }
+        // One fence for all heaps, then wait for every owner to step out.
+        fence::guest_side();
+        for heap in heaps() {
+            while heap.owned.load(Ordering::Relaxed) && heap.owner_busy.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
         }
     }
 
-    extern "C" fn release_all() {
-        for shard in SHARDS.iter() {
-            // SAFETY: `prepare` took every lock on this thread just before
-            // the fork; in the child this thread is its copy.
-            unsafe { shard.0.release() };
+    fn release_all() {
+        for heap in heaps() {
+            heap.guest_waiting.store(false, Ordering::Release);
+            // SAFETY: `prepare` took every guest lock and the list lock on
+            // this thread just before the fork; in the child this thread is
+            // its copy.
+            unsafe { heap.guest.release() };
         }
+        // SAFETY: as above.
+        unsafe { HEAP_LIST.release() };
     }
-}
 
-#[cfg(not(unix))]
-mod fork {
-    /// No `fork` to prepare for.
-    #[inline]
-    pub fn ensure_handlers() {}
+    extern "C" fn in_parent() {
+        release_all();
+    }
+
+    extern "C" fn in_child() {
+        fence::renew_after_fork();
+        let mine = THREAD_HEAP.try_with(|mine| mine.0.get()).unwrap_or(core::ptr::null());
+        for heap in heaps() {
+            if !core::ptr::eq(heap, mine) {
+                // Its owner thread did not come along.
+                heap.owned.store(false, Ordering::Relaxed);
+                heap.owner_busy.store(false, Ordering::Relaxed);
+            }
+        }
+        release_all();
+    }
 }

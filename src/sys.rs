@@ -19,6 +19,16 @@ pub fn alloc_aligned(size: usize) -> *mut u8 {
 
 #[cfg(unix)]
 fn aligned_from_c(size: usize) -> *mut u8 {
+    // malloc is much cheaper than posix_memalign in glibc and already aligns
+    // to 16 bytes on 64-bit platforms; an interposed malloc might not, for
+    // which posix_memalign remains. Both are released by free().
+    // SAFETY: malloc accepts any size and returns NULL when it cannot comply.
+    let block = unsafe { libc::malloc(size) };
+    if block as usize % BLOCK_ALIGN == 0 {
+        return block.cast();
+    }
+    // SAFETY: `block` came from malloc just above and is not used again.
+    unsafe { libc::free(block) };
     let mut block: *mut c_void = core::ptr::null_mut();
     // SAFETY: `block` is a valid out-pointer and BLOCK_ALIGN is a power of two
     // and a multiple of `sizeof(void *)`, as posix_memalign requires. On

@@ -24,6 +24,9 @@ const CHILD_TAG: usize = 1;
 const _: () = assert!(BLOCK_ALIGN > CHILD_TAG);
 
 const MIN_CAPACITY_BITS: u32 = 4;
+/// Tables shrink only while larger than this (256 slots, 2 KiB): below it
+/// the memory is not worth a rehash on every tree a thread builds and frees.
+const KEEP_CAPACITY_BITS: u32 = 8;
 
 /// Fibonacci hashing: the top bits of the product depend on every bit of the
 /// address, including the page and cache-line bits that vary most.
@@ -32,10 +35,18 @@ fn hash(addr: usize) -> u64 {
 }
 
 pub struct PtrTable {
-    /// `1 << capacity_bits` slots, or null before the first insert.
+    /// `mask + 1` slots, or null before the first insert.
     slots: *mut usize,
-    capacity_bits: u32,
+    /// Number of slots minus one; 0 while there are none.
+    mask: usize,
+    /// `64 - log2(slots)`: turns a hash into a home slot.
+    shift: u32,
     len: usize,
+    /// Grow when `len` reaches this: 3/4 of the slots, so probe runs stay short.
+    grow_at: usize,
+    /// Shrink when `len` falls below this: 1/8 of the slots, 0 at or below
+    /// KEEP_CAPACITY_BITS.
+    shrink_below: usize,
 }
 
 // SAFETY: the table owns its slot array outright; nothing else points into it.
@@ -43,7 +54,7 @@ unsafe impl Send for PtrTable {}
 
 impl PtrTable {
     pub const fn new() -> Self {
-        PtrTable { slots: core::ptr::null_mut(), capacity_bits: 0, len: 0 }
+        PtrTable { slots: core::ptr::null_mut(), mask: 0, shift: 64, len: 0, grow_at: 0, shrink_below: 0 }
     }
 
     /// Number of live addresses held.
@@ -52,33 +63,36 @@ impl PtrTable {
         self.len
     }
 
+    /// Gives the slot array back if no address is held.
+    pub fn release_if_empty(&mut self) {
+        if self.len == 0 {
+            *self = PtrTable::new();
+        }
+    }
+
+    #[cfg(test)]
     fn capacity(&self) -> usize {
         if self.slots.is_null() {
             0
         } else {
-            1 << self.capacity_bits
+            self.mask + 1
         }
     }
 
-    /// Index mask; only meaningful while `slots` is non-null.
-    fn mask(&self) -> usize {
-        self.capacity().wrapping_sub(1)
-    }
-
     fn home(&self, addr: usize) -> usize {
-        // capacity_bits is in 4..=63 whenever there are slots to index.
-        (hash(addr) >> (64 - self.capacity_bits)) as usize
+        // `shift` is in 1..=60 whenever there are slots to index.
+        (hash(addr) >> self.shift) as usize
     }
 
     fn slot(&self, index: usize) -> usize {
         // SAFETY: callers only index a non-null array; the mask keeps the
-        // index below its capacity.
-        unsafe { *self.slots.add(index & self.mask()) }
+        // index below its length.
+        unsafe { *self.slots.add(index & self.mask) }
     }
 
     fn set_slot(&mut self, index: usize, value: usize) {
         // SAFETY: as in `slot`.
-        unsafe { *self.slots.add(index & self.mask()) = value }
+        unsafe { *self.slots.add(index & self.mask) = value }
     }
 
     fn find_index(&self, addr: usize) -> Option<usize> {
@@ -92,7 +106,7 @@ impl PtrTable {
                 return None;
             }
             if value & !CHILD_TAG == addr {
-                return Some(index & self.mask());
+                return Some(index & self.mask);
             }
             index = index.wrapping_add(1);
         }
@@ -106,10 +120,8 @@ impl PtrTable {
     /// Records `addr`, which is BLOCK_ALIGN-aligned, non-zero and not present.
     /// On `Err` the table is unchanged.
     pub fn insert(&mut self, addr: usize, kind: Kind) -> Result<(), Error> {
-        // Grow at 3/4 full so probe runs stay short.
-        let needed = self.len.checked_add(1).ok_or(Error::NoMemory)?;
-        if needed.saturating_mul(4) > self.capacity().saturating_mul(3) {
-            let bits = if self.slots.is_null() { MIN_CAPACITY_BITS } else { self.capacity_bits + 1 };
+        if self.len >= self.grow_at {
+            let bits = if self.slots.is_null() { MIN_CAPACITY_BITS } else { 64 - self.shift + 1 };
             self.resize(bits)?;
         }
         self.place(tagged(addr, kind));
@@ -127,6 +139,7 @@ impl PtrTable {
     }
 
     /// Forgets `addr`, returning what it was.
+    #[cfg(test)]
     pub fn remove(&mut self, addr: usize) -> Option<Kind> {
         let index = self.find_index(addr)?;
         let kind = kind_of(self.slot(index));
@@ -149,7 +162,7 @@ impl PtrTable {
     fn remove_at(&mut self, mut hole: usize) {
         // Backward-shift: pull later members of the run into the hole unless
         // that would move them before their home slot.
-        let mask = self.mask();
+        let mask = self.mask;
         let mut index = hole;
         loop {
             index = (index + 1) & mask;
@@ -168,8 +181,8 @@ impl PtrTable {
         self.len -= 1;
         // Give memory back after a burst of frees; keep the larger table if
         // the C allocator refuses (nothing is lost).
-        if self.capacity_bits > MIN_CAPACITY_BITS && self.len.saturating_mul(8) < self.capacity() {
-            let _ = self.resize(self.capacity_bits - 1);
+        if self.len < self.shrink_below {
+            let _ = self.resize(64 - self.shift - 1);
         }
     }
 
@@ -178,16 +191,26 @@ impl PtrTable {
         if bits >= usize::BITS {
             return Err(Error::NoMemory);
         }
-        let fresh = sys::alloc_zeroed(1 << bits, core::mem::size_of::<usize>());
+        let count = 1usize << bits;
+        let fresh = sys::alloc_zeroed(count, core::mem::size_of::<usize>());
         if fresh.is_null() {
             return Err(Error::NoMemory);
         }
-        let old = core::mem::replace(self, PtrTable { slots: fresh.cast(), capacity_bits: bits, len: 0 });
-        let old_capacity = old.capacity();
-        for index in 0..old_capacity {
-            let value = old.slot(index);
-            if value != EMPTY {
-                self.place(value);
+        let resized = PtrTable {
+            slots: fresh.cast(),
+            mask: count - 1,
+            shift: 64 - bits,
+            len: 0,
+            grow_at: count / 4 * 3,
+            shrink_below: if bits > KEEP_CAPACITY_BITS { count / 8 } else { 0 },
+        };
+        let old = core::mem::replace(self, resized);
+        if !old.slots.is_null() {
+            for index in 0..=old.mask {
+                let value = old.slot(index);
+                if value != EMPTY {
+                    self.place(value);
+                }
             }
         }
         self.len = old.len;
@@ -270,6 +293,19 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_table_releases_its_slots_and_a_full_one_keeps_them() {
+        let mut table = PtrTable::new();
+        table.insert(addr(1), Kind::Root).unwrap();
+        table.release_if_empty();
+        assert_eq!(table.get(addr(1)), Some(Kind::Root));
+        table.remove(addr(1));
+        table.release_if_empty();
+        assert!(table.slots.is_null());
+        table.insert(addr(2), Kind::Root).unwrap();
+        assert_eq!(table.get(addr(2)), Some(Kind::Root));
+    }
+
+    #[test]
     fn removed_addresses_are_forgotten_once() {
         let mut table = PtrTable::new();
         table.insert(addr(1), Kind::Child).unwrap();
@@ -307,7 +343,7 @@ mod tests {
             table.remove(addr(n));
         }
         assert_eq!(table.len(), 0);
-        assert_eq!(table.capacity_bits, MIN_CAPACITY_BITS, "shrinks back after mass frees");
+        assert_eq!(table.capacity(), 1 << KEEP_CAPACITY_BITS, "shrinks back after mass frees");
     }
 
     #[test]
