@@ -25,7 +25,8 @@ MAPI_LIBS := -L$(LIBDIR) -lmapi32 -Wl,--disable-new-dtags,-rpath,$(abspath $(LIB
 # valgrind fails the run on any memory error or definitely/indirectly lost block.
 MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99
 
-.PHONY: all lib demo test cargo-test c-test header-check header-compile more-cost demo-memcheck rust-1.63 header clean
+.PHONY: all lib demo test cargo-test c-test header-check header-compile more-cost demo-memcheck rust-1.63 \
+	extras-test debug-test header clean
 
 all: lib
 
@@ -42,6 +43,12 @@ $(BUILD)/demo: examples/demo.c include/mapix.h lib | $(BUILD)
 $(BUILD)/conformance: c_tests/conformance.c c_tests/harness.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
+$(BUILD)/extras: c_tests/extras.c c_tests/harness.h include/mapix.h lib | $(BUILD)
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
+
+$(BUILD)/debug_client: c_tests/debug_client.c include/mapix.h lib | $(BUILD)
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
+
 $(BUILD)/more_cost: c_tests/more_cost.c include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
@@ -50,7 +57,7 @@ demo: $(BUILD)/demo
 
 # The steps of `make test`. Fragments in mk/ add theirs to TEST_STEPS; the C
 # conformance suite runs last so that its summary closes the log.
-TEST_STEPS := cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck
+TEST_STEPS := cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck extras-test debug-test
 -include mk/*.mk
 
 test: $(TEST_STEPS) c-test
@@ -84,6 +91,14 @@ more-cost: $(BUILD)/more_cost
 demo-memcheck: $(BUILD)/demo
 	$(MEMCHECK) ./$(BUILD)/demo >/dev/null
 	@echo "demo-memcheck: no memory errors, no leaks"
+
+# SPEC §4-5: mapi32_stats and MAPIReallocateBuffer.
+extras-test: $(BUILD)/extras
+	./$(BUILD)/extras
+
+# SPEC §4: MAPI32_DEBUG=warn, abort and leaks.
+debug-test: $(BUILD)/debug_client
+	sh c_tests/debug_check.sh ./$(BUILD)/debug_client
 
 # The C conformance suite against the release library.
 c-test: $(BUILD)/conformance

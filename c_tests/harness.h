@@ -127,7 +127,7 @@ static _Noreturn void harness_end_test(enum harness_outcome outcome)
     longjmp(harness_test_exit, 1);
 }
 
-static _Noreturn void harness_skip(const char *why)
+static inline _Noreturn void harness_skip(const char *why)
 {
     printf("  skipped: %s\n", why);
     harness_end_test(HARNESS_SKIPPED);

@@ -32,6 +32,40 @@ typedef uint32_t ULONG;
 typedef void *LPVOID;
 
 /**
+ * Counts kept by libmapi32, filled in by `mapi32_stats`.
+ */
+typedef struct MAPI32_STATS {
+  /**
+   * Roots allocated and not yet freed.
+   */
+  uint64_t live_roots;
+  /**
+   * Children of those roots.
+   */
+  uint64_t live_children;
+  /**
+   * Bytes requested for all live blocks (the library's own overhead aside).
+   */
+  uint64_t live_bytes;
+  /**
+   * The most `live_bytes` ever reached: exact when one thread allocates
+   * every root; with several, the sum of each thread's peak (never less
+   * than the true peak).
+   */
+  uint64_t peak_bytes;
+  /**
+   * Blocks ever allocated, by MAPIAllocateBuffer, MAPIAllocateMore and
+   * MAPIReallocateBuffer.
+   */
+  uint64_t total_allocations;
+  /**
+   * Calls refused or ignored as misuse: a NULL output pointer, an unknown
+   * parent, a free of a child, of a freed or of a foreign pointer.
+   */
+  uint64_t misuse_count;
+} MAPI32_STATS;
+
+/**
  * `S_OK` (0x00000000): the call succeeded.
  */
 #define S_OK 0
@@ -116,6 +150,41 @@ SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
  * Any value of `lpBuffer` is accepted.
  */
 ULONG MAPIFreeBuffer(LPVOID lpBuffer);
+
+/**
+ * Moves a block's contents into a new block of `ulSize` bytes (Outlook's
+ * `MAPIReallocateBuffer`, omapix.h).
+ *
+ * The first `min(old size, ulSize)` bytes are copied; pointers inside the
+ * block are not fixed up. `lpv` NULL acts as `MAPIAllocateBuffer`. A root:
+ * the new block is a root that takes over all the old root's children, and
+ * the old root is freed. A block from `MAPIAllocateMore`: the new block is
+ * another child of the same root, and the old one lives on until that root
+ * is freed.
+ *
+ * Returns `S_OK` and stores the new block in `*lppv`.
+ * `MAPI_E_INVALID_PARAMETER` if `lppv` is NULL, or `lpv` is not a live block
+ * of this library (checked without reading memory at `lpv`);
+ * `MAPI_E_NOT_ENOUGH_MEMORY` when memory runs out. On every failure nothing
+ * changes, and `*lppv` (when not NULL) is set to NULL.
+ *
+ * # Safety
+ * `lppv` is NULL or points to writable storage for one pointer. `lpv` may
+ * be any value.
+ */
+SCODE MAPIReallocateBuffer(LPVOID lpv, ULONG ulSize, LPVOID *lppv);
+
+/**
+ * Fills `*lpStats` with the library's counts, for a client's tests to
+ * assert that everything was freed (`live_roots == 0`).
+ *
+ * Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` if `lpStats` is NULL. The
+ * counts are a snapshot: other threads may change them at once.
+ *
+ * # Safety
+ * `lpStats` is NULL or points to writable storage for one `MAPI32_STATS`.
+ */
+SCODE mapi32_stats(struct MAPI32_STATS *lpStats);
 
 #ifdef __cplusplus
 }  // extern "C"

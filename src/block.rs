@@ -104,13 +104,25 @@ impl Block {
     }
 
     /// The size the client asked for.
-    #[cfg(test)] // Read by the statistics and MAPIReallocateBuffer (SPEC §4–5), not yet built.
     ///
     /// # Safety
     /// The block is live.
     pub unsafe fn requested_size(self) -> usize {
         // SAFETY: a live block's header is initialised; `size` never changes.
         unsafe { (*self.header()).size }
+    }
+
+    /// Copies as many of `source`'s client bytes as fit into this block.
+    ///
+    /// # Safety
+    /// Both blocks are live, and they are different blocks.
+    pub unsafe fn copy_from(self, source: Block) {
+        // SAFETY: live blocks hold their requested sizes; distinct blocks
+        // never overlap.
+        unsafe {
+            let count = source.requested_size().min(self.requested_size());
+            core::ptr::copy_nonoverlapping(source.as_ptr(), self.as_ptr(), count);
+        }
     }
 
     /// Returns the block to the C allocator.

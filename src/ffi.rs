@@ -9,6 +9,8 @@
 #![allow(non_snake_case)]
 
 use crate::block::Block;
+use crate::debug::{self, Misuse};
+use crate::registry::{self, NotARoot};
 use crate::scode::{Error, LPVOID, S_OK, SCODE, ULONG};
 use crate::tree;
 use core::ptr::NonNull;
@@ -33,7 +35,7 @@ pub unsafe extern "system" fn MAPIAllocateBuffer(cbSize: ULONG, lppBuffer: *mut 
     match NonNull::new(lppBuffer) {
         // SAFETY: the caller's contract covers the non-null out-pointer.
         Some(out) => unsafe { report(out, tree::allocate_root(cbSize)) },
-        None => Error::InvalidParameter.scode(),
+        None => null_out("MAPIAllocateBuffer"),
     }
 }
 
@@ -58,11 +60,16 @@ pub unsafe extern "system" fn MAPIAllocateBuffer(cbSize: ULONG, lppBuffer: *mut 
 /// `lpObject` may be any value.
 #[no_mangle]
 pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
-    match NonNull::new(lppBuffer) {
-        // SAFETY: the caller's contract covers the non-null out-pointer.
-        Some(out) => unsafe { report(out, tree::allocate_child(cbSize, lpObject as usize)) },
-        None => Error::InvalidParameter.scode(),
+    let out = match NonNull::new(lppBuffer) {
+        Some(out) => out,
+        None => return null_out("MAPIAllocateMore"),
+    };
+    let result = tree::allocate_child(cbSize, lpObject as usize);
+    if result == Err(Error::InvalidParameter) {
+        debug::misuse("MAPIAllocateMore", lpObject as usize, Misuse::UnknownParent);
     }
+    // SAFETY: the caller's contract covers the non-null out-pointer.
+    unsafe { report(out, result) }
 }
 
 /// Frees a root block and every block allocated onto it.
@@ -81,9 +88,103 @@ pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, 
 pub unsafe extern "system" fn MAPIFreeBuffer(lpBuffer: LPVOID) -> ULONG {
     if !lpBuffer.is_null() {
         // Misuse is not an error here: MAPI callers ignore this result.
-        let _ = tree::free_root(lpBuffer as usize);
+        match tree::free_root(lpBuffer as usize) {
+            Ok(_) => {}
+            Err(NotARoot::Child) => debug::misuse("MAPIFreeBuffer", lpBuffer as usize, Misuse::FreeOfChild),
+            Err(NotARoot::Unknown) => debug::misuse("MAPIFreeBuffer", lpBuffer as usize, Misuse::FreeOfUnknown),
+        }
     }
     S_OK as ULONG
+}
+
+/// Moves a block's contents into a new block of `ulSize` bytes (Outlook's
+/// `MAPIReallocateBuffer`, omapix.h).
+///
+/// The first `min(old size, ulSize)` bytes are copied; pointers inside the
+/// block are not fixed up. `lpv` NULL acts as `MAPIAllocateBuffer`. A root:
+/// the new block is a root that takes over all the old root's children, and
+/// the old root is freed. A block from `MAPIAllocateMore`: the new block is
+/// another child of the same root, and the old one lives on until that root
+/// is freed.
+///
+/// Returns `S_OK` and stores the new block in `*lppv`.
+/// `MAPI_E_INVALID_PARAMETER` if `lppv` is NULL, or `lpv` is not a live block
+/// of this library (checked without reading memory at `lpv`);
+/// `MAPI_E_NOT_ENOUGH_MEMORY` when memory runs out. On every failure nothing
+/// changes, and `*lppv` (when not NULL) is set to NULL.
+///
+/// # Safety
+/// `lppv` is NULL or points to writable storage for one pointer. `lpv` may
+/// be any value.
+#[no_mangle]
+pub unsafe extern "system" fn MAPIReallocateBuffer(lpv: LPVOID, ulSize: ULONG, lppv: *mut LPVOID) -> SCODE {
+    let out = match NonNull::new(lppv) {
+        Some(out) => out,
+        None => return null_out("MAPIReallocateBuffer"),
+    };
+    let result = tree::reallocate(lpv as usize, ulSize);
+    if result == Err(Error::InvalidParameter) {
+        debug::misuse("MAPIReallocateBuffer", lpv as usize, Misuse::UnknownParent);
+    }
+    // SAFETY: the caller's contract covers the non-null out-pointer.
+    unsafe { report(out, result) }
+}
+
+/// Counts kept by libmapi32, filled in by `mapi32_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MAPI32_STATS {
+    /// Roots allocated and not yet freed.
+    pub live_roots: u64,
+    /// Children of those roots.
+    pub live_children: u64,
+    /// Bytes requested for all live blocks (the library's own overhead aside).
+    pub live_bytes: u64,
+    /// The most `live_bytes` ever reached: exact when one thread allocates
+    /// every root; with several, the sum of each thread's peak (never less
+    /// than the true peak).
+    pub peak_bytes: u64,
+    /// Blocks ever allocated, by MAPIAllocateBuffer, MAPIAllocateMore and
+    /// MAPIReallocateBuffer.
+    pub total_allocations: u64,
+    /// Calls refused or ignored as misuse: a NULL output pointer, an unknown
+    /// parent, a free of a child, of a freed or of a foreign pointer.
+    pub misuse_count: u64,
+}
+
+/// Fills `*lpStats` with the library's counts, for a client's tests to
+/// assert that everything was freed (`live_roots == 0`).
+///
+/// Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` if `lpStats` is NULL. The
+/// counts are a snapshot: other threads may change them at once.
+///
+/// # Safety
+/// `lpStats` is NULL or points to writable storage for one `MAPI32_STATS`.
+#[no_mangle]
+pub unsafe extern "system" fn mapi32_stats(lpStats: *mut MAPI32_STATS) -> SCODE {
+    let out = match NonNull::new(lpStats) {
+        Some(out) => out,
+        None => return Error::InvalidParameter.scode(),
+    };
+    let counts = registry::stats();
+    let stats = MAPI32_STATS {
+        live_roots: counts.live_roots,
+        live_children: counts.live_children,
+        live_bytes: counts.live_bytes,
+        peak_bytes: counts.peak_bytes,
+        total_allocations: counts.allocations,
+        misuse_count: debug::misuse_count(),
+    };
+    // SAFETY: by the caller's contract `out` is writable; unaligned, as for
+    // the pointers in `report`.
+    unsafe { out.as_ptr().write_unaligned(stats) };
+    S_OK
+}
+
+/// A NULL output pointer: counted and reported as misuse.
+fn null_out(call: &str) -> SCODE {
+    debug::misuse(call, 0, Misuse::NullOutPointer);
+    Error::InvalidParameter.scode()
 }
 
 /// Stores an allocation's result in the caller's output pointer, NULL on

@@ -4,6 +4,7 @@
 //! Where each rule of SPEC.md lives:
 //! - `scode`: the C types and status codes, and errors → `SCODE`.
 //! - `ffi`: the exports; every pointer from C is checked there.
+//! - `debug`: `MAPI32_DEBUG` (warn, abort, leaks) and the misuse count.
 //! - `tree`: the three operations in safe Rust.
 //! - `registry`: which blocks are live, root–child chains, threads and fork.
 //! - `table`: the hash set behind each registry shard (fallible growth).
@@ -20,6 +21,7 @@
 compile_error!("libmapi32 must be built with panic = \"abort\" (see Cargo.toml)");
 
 mod block;
+mod debug;
 mod lock;
 mod registry;
 mod scode;
@@ -29,7 +31,21 @@ mod tree;
 
 pub mod ffi;
 
-pub use ffi::{MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer};
+/// Runs when the library is loaded, before any thread can call it: the
+/// registry's fence mode and fork handlers, and `MAPI32_DEBUG`. (Where no
+/// loader runs it, as in a Rust test binary, each part also starts lazily.)
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+extern "C" fn at_load() {
+    registry::init();
+    debug::init();
+}
+
+pub use ffi::{mapi32_stats, MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, MAPIReallocateBuffer, MAPI32_STATS};
 pub use scode::{
     LPVOID, MAPI_E_CALL_FAILED, MAPI_E_INVALID_PARAMETER, MAPI_E_NOT_ENOUGH_MEMORY, SCODE, S_OK, ULONG,
 };

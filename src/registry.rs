@@ -47,7 +47,7 @@ struct Heap {
     owned: AtomicBool,
     /// Serialises every access that is not the owner's fast path.
     guest: SpinLock<()>,
-    table: UnsafeCell<PtrTable>,
+    records: UnsafeCell<Records>,
     /// The next heap in the list of all heaps; set before the heap is published.
     next: *const Heap,
     _pad_back: [u8; 64],
@@ -66,7 +66,7 @@ impl Heap {
             guest_waiting: AtomicBool::new(false),
             owned: AtomicBool::new(owned),
             guest: SpinLock::new(()),
-            table: UnsafeCell::new(PtrTable::new()),
+            records: UnsafeCell::new(Records::new()),
             next,
             _pad_back: [0; 64],
         }
@@ -100,7 +100,81 @@ impl Heap {
     }
 }
 
-/// Exclusive access to one heap's table; leaving is dropping it.
+/// What one heap knows: its blocks, and the counts behind `mapi32_stats`,
+/// kept under the heap's exclusive access so that counting costs no atomic.
+struct Records {
+    table: PtrTable,
+    counts: Counts,
+}
+
+impl Records {
+    const fn new() -> Records {
+        Records { table: PtrTable::new(), counts: Counts::ZERO }
+    }
+
+    /// Records a fresh block; on `Err` nothing has changed.
+    fn insert(&mut self, block: Block, kind: Kind) -> Result<(), Error> {
+        self.table.insert(block.addr(), kind)?;
+        // SAFETY: the block is fresh and ours.
+        self.counts.allocated(kind, unsafe { block.requested_size() });
+        Ok(())
+    }
+
+    /// Forgets a live block of `kind` whose memory is still ours; `Err` as
+    /// for `PtrTable::remove_if`.
+    fn remove(&mut self, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
+        self.table.remove_if(addr, kind)?;
+        // SAFETY: `addr` was a live block of this heap, which the caller
+        // holds; its memory is not released yet.
+        self.counts.freed(kind, unsafe { Block::from_addr(addr).requested_size() });
+        Ok(())
+    }
+}
+
+/// Counts of blocks, as `mapi32_stats` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub live_roots: u64,
+    pub live_children: u64,
+    /// Bytes the live blocks' callers asked for.
+    pub live_bytes: u64,
+    /// The most `live_bytes` ever reached (per heap: see `stats`).
+    pub peak_bytes: u64,
+    /// Blocks ever made, by any of the allocating calls.
+    pub allocations: u64,
+}
+
+impl Counts {
+    const ZERO: Counts = Counts { live_roots: 0, live_children: 0, live_bytes: 0, peak_bytes: 0, allocations: 0 };
+
+    fn allocated(&mut self, kind: Kind, size: usize) {
+        match kind {
+            Kind::Root => self.live_roots = self.live_roots.wrapping_add(1),
+            Kind::Child => self.live_children = self.live_children.wrapping_add(1),
+        }
+        self.live_bytes = self.live_bytes.wrapping_add(size as u64);
+        self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+        self.allocations = self.allocations.wrapping_add(1);
+    }
+
+    fn freed(&mut self, kind: Kind, size: usize) {
+        match kind {
+            Kind::Root => self.live_roots = self.live_roots.wrapping_sub(1),
+            Kind::Child => self.live_children = self.live_children.wrapping_sub(1),
+        }
+        self.live_bytes = self.live_bytes.wrapping_sub(size as u64);
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.live_roots = self.live_roots.wrapping_add(other.live_roots);
+        self.live_children = self.live_children.wrapping_add(other.live_children);
+        self.live_bytes = self.live_bytes.wrapping_add(other.live_bytes);
+        self.peak_bytes = self.peak_bytes.wrapping_add(other.peak_bytes);
+        self.allocations = self.allocations.wrapping_add(other.allocations);
+    }
+}
+
+/// Exclusive access to one heap's records; leaving is dropping it.
 struct HeapAccess<'a> {
     heap: &'a Heap,
     /// `Some` when entered through the guest lock.
@@ -108,10 +182,10 @@ struct HeapAccess<'a> {
 }
 
 impl HeapAccess<'_> {
-    fn table(&mut self) -> &mut PtrTable {
+    fn records(&mut self) -> &mut Records {
         // SAFETY: the owner/guest protocol admits one `HeapAccess` per heap at
         // a time, and `&mut self` makes this the only borrow through it.
-        unsafe { &mut *self.heap.table.get() }
+        unsafe { &mut *self.heap.records.get() }
     }
 }
 
@@ -125,7 +199,7 @@ impl Drop for HeapAccess<'_> {
         if !self.heap.owned.load(Ordering::Relaxed) {
             // The last blocks of a dead thread's heap were just freed: keep
             // no memory for them (ThreadHeap's drop does this at exit).
-            self.table().release_if_empty();
+            self.records().table.release_if_empty();
         }
         // Release, as above. The lock itself is released when the guard
         // drops, after this store.
@@ -160,9 +234,9 @@ impl Drop for ThreadHeap {
             heap.owned.store(false, Ordering::Relaxed);
             // SAFETY: this thread owns the heap and is not inside an
             // operation, and it holds the guest lock: nobody else is in.
-            let table = unsafe { &mut *heap.table.get() };
+            let records = unsafe { &mut *heap.records.get() };
             // An orphan with no blocks keeps no memory for them.
-            table.release_if_empty();
+            records.table.release_if_empty();
         }
     }
 }
@@ -221,20 +295,20 @@ fn claim_heap() -> Result<&'static Heap, Error> {
     Ok(unsafe { &*memory })
 }
 
-/// Runs `attempt` on each heap's table in turn, with exclusive access, until
-/// one answers `Some`: this thread's own heap first (the usual case, on the
-/// owner's fast path), then every other heap as a guest. `attempt` answers
-/// `None` when its block is not in the table it is given.
-fn in_heap_of<R>(mut attempt: impl FnMut(&mut PtrTable) -> Option<R>) -> Option<R> {
+/// Runs `attempt` on each heap's records in turn, with exclusive access,
+/// until one answers `Some`: this thread's own heap first (the usual case, on
+/// the owner's fast path), then every other heap as a guest. `attempt`
+/// answers `None` when its block is not in the records it is given.
+fn in_heap_of<R>(mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R> {
     let mine = current_heap();
     if let Some(heap) = mine {
-        if let Some(answer) = attempt(heap.enter_as_owner().table()) {
+        if let Some(answer) = attempt(heap.enter_as_owner().records()) {
             return Some(answer);
         }
     }
     heaps()
         .filter(|heap| !mine.map_or(false, |mine| core::ptr::eq(mine, *heap)))
-        .find_map(|heap| attempt(heap.enter_as_guest().table()))
+        .find_map(|heap| attempt(heap.enter_as_guest().records()))
 }
 
 /// Why `MAPIFreeBuffer` left a pointer alone.
@@ -249,8 +323,8 @@ pub enum NotARoot {
 /// Records a fresh block as a root, in this thread's heap.
 pub fn insert_root(block: Block) -> Result<(), Error> {
     match home_heap()? {
-        Some(heap) => heap.enter_as_owner().table().insert(block.addr(), Kind::Root),
-        None => SHARED.enter_as_guest().table().insert(block.addr(), Kind::Root),
+        Some(heap) => heap.enter_as_owner().records().insert(block, Kind::Root),
+        None => SHARED.enter_as_guest().records().insert(block, Kind::Root),
     }
 }
 
@@ -260,17 +334,16 @@ pub fn insert_root(block: Block) -> Result<(), Error> {
 /// once `parent` has been found, with its heap held, so a concurrent free
 /// cannot slip in between. On `Err` nothing has changed.
 pub fn allocate_child(parent: usize, size: usize) -> Result<Block, Error> {
-    in_heap_of(|table| {
-        table.get(parent)?;
-        Some(Block::allocate(size).and_then(|child| link_child(table, parent, child)))
+    in_heap_of(|records| {
+        records.table.get(parent)?;
+        Some(Block::allocate(size).and_then(|child| link_child(records, parent, child)))
     })
     .unwrap_or(Err(Error::InvalidParameter))
 }
 
-/// Records `child` in `table` and splices it in after `parent`; on failure
-/// releases it.
-fn link_child(table: &mut PtrTable, parent: usize, child: Block) -> Result<Block, Error> {
-    if let Err(error) = table.insert(child.addr(), Kind::Child) {
+/// Records `child` and splices it in after `parent`; on failure releases it.
+fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Block, Error> {
+    if let Err(error) = records.insert(child, Kind::Child) {
         // SAFETY: the block is fresh and was never recorded or shared.
         unsafe { child.release() };
         return Err(error);
@@ -288,31 +361,31 @@ fn link_child(table: &mut PtrTable, parent: usize, child: Block) -> Result<Block
 /// Removes the root at `addr` and all its children from the registry, and
 /// returns them for the caller to release.
 pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
-    in_heap_of(|table| match table.remove_if(addr, Kind::Root) {
+    in_heap_of(|records| match records.remove(addr, Kind::Root) {
         Err(None) => None,
         Err(Some(_)) => Some(Err(NotARoot::Child)),
         Ok(()) => {
             // SAFETY: `addr` was a live root; its heap is held, which guards
             // the chain, and each child is removed before its link is followed.
-            unsafe { remove_children(table, Block::from_addr(addr)) };
+            unsafe { remove_children(records, Block::from_addr(addr)) };
             Some(Ok(Chain { next: addr }))
         }
     })
     .unwrap_or(Err(NotARoot::Unknown))
 }
 
-/// Removes every child chained after `root` from `table`.
+/// Removes every child chained after `root` from `records`.
 ///
 /// # Safety
-/// `root` was just removed from `table`, whose heap the caller holds.
-unsafe fn remove_children(table: &mut PtrTable, root: Block) {
+/// `root` was just removed from `records`, whose heap the caller holds.
+unsafe fn remove_children(records: &mut Records, root: Block) {
     let mut last = root;
     // SAFETY: each block reached is a live child of this tree until removed
     // here; the held heap guards every link.
     unsafe {
         while last.next() != 0 {
             let child = last.next();
-            if table.remove_if(child, Kind::Child).is_err() {
+            if records.remove(child, Kind::Child).is_err() {
                 // Every chained block is a recorded child, so this cannot
                 // happen; if it did, stopping here leaks memory where going
                 // on could free someone else's.
@@ -322,6 +395,99 @@ unsafe fn remove_children(table: &mut PtrTable, root: Block) {
             last = Block::from_addr(child);
         }
     }
+}
+
+/// What `MAPIReallocateBuffer` made.
+#[derive(Debug)]
+pub struct Reallocated {
+    /// The new block, holding the old one's bytes (as many as fit).
+    pub block: Block,
+    /// The old root, which left the registry and must be released; `None`
+    /// when a child was reallocated (it stays, and dies with its root).
+    pub replaced_root: Option<Block>,
+}
+
+/// A block of `size` bytes holding the bytes of the live block at `addr` (as
+/// many as fit): for a root, a new root that takes over its children, the
+/// old root leaving the registry; for a child, a new child of the same root.
+/// `InvalidParameter` for any other `addr`, with nothing allocated; on `Err`
+/// nothing has changed.
+pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
+    in_heap_of(|records| {
+        let kind = records.table.get(addr)?;
+        // SAFETY: `addr` is a live block of this heap, which is held.
+        let old = unsafe { Block::from_addr(addr) };
+        Some(Block::allocate(size).and_then(|block| {
+            // SAFETY: both blocks are live and ours; they do not overlap.
+            unsafe { block.copy_from(old) };
+            match kind {
+                Kind::Child => link_child(records, addr, block).map(|block| Reallocated { block, replaced_root: None }),
+                Kind::Root => replace_root(records, old, block),
+            }
+        }))
+    })
+    .unwrap_or(Err(Error::InvalidParameter))
+}
+
+/// Puts the fresh `block` in the place of the live root `old`, children and
+/// all; on failure releases `block`.
+fn replace_root(records: &mut Records, old: Block, block: Block) -> Result<Reallocated, Error> {
+    // Record the new root first: if that fails, nothing has changed.
+    if let Err(error) = records.insert(block, Kind::Root) {
+        // SAFETY: the block is fresh and was never recorded or shared.
+        unsafe { block.release() };
+        return Err(error);
+    }
+    // Cannot fail: `old` was found in these records during this visit.
+    let _ = records.remove(old.addr(), Kind::Root);
+    // SAFETY: the heap is held, which guards the chain; `old` has left the
+    // registry but its memory is still ours.
+    unsafe { block.set_next(old.next()) };
+    Ok(Reallocated { block, replaced_root: Some(old) })
+}
+
+/// The counts of every heap, added up. Live counts and bytes are exact (a
+/// tree is counted in one heap); `peak_bytes` is the sum of each heap's
+/// peak: exact when one thread roots every tree, an upper bound otherwise.
+pub fn stats() -> Counts {
+    let mut total = Counts::ZERO;
+    for heap in heaps() {
+        total.add(heap.enter_as_guest().records().counts);
+    }
+    total
+}
+
+/// Calls `visit` with the address, requested size and tree bytes (its own
+/// and its children's requested sizes) of every live root.
+pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) {
+    for heap in heaps() {
+        let mut access = heap.enter_as_guest();
+        access.records().table.for_each(|addr, kind| {
+            if kind != Kind::Root {
+                return;
+            }
+            // SAFETY: live blocks of a held heap, which guards the chain.
+            unsafe {
+                let root = Block::from_addr(addr);
+                let mut tree_bytes = 0u64;
+                let mut next = addr;
+                while next != 0 {
+                    let block = Block::from_addr(next);
+                    tree_bytes = tree_bytes.wrapping_add(block.requested_size() as u64);
+                    next = block.next();
+                }
+                visit(addr, root.requested_size(), tree_bytes);
+            }
+        });
+    }
+}
+
+/// Work for when the library is loaded, before any thread can call it:
+/// decide the fence mode and make `fork()` safe.
+pub fn init() {
+    fence::init();
+    #[cfg(unix)]
+    fork::register_handlers();
 }
 
 /// The blocks of a removed tree, the root first. No other thread can reach
@@ -446,16 +612,8 @@ mod fork {
     use super::{fence, heaps, HEAP_LIST, THREAD_HEAP};
     use core::sync::atomic::Ordering;
 
-    /// Registers the handlers when the library is loaded, before any thread
-    /// can be inside it, so the first call cannot race a `fork()`.
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
-    #[used]
-    #[link_section = ".init_array"]
-    static REGISTER_AT_LOAD: extern "C" fn() = register_at_load;
-
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
-    extern "C" fn register_at_load() {
-        fence::init();
+    /// Registers the handlers; done once, when the library is loaded.
+    pub fn register_handlers() {
         // SAFETY: the three handlers are `extern "C" fn()` that never unwind
         // and live as long as the process. If registration fails (ENOMEM at
         // load), the library still works; only fork safety is lost.

@@ -117,6 +117,19 @@ impl PtrTable {
         self.find_index(addr).map(|index| kind_of(self.slot(index)))
     }
 
+    /// Calls `visit` with every address held and its kind.
+    pub fn for_each(&self, mut visit: impl FnMut(usize, Kind)) {
+        if self.slots.is_null() {
+            return;
+        }
+        for index in 0..=self.mask {
+            let value = self.slot(index);
+            if value != EMPTY {
+                visit(value & !CHILD_TAG, kind_of(value));
+            }
+        }
+    }
+
     /// Records `addr`, which is BLOCK_ALIGN-aligned, non-zero and not present.
     /// On `Err` the table is unchanged.
     pub fn insert(&mut self, addr: usize, kind: Kind) -> Result<(), Error> {

@@ -2,7 +2,7 @@
 //! chains from `registry`. `ffi` turns their results into status codes.
 
 use crate::block::Block;
-use crate::registry::{self, NotARoot};
+use crate::registry::{self, NotARoot, Reallocated};
 use crate::scode::{Error, ULONG};
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
@@ -39,6 +39,24 @@ pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
         freed += 1;
     }
     Ok(freed)
+}
+
+/// A block of `size` bytes holding what the block at `addr` held, as many
+/// bytes as fit (`MAPIReallocateBuffer`). A root is replaced, children and
+/// all; a child gets a new sibling in the same tree and stays itself; 0 acts
+/// as `allocate_root`. Anything else is `InvalidParameter`, with nothing
+/// allocated.
+pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
+    if addr == 0 {
+        return allocate_root(size);
+    }
+    let Reallocated { block, replaced_root } = registry::reallocate(addr, client_size(size)?)?;
+    if let Some(old_root) = replaced_root {
+        // SAFETY: the old root left the registry in `reallocate`; its
+        // children moved to the new root, and this is its last use.
+        unsafe { old_root.release() };
+    }
+    Ok(block)
 }
 
 fn client_size(size: ULONG) -> Result<usize, Error> {
@@ -223,5 +241,85 @@ mod tests {
             move || roots.iter().map(|&root| free_root(root)).filter(|freed| *freed == Ok(1)).count()
         });
         assert_eq!(freer.join().unwrap(), roots.len(), "each root was found in this thread's heap and freed");
+    }
+
+    #[test]
+    fn reallocating_a_root_moves_its_bytes_and_children() {
+        let _turn = my_turn();
+        let root = allocate_root(16).unwrap();
+        fill(root, 16, 0x11);
+        let child = allocate_child(8, root.addr()).unwrap();
+        let bigger = reallocate(root.addr(), 64).unwrap();
+        assert!(holds(bigger, 16, 0x11), "the old bytes were copied");
+        fill(bigger, 64, 0x22);
+        assert_eq!(free_root(root.addr()), Err(NotARoot::Unknown), "the old root is gone");
+        let grandchild = allocate_child(8, child.addr()).unwrap();
+        assert_eq!(free_root(bigger.addr()), Ok(3), "the new root took over the children");
+        assert_eq!(allocate_child(8, grandchild.addr()), Err(Error::InvalidParameter));
+    }
+
+    #[test]
+    fn reallocating_a_child_adds_a_sibling_and_keeps_the_child() {
+        let _turn = my_turn();
+        let root = allocate_root(8).unwrap();
+        let child = allocate_child(32, root.addr()).unwrap();
+        fill(child, 32, 0x33);
+        let smaller = reallocate(child.addr(), 8).unwrap();
+        assert!(holds(smaller, 8, 0x33));
+        assert!(holds(child, 32, 0x33), "the old child lives on, untouched");
+        assert_eq!(free_root(smaller.addr()), Err(NotARoot::Child), "the new block is a child");
+        assert_eq!(free_root(root.addr()), Ok(3));
+    }
+
+    #[test]
+    fn reallocating_null_allocates_and_unknown_is_refused() {
+        let _turn = my_turn();
+        let root = reallocate(0, 24).unwrap();
+        assert_eq!(free_root(root.addr()), Ok(1));
+        let live = allocate_root(8).unwrap();
+        for unknown in [live.addr() + 16, live.addr() - 16, 16] {
+            crate::sys::fail_allocation_after(Some(0));
+            assert_eq!(reallocate(unknown, 8), Err(Error::InvalidParameter), "{unknown:#x}");
+            assert!(crate::sys::alloc_aligned(8).is_null(), "nothing was allocated for {unknown:#x}");
+        }
+        assert_eq!(free_root(live.addr()), Ok(1));
+    }
+
+    #[test]
+    fn a_refused_reallocation_changes_nothing() {
+        let _turn = my_turn();
+        let root = allocate_root(16).unwrap();
+        fill(root, 16, 0x44);
+        let child = allocate_child(8, root.addr()).unwrap();
+        crate::sys::fail_allocation_after(Some(0));
+        assert_eq!(reallocate(root.addr(), 32), Err(Error::NoMemory));
+        crate::sys::fail_allocation_after(Some(0));
+        assert_eq!(reallocate(child.addr(), 32), Err(Error::NoMemory));
+        assert!(holds(root, 16, 0x44));
+        assert_eq!(free_root(root.addr()), Ok(2), "the same root, with its one child");
+    }
+
+    #[test]
+    fn stats_count_live_blocks_bytes_and_allocations() {
+        let _turn = my_turn();
+        let before = registry::stats();
+        let root = allocate_root(100).unwrap();
+        let child = allocate_child(20, root.addr()).unwrap();
+        let _grandchild = allocate_child(3, child.addr()).unwrap();
+        let during = registry::stats();
+        assert_eq!(during.live_roots, before.live_roots + 1);
+        assert_eq!(during.live_children, before.live_children + 2);
+        assert_eq!(during.live_bytes, before.live_bytes + 123);
+        assert_eq!(during.allocations, before.allocations + 3);
+        assert!(during.peak_bytes >= during.live_bytes);
+        let moved = reallocate(root.addr(), 10).unwrap();
+        let after_move = registry::stats();
+        assert_eq!(after_move.live_roots, during.live_roots);
+        assert_eq!(after_move.live_bytes, during.live_bytes - 90);
+        assert_eq!(after_move.allocations, during.allocations + 1);
+        assert_eq!(free_root(moved.addr()), Ok(3));
+        let after = registry::stats();
+        assert_eq!((after.live_roots, after.live_children, after.live_bytes), (before.live_roots, before.live_children, before.live_bytes));
+        assert_eq!(after.allocations, before.allocations + 4);
     }
 }
