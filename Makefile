@@ -4,6 +4,9 @@
 #   make demo     build the library and run an example MAPI client against it
 #   make test     the whole suite (see "Testing" in README.md)
 #   make header   regenerate include/mapix.h after changing src/scode.rs or src/ffi.rs
+#   make install  install the library, mapix.h and mapi32.pc: PREFIX (/usr/local),
+#                 LIBDIR, INCLUDEDIR and DESTDIR as usual (see mk/packaging.mk)
+#   make uninstall  remove them again (same variables)
 #   make clean    remove everything built
 
 CARGO ?= cargo
