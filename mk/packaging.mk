@@ -3,9 +3,9 @@
 # Included by the main Makefile, whose variables (BUILD_LIBDIR, SONAME, ...)
 # it uses.
 
-.PHONY: exports-check soname-check install-check
+.PHONY: exports-check soname-check install-check preload-check
 
-TEST_STEPS += exports-check soname-check install-check
+TEST_STEPS += exports-check soname-check install-check preload-check
 
 # The ABI is exactly the names in exports.txt (see the script).
 exports-check: lib
@@ -24,6 +24,20 @@ soname-check: lib
 # and make uninstall.
 install-check: lib
 	sh c_tests/install_check.sh "$(MAKE)" "$(CC)"
+
+# LD_PRELOAD=libmapi32.so takes every call of a client linked against another
+# MAPI library (a stub whose calls all fail).
+PRELOAD := $(BUILD)/preload
+$(PRELOAD)/libothermapi.so: c_tests/preload_stub.c include/mapix.h
+	mkdir -p $(PRELOAD)
+	$(CC) -std=c99 $(STRICT) $(CFLAGS) -fPIC -shared $(MAPI_CFLAGS) $< -o $@
+
+$(PRELOAD)/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/libothermapi.so
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ \
+	    -L$(PRELOAD) -lothermapi -Wl,--disable-new-dtags,-rpath,$(abspath $(PRELOAD)) -ldl
+
+preload-check: $(PRELOAD)/client lib
+	sh c_tests/preload_check.sh $(PRELOAD)/client $(BUILD_LIBDIR)/libmapi32.so
 
 # ---- make install / make uninstall -----------------------------------------
 #
