@@ -3,9 +3,9 @@
 # Included by the main Makefile, whose variables (BUILD_LIBDIR, SONAME, ...)
 # it uses.
 
-.PHONY: exports-check soname-check install-check preload-check
+.PHONY: exports-check soname-check install-check preload-check cxx-provider
 
-TEST_STEPS += exports-check soname-check install-check preload-check
+TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider
 
 # The ABI is exactly the names in exports.txt (see the script).
 exports-check: lib
@@ -38,6 +38,14 @@ $(PRELOAD)/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/libotherm
 
 preload-check: $(PRELOAD)/client lib
 	sh c_tests/preload_check.sh $(PRELOAD)/client $(BUILD_LIBDIR)/libmapi32.so
+
+# C++: a service provider given LPALLOCATEBUFFER/LPALLOCATEMORE/LPFREEBUFFER
+# copies property values into a tree; valgrind finds any copy left out of it.
+$(BUILD)/provider: c_tests/provider.cpp include/mapix.h lib | $(BUILD)
+	$(CXX) -std=c++11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
+
+cxx-provider: $(BUILD)/provider
+	$(MEMCHECK) ./$(BUILD)/provider
 
 # ---- make install / make uninstall -----------------------------------------
 #
