@@ -3,9 +3,11 @@
 # Included by the main Makefile, whose variables (BUILD_LIBDIR, SONAME, ...)
 # it uses.
 
-.PHONY: exports-check soname-check install-check preload-check cxx-provider
+PYTHON ?= python3
 
-TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider
+.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test
+
+TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test
 
 # The ABI is exactly the names in exports.txt (see the script).
 exports-check: lib
@@ -46,6 +48,10 @@ $(BUILD)/provider: c_tests/provider.cpp include/mapix.h lib | $(BUILD)
 
 cxx-provider: $(BUILD)/provider
 	$(MEMCHECK) ./$(BUILD)/provider
+
+# Python through ctypes, on the library just built, from many threads.
+python-test: lib
+	$(PYTHON) tests/python/test_ctypes.py $(BUILD_LIBDIR)/libmapi32.so
 
 # ---- make install / make uninstall -----------------------------------------
 #
