@@ -3,36 +3,37 @@
 # library does: build a C client with only `pkg-config --cflags --libs
 # mapi32` and run it; link it statically too; then `make uninstall`.
 # PREFIX differs from DESTDIR so that a staging path leaking into mapi32.pc
-# (or a file missing from the stage) is caught.
+# (or a file missing from the stage) is caught; LIBDIR and INCLUDEDIR are
+# not their defaults, so that each is seen to be honoured.
 # usage: install_check.sh MAKE CC    (run from the top of the source tree)
 set -eu
 make=$1 cc=$2
 prefix=/opt/mapi32-install-check
+dirs="PREFIX=$prefix LIBDIR=$prefix/lib/multiarch INCLUDEDIR=$prefix/share/include"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-libdir=$stage$prefix/lib
+libdir=$stage$prefix/lib/multiarch
+includedir=$stage$prefix/share/include
 failed=0
 fail() { echo "install-check: $*" >&2; failed=1; }
 
-# The sub-make must not print "Entering directory" into our output, nor
-# inherit a PREFIX or LIBDIR of the caller's.
-$make --no-print-directory -s install DESTDIR="$stage" PREFIX="$prefix" LIBDIR="$prefix/lib" \
-    INCLUDEDIR="$prefix/include" >/dev/null
+# shellcheck disable=SC2086
+$make --no-print-directory -s install DESTDIR="$stage" $dirs >/dev/null
 
 # The files, their modes and the links between them.
 real=$(cd "$libdir" && ls libmapi32.so.*.*.* 2>/dev/null || true)
 case "$real" in
     libmapi32.so.1.[0-9]*.[0-9]*) ;;
-    *) fail "expected one libmapi32.so.1.<minor>.<patch> in $prefix/lib, found '$real'" ;;
+    *) fail "expected one libmapi32.so.1.<minor>.<patch> in LIBDIR, found '$real'" ;;
 esac
 mode() { stat -c %a "$1" 2>/dev/null || echo missing; }
-[ -n "$real" ] && [ "$(mode "$libdir/$real")" = 755 ] || fail "$prefix/lib/$real is not mode 755"
+[ -n "$real" ] && [ "$(mode "$libdir/$real")" = 755 ] || fail "LIBDIR/$real is not mode 755"
 [ "$(readlink "$libdir/libmapi32.so.1" || true)" = "$real" ] || fail "libmapi32.so.1 does not link to $real"
 [ "$(readlink "$libdir/libmapi32.so" || true)" = libmapi32.so.1 ] || fail "libmapi32.so does not link to libmapi32.so.1"
 [ "$(mode "$libdir/libmapi32.a")" = 644 ] || fail "libmapi32.a is not installed with mode 644"
-[ "$(mode "$stage$prefix/include/mapi32/mapix.h")" = 644 ] || fail "include/mapi32/mapix.h is not installed with mode 644"
+[ "$(mode "$includedir/mapi32/mapix.h")" = 644 ] || fail "INCLUDEDIR/mapi32/mapix.h is not installed with mode 644"
 pc=$libdir/pkgconfig/mapi32.pc
-[ "$(mode "$pc")" = 644 ] || fail "lib/pkgconfig/mapi32.pc is not installed with mode 644"
+[ "$(mode "$pc")" = 644 ] || fail "LIBDIR/pkgconfig/mapi32.pc is not installed with mode 644"
 [ -f "$pc" ] && grep -qx "prefix=$prefix" "$pc" || fail "mapi32.pc does not say prefix=$prefix"
 [ -f "$pc" ] && grep -q "$stage" "$pc" && fail "mapi32.pc names the staging directory $stage"
 soname=$(readelf -d "$libdir/libmapi32.so.1" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
@@ -62,8 +63,8 @@ $cc -std=c99 -Wall -Wextra -Wpedantic -Werror $(pkg-config --cflags mapi32) c_te
 readelf -d "$stage/client-static" | grep -q 'NEEDED.*libmapi32' && fail "the static client still needs libmapi32.so"
 "$stage/client-static" || fail "the client linked with libmapi32.a failed"
 
-$make --no-print-directory -s uninstall DESTDIR="$stage" PREFIX="$prefix" LIBDIR="$prefix/lib" \
-    INCLUDEDIR="$prefix/include" >/dev/null
+# shellcheck disable=SC2086
+$make --no-print-directory -s uninstall DESTDIR="$stage" $dirs >/dev/null
 left=$(cd "$stage" && find ./opt -type f -o -type l)
 [ -z "$left" ] || fail "make uninstall left: $(echo $left)"
 
