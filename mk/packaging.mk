@@ -90,10 +90,12 @@ REALNAME := $(SONAME).$(word 2,$(version_numbers)).$(word 3,$(version_numbers))
 .PHONY: install uninstall
 
 # install takes what `make` built, rebuilding only when a source is newer:
-# `make && sudo make install` then needs no cargo on root's PATH.
+# `make && sudo make install` then needs no cargo on root's PATH. (The touch:
+# cargo leaves the library alone when a newer source did not change it.)
 LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock cbindgen.toml
 $(BUILD_LIBDIR)/libmapi32.so: $(LIB_SOURCES)
 	$(MAKE) lib
+	touch $@
 $(BUILD_LIBDIR)/libmapi32.a: $(BUILD_LIBDIR)/libmapi32.so
 
 install: $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h mapi32.pc.in | $(BUILD)
