@@ -4,6 +4,9 @@
 #   make demo     build the library and run an example MAPI client against it
 #   make test     the whole suite (see "Testing" in README.md)
 #   make header   regenerate include/mapix.h after changing src/scode.rs or src/ffi.rs
+#   make install  install the library, mapix.h and mapi32.pc: PREFIX (/usr/local),
+#                 LIBDIR, INCLUDEDIR and DESTDIR as usual (see mk/packaging.mk)
+#   make uninstall  remove them again (same variables)
 #   make clean    remove everything built
 
 CARGO ?= cargo
@@ -14,14 +17,19 @@ CFLAGS ?= -O2 -g
 STRICT := -Wall -Wextra -Wpedantic -Werror
 
 # Where cargo puts its output; honours CARGO_TARGET_DIR like cargo does.
+# (LIBDIR is the install directory: see mk/packaging.mk.)
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
-LIBDIR := $(TARGET_DIR)/release
+BUILD_LIBDIR := $(TARGET_DIR)/release
+# build.rs gives libmapi32.so this SONAME, from the same line of Cargo.toml;
+# programs linked against it look for a file of that name at run time.
+ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
+SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
 # Link the C programs against the freshly built .so, found at run time by an
 # old-style DT_RPATH, which (unlike DT_RUNPATH) outranks LD_LIBRARY_PATH: the
 # tests must load this build, not another libmapi32.so on the user's path.
 MAPI_CFLAGS := -Iinclude
-MAPI_LIBS := -L$(LIBDIR) -lmapi32 -Wl,--disable-new-dtags,-rpath,$(abspath $(LIBDIR))
+MAPI_LIBS := -L$(BUILD_LIBDIR) -lmapi32 -Wl,--disable-new-dtags,-rpath,$(abspath $(BUILD_LIBDIR))
 # valgrind fails the run on any memory error or definitely/indirectly lost block.
 MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99
 
@@ -30,9 +38,11 @@ MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,in
 
 all: lib
 
-# cargo decides what to rebuild, so always ask it.
+# cargo decides what to rebuild, so always ask it. The SONAME link lets
+# programs linked against the build tree run from it, as after an install.
 lib:
 	$(CARGO) build --release
+	ln -sf libmapi32.so $(BUILD_LIBDIR)/$(SONAME)
 
 $(BUILD):
 	mkdir -p $(BUILD)

@@ -19,6 +19,7 @@ fn c_conformance_suite_passes() {
     let lib_dir = deps_dir();
     assert!(lib_dir.join("libmapi32.so").exists(), "cargo did not build the cdylib in {}", lib_dir.display());
     let program = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
+    let run_dir = soname_link_dir(&lib_dir);
 
     let compiler = cc::Build::new()
         .target(env!("MAPI32_TARGET"))
@@ -38,14 +39,30 @@ fn c_conformance_suite_passes() {
         .arg("-lmapi32")
         // Old-style DT_RPATH outranks LD_LIBRARY_PATH, on which cargo puts
         // target/<profile> and its possibly stale copy of the library.
-        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib_dir.display()))
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", run_dir.display()))
         .status()
         .expect("run the C compiler");
     assert!(status.success(), "compiling c_tests/conformance.c failed");
 
     let status = Command::new(&program)
-        .env("LD_LIBRARY_PATH", &lib_dir)
+        .env("LD_LIBRARY_PATH", &run_dir)
         .status()
         .expect("run the C conformance suite");
     assert!(status.success(), "C conformance suite failed ({status}); its output is above");
+}
+
+/// A directory where the program finds the cdylib under its SONAME
+/// (libmapi32.so.1, set by build.rs on ELF targets), the name the linker
+/// records in it; cargo writes only libmapi32.so.
+fn soname_link_dir(lib_dir: &Path) -> PathBuf {
+    let soname = match option_env!("MAPI32_SONAME") {
+        Some(soname) => soname,
+        None => return lib_dir.to_path_buf(),
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("soname");
+    std::fs::create_dir_all(&dir).expect("create the soname link directory");
+    let link = dir.join(soname);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib_dir.join("libmapi32.so"), &link).expect("link the cdylib under its soname");
+    dir
 }

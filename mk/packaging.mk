@@ -1,0 +1,121 @@
+# Packaging: what a distribution or a C, C++ or Python user relies on without
+# reading the source, and the tests that hold it (all added to `make test`).
+# Included by the main Makefile, whose variables (BUILD_LIBDIR, SONAME, ...)
+# it uses.
+
+PYTHON ?= python3
+
+.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test
+
+TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test
+
+# The ABI is exactly the names in exports.txt (see the script).
+exports-check: lib
+	sh c_tests/exports_check.sh exports.txt $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h
+
+# libmapi32.so records the SONAME programs will look for (build.rs sets it).
+soname-check: lib
+	@soname=$$(readelf -d $(BUILD_LIBDIR)/libmapi32.so | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p'); \
+	if [ "$$soname" = "$(SONAME)" ]; then \
+		echo "soname-check: libmapi32.so carries the SONAME $$soname"; \
+	else \
+		echo "soname-check: libmapi32.so's SONAME is '$$soname', expected $(SONAME)" >&2; exit 1; \
+	fi
+
+# make install into a temporary DESTDIR, a client built from pkg-config alone,
+# and make uninstall.
+install-check: lib
+	sh c_tests/install_check.sh "$(MAKE)" "$(CC)"
+
+# LD_PRELOAD=libmapi32.so takes every call of a client linked against another
+# MAPI library (a stub whose calls all fail).
+PRELOAD := $(BUILD)/preload
+$(PRELOAD)/libothermapi.so: c_tests/preload_stub.c include/mapix.h
+	mkdir -p $(PRELOAD)
+	$(CC) -std=c99 $(STRICT) $(CFLAGS) -fPIC -shared $(MAPI_CFLAGS) $< -o $@
+
+$(PRELOAD)/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/libothermapi.so
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ \
+	    -L$(PRELOAD) -lothermapi -Wl,--disable-new-dtags,-rpath,$(abspath $(PRELOAD)) -ldl
+
+preload-check: $(PRELOAD)/client lib
+	sh c_tests/preload_check.sh $(PRELOAD)/client $(BUILD_LIBDIR)/libmapi32.so
+
+# C++: a service provider given LPALLOCATEBUFFER/LPALLOCATEMORE/LPFREEBUFFER
+# copies property values into a tree; valgrind finds any copy left out of it.
+$(BUILD)/provider: c_tests/provider.cpp include/mapix.h lib | $(BUILD)
+	$(CXX) -std=c++11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
+
+cxx-provider: $(BUILD)/provider
+	$(MEMCHECK) ./$(BUILD)/provider
+
+# Python through ctypes, on the library just built, from many threads.
+python-test: lib
+	$(PYTHON) tests/python/test_ctypes.py $(BUILD_LIBDIR)/libmapi32.so
+
+# ---- make install / make uninstall -----------------------------------------
+#
+#   make install [PREFIX=/usr/local] [LIBDIR=$(PREFIX)/lib]
+#                [INCLUDEDIR=$(PREFIX)/include] [DESTDIR=/staging/root]
+#
+# installs into $(DESTDIR)$(LIBDIR):
+#   libmapi32.so.1.<minor>.<patch>   the library (SONAME libmapi32.so.1)
+#   libmapi32.so.1 -> that file      what programs load (ldconfig makes it too)
+#   libmapi32.so -> libmapi32.so.1   what `cc ... -lmapi32` links against
+#   libmapi32.a                      for static links
+#   pkgconfig/mapi32.pc              `pkg-config --cflags --libs mapi32`
+# and into $(DESTDIR)$(INCLUDEDIR)/mapi32/: mapix.h. The header gets a
+# directory of its own because mapix.h is also the MAPI SDK's (and Wine's)
+# name; mapi32.pc's Cflags point there. DESTDIR only stages the files: the
+# paths written into mapi32.pc are PREFIX's. Run ldconfig after installing
+# into a system directory.
+#
+# Versions: the SONAME's number is the C ABI's major version, abi-major in
+# Cargo.toml, raised only when old callers would break. The file name adds
+# the crate version's minor and patch (0.1.0 -> libmapi32.so.1.1.0), so each
+# release installs a distinct, increasing file under the same SONAME. That
+# scheme assumes a 0.x crate; install refuses a 1.0 crate until it is revisited.
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+HEADERDIR = $(INCLUDEDIR)/mapi32
+INSTALL ?= install
+
+VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+version_numbers := $(subst ., ,$(firstword $(subst -, ,$(VERSION))))
+REALNAME := $(SONAME).$(word 2,$(version_numbers)).$(word 3,$(version_numbers))
+
+.PHONY: install uninstall
+
+# install takes what `make` built, rebuilding only when a source is newer:
+# `make && sudo make install` then needs no cargo on root's PATH. (The touch:
+# cargo leaves the library alone when a newer source did not change it.)
+LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock cbindgen.toml
+$(BUILD_LIBDIR)/libmapi32.so: $(LIB_SOURCES)
+	$(MAKE) lib
+	touch $@
+$(BUILD_LIBDIR)/libmapi32.a: $(BUILD_LIBDIR)/libmapi32.so
+
+install: $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h mapi32.pc.in | $(BUILD)
+	@case "$(VERSION)" in 0.*) ;; *) echo "install: the library file name assumes a 0.x crate (see mk/packaging.mk)" >&2; exit 1;; esac
+	sed -e 's|@PREFIX@|$(PREFIX)|' \
+	    -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
+	    -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
+	    -e 's|@VERSION@|$(VERSION)|' mapi32.pc.in >$(BUILD)/mapi32.pc
+	$(INSTALL) -d "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(HEADERDIR)" "$(DESTDIR)$(PKGCONFIGDIR)"
+	$(INSTALL) -m 755 $(BUILD_LIBDIR)/libmapi32.so "$(DESTDIR)$(LIBDIR)/$(REALNAME)"
+	ln -sf $(REALNAME) "$(DESTDIR)$(LIBDIR)/$(SONAME)"
+	ln -sf $(SONAME) "$(DESTDIR)$(LIBDIR)/libmapi32.so"
+	$(INSTALL) -m 644 $(BUILD_LIBDIR)/libmapi32.a "$(DESTDIR)$(LIBDIR)/libmapi32.a"
+	$(INSTALL) -m 644 include/mapix.h "$(DESTDIR)$(HEADERDIR)/mapix.h"
+	$(INSTALL) -m 644 $(BUILD)/mapi32.pc "$(DESTDIR)$(PKGCONFIGDIR)/mapi32.pc"
+
+# Removes exactly what install put there (an older release's
+# libmapi32.so.1.x.y is its package's to remove), and the header directory
+# if that leaves it empty.
+uninstall:
+	rm -f "$(DESTDIR)$(LIBDIR)/$(REALNAME)" "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/libmapi32.so" \
+	    "$(DESTDIR)$(LIBDIR)/libmapi32.a" "$(DESTDIR)$(HEADERDIR)/mapix.h" "$(DESTDIR)$(PKGCONFIGDIR)/mapi32.pc"
+	if [ -d "$(DESTDIR)$(HEADERDIR)" ]; then rmdir --ignore-fail-on-non-empty "$(DESTDIR)$(HEADERDIR)"; fi
