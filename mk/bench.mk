@@ -2,7 +2,8 @@
 # process, alternating rounds. See "Performance" in README.md.
 #
 #   make bench           the table under glibc malloc, then under LD_PRELOADed
-#                        jemalloc and mimalloc (~2 min; BENCH_QUICK=1: ~15 s)
+#                        jemalloc and mimalloc (~50 s on 2 cores plus the
+#                        build; BENCH_QUICK=1: ~10 s)
 #   make bench-preload   only the jemalloc and mimalloc tables
 #   make bench-smoke     (part of make test) it builds and prints every row
 #
