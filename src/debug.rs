@@ -194,9 +194,15 @@ impl Line {
     fn write(mut self) {
         self.bytes[self.len] = b'\n';
         self.len += 1;
+        // The C runtime's write takes an unsigned int count on Windows and a
+        // size_t elsewhere; a line is at most 200 bytes, so it always fits.
+        #[cfg(windows)]
+        let len = self.len as libc::c_uint;
+        #[cfg(not(windows))]
+        let len = self.len;
         // SAFETY: the buffer holds `len` initialised bytes. A short or failed
         // write of a diagnostic is not worth acting on.
-        let _ = unsafe { libc::write(2, self.bytes.as_ptr().cast(), self.len) };
+        let _ = unsafe { libc::write(2, self.bytes.as_ptr().cast(), len) };
     }
 }
 

@@ -521,7 +521,10 @@ impl Iterator for Chain {
 /// puts that fence into every running thread of the process, so the owner
 /// gets away with a compiler fence: its fast path has no atomic
 /// read-modify-write and no fence instruction. Elsewhere both sides use a
-/// sequentially consistent fence.
+/// sequentially consistent fence. That includes Windows: its
+/// `FlushProcessWriteBuffers` would do membarrier's job, but under Wine 8.0
+/// (where mapi32.dll is tested) it is an empty stub, which would let owner
+/// and guest in at once.
 mod fence {
     use core::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 
@@ -545,6 +548,7 @@ mod fence {
 
     /// After `fork()`, in the child: registration is per process, so renew
     /// it, or fall back to symmetric fences (no other thread is running yet).
+    #[cfg(unix)]
     pub fn renew_after_fork() {
         if MODE.load(Ordering::Relaxed) == ASYMMETRIC && !membarrier::register() {
             MODE.store(SYMMETRIC, Ordering::Release);
