@@ -31,8 +31,9 @@ WIN_SOURCES := $(wildcard src/*.rs) mapi32.def
 
 .PHONY: windows windows-exports windows-programs test-windows windows-compare windows-test-if-available
 
-# Part of `make test` where the Windows toolchain and wine are installed
-# (.ci/run installs them); skipped with a note elsewhere.
+# Part of `make test` where the Windows toolchain and wine are installed;
+# skipped with a note elsewhere, but never in CI (CI set), whose .ci/run
+# installs them.
 TEST_STEPS += windows-test-if-available
 
 windows: $(WIN_BUILD)/mapi32.dll
@@ -82,7 +83,9 @@ WIN_MISSING = $(strip \
 	$(if $(shell command -v wine64 || ls /usr/lib/wine/wine64 2>/dev/null),,wine64))
 
 windows-test-if-available:
-	@if [ -n "$(WIN_MISSING)" ]; then \
+	@if [ -n "$(WIN_MISSING)" ] && [ -n "$$CI" ]; then \
+		echo "test-windows: not installed: $(WIN_MISSING) (.ci/run should have installed them)" >&2; exit 1; \
+	elif [ -n "$(WIN_MISSING)" ]; then \
 		echo "test-windows: skipped, not installed: $(WIN_MISSING) (see mk/windows.mk)"; \
 	else \
 		$(MAKE) --no-print-directory test-windows; \
