@@ -54,7 +54,7 @@ $(WIN_BUILD)/unit_tests.exe: $(WIN_SOURCES) $(WIN_BUILD)/liblibc.rlib
 	$(WIN_RUSTC) --target $(WIN_TARGET) --edition 2021 --test --crate-name mapi32 -D warnings \
 	    --extern libc=$(WIN_BUILD)/liblibc.rlib -L $(WIN_BUILD) src/lib.rs -o $@
 
-$(WIN_BUILD)/conformance_win.exe: c_tests/windows/conformance_win.c
+$(WIN_BUILD)/conformance_win.exe: c_tests/windows/conformance_win.c c_tests/patterns.h
 	@mkdir -p $(WIN_BUILD)
 	$(WIN_CC) $(WIN_CFLAGS) $< -o $@
 
