@@ -228,6 +228,13 @@ struct ThreadHeap(Cell<*const Heap>);
 
 impl Drop for ThreadHeap {
     fn drop(&mut self) {
+        // When a Windows process exits, every other thread is ended wherever
+        // it was, perhaps holding this heap's lock, before the exiting
+        // thread runs this: taking the lock would wait forever, and nobody
+        // is left to adopt the heap anyway.
+        if process_is_exiting() {
+            return;
+        }
         // SAFETY: a non-null pointer here is a published heap, never freed.
         if let Some(heap) = unsafe { self.0.get().as_ref() } {
             let _guard = heap.guest.lock();
@@ -239,6 +246,25 @@ impl Drop for ThreadHeap {
             records.table.release_if_empty();
         }
     }
+}
+
+/// Whether the process is exiting and its other threads are already gone.
+#[cfg(windows)]
+fn process_is_exiting() -> bool {
+    #[link(name = "ntdll")]
+    extern "system" {
+        /// The loader's flag: set once `ExitProcess` has ended the other
+        /// threads and begun detaching the DLLs (returns a `BOOLEAN`).
+        fn RtlDllShutdownInProgress() -> u8;
+    }
+    // SAFETY: takes no arguments and only reads the loader's flag.
+    unsafe { RtlDllShutdownInProgress() != 0 }
+}
+
+/// Elsewhere a process's exit does not end its other threads first.
+#[cfg(not(windows))]
+fn process_is_exiting() -> bool {
+    false
 }
 
 thread_local! {

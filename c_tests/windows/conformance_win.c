@@ -8,6 +8,7 @@
  *   conformance_win.exe --list    the case names
  *   conformance_win.exe --which   which mapi32.dll was loaded, and from where
  *   conformance_win.exe CASE      run one case
+ *   conformance_win.exe --exit-race   one round of exit_with_threads_inside
  *
  * One case a process: misuse may crash or hang a MAPI library, so the runner
  * starts each case on its own under a timeout. Exit status: 0 passed, 1
@@ -1168,6 +1169,62 @@ static void threads_exit_leave_nothing_behind(void)
     CHECK_LIVE(base, "memory kept for ended threads");
 }
 
+/* A process may end while other threads are inside the library. Windows
+ * ends those threads wherever they are, perhaps holding a lock of the
+ * library's, before the exiting thread runs the DLL's detach code and its
+ * thread-local destructors: none of that may wait for them. Each round is
+ * a process of its own (`--exit-race`), given a few seconds to end. */
+#define EXIT_RACE_ROUNDS 20
+#define EXIT_RACE_THREADS 4
+#define EXIT_RACE_SECONDS 5
+
+static void *exit_race_root;
+
+static DWORD WINAPI exit_race_worker(LPVOID argument)
+{
+    (void)argument;
+    /* Onto the main thread's root: libmapi32 enters that thread's records
+     * as a guest, under their lock, on every call. */
+    for (;;) {
+        void *child = NULL;
+        allocate_more(16, exit_race_root, &child);
+    }
+    return 0;
+}
+
+static int exit_race_child(void)
+{
+    REQUIRE(allocate_buffer(64, &exit_race_root) == S_OK, "root refused");
+    for (unsigned i = 0; i < EXIT_RACE_THREADS; i++)
+        REQUIRE(CreateThread(NULL, 0, exit_race_worker, NULL, 0, NULL) != NULL, "thread not started");
+    Sleep(20);
+    return EXIT_PASSED; /* exit() while the workers are busy */
+}
+
+static void exit_with_threads_inside(void)
+{
+    char program[MAX_PATH];
+    REQUIRE(GetModuleFileNameA(NULL, program, sizeof program) != 0, "own path");
+    char command[MAX_PATH + 32];
+    snprintf(command, sizeof command, "\"%s\" --exit-race", program);
+    for (unsigned round = 0; round < EXIT_RACE_ROUNDS; round++) {
+        STARTUPINFOA startup = { .cb = sizeof startup };
+        PROCESS_INFORMATION child;
+        REQUIRE(CreateProcessA(NULL, command, NULL, NULL, FALSE, 0, NULL, NULL, &startup, &child), "process not started");
+        DWORD waited = WaitForSingleObject(child.hProcess, EXIT_RACE_SECONDS * 1000);
+        DWORD status = 0;
+        if (waited != WAIT_OBJECT_0)
+            TerminateProcess(child.hProcess, 99);
+        else
+            GetExitCodeProcess(child.hProcess, &status);
+        CloseHandle(child.hThread);
+        CloseHandle(child.hProcess);
+        REQUIREF(waited == WAIT_OBJECT_0, "process hung at exit", "round %u: still running after %d s", round,
+                 EXIT_RACE_SECONDS);
+        REQUIREF(status == 0, "process failed at exit", "round %u: exit status 0x%lx", round, (unsigned long)status);
+    }
+}
+
 /* ======================================================================== */
 /* SPEC §4: for the runner's MAPI32_DEBUG checks                            */
 /* ======================================================================== */
@@ -1235,6 +1292,7 @@ static const struct test_case cases[] = {
     CASE(threads_more_racing_free_is_safe),
     CASE(threads_tree_outlives_its_thread),
     CASE(threads_exit_leave_nothing_behind),
+    CASE(exit_with_threads_inside),
     CASE(debug_misuse_and_leak),
 };
 
@@ -1286,7 +1344,7 @@ int main(int argc, char **argv)
     SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX | SEM_NOOPENFILEERRORBOX);
     SetUnhandledExceptionFilter(on_unhandled_exception);
     if (argc != 2) {
-        printf("usage: %s --list | --which | CASE\n", argv[0]);
+        printf("usage: %s --list | --which | CASE   (--exit-race: for exit_with_threads_inside)\n", argv[0]);
         return 2;
     }
     if (strcmp(argv[1], "--list") == 0) {
@@ -1295,6 +1353,8 @@ int main(int argc, char **argv)
         return EXIT_PASSED;
     }
     load_mapi32();
+    if (strcmp(argv[1], "--exit-race") == 0)
+        return exit_race_child();
     int hooked = hook_allocator_imports(mapi);
     if (strcmp(argv[1], "--which") == 0)
         return which(hooked);
