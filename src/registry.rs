@@ -98,6 +98,18 @@ impl Heap {
         }
         HeapAccess { heap: self, guest: Some(guard) }
     }
+
+    /// A guest's way in while the process exits on Windows, when the other
+    /// threads have been ended wherever they were: `None` if one of them
+    /// was inside this heap (its lock held, or its owner busy), whose
+    /// records may then be half-changed and must not be read.
+    fn enter_at_exit(&self) -> Option<HeapAccess<'_>> {
+        let guard = self.guest.try_lock()?;
+        if self.owned.load(Ordering::Relaxed) && self.owner_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(HeapAccess { heap: self, guest: Some(guard) })
+    }
 }
 
 /// What one heap knows: its blocks, and the counts behind `mapi32_stats`,
@@ -484,10 +496,21 @@ pub fn stats() -> Counts {
 }
 
 /// Calls `visit` with the address, requested size and tree bytes (its own
-/// and its children's requested sizes) of every live root.
-pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) {
+/// and its children's requested sizes) of every live root. Returns how many
+/// heaps it had to leave out: only while a Windows process exits, those a
+/// thread ended in the middle of a call was inside.
+pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) -> usize {
+    let exiting = process_is_exiting();
+    let mut left_out = 0;
     for heap in heaps() {
-        let mut access = heap.enter_as_guest();
+        let entered = if exiting { heap.enter_at_exit() } else { Some(heap.enter_as_guest()) };
+        let mut access = match entered {
+            Some(access) => access,
+            None => {
+                left_out += 1;
+                continue;
+            }
+        };
         access.records().table.for_each(|addr, kind| {
             if kind != Kind::Root {
                 return;
@@ -506,6 +529,7 @@ pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) {
             }
         });
     }
+    left_out
 }
 
 /// Work for when the library is loaded, before any thread can call it:

@@ -196,13 +196,15 @@ record sdk_client_linked_with_lmapi32 "$ours" "$theirs"
 
 # SPEC §4 on Windows: MAPI32_DEBUG reaches the DLL, its lines reach stderr
 # (the C runtime's write on fd 2), leaks are reported when the DLL is
-# detached at exit, and abort stops at the first misuse.
+# detached at exit, even when the exit ended threads in the middle of a
+# call, and abort stops at the first misuse.
+# diagnostics WORDS CASE: runs CASE with MAPI32_DEBUG=WORDS.
 diagnostics() {
     side=libmapi32
     case_started=$(now)
     status=0
     (cd "$work/$side" && MAPI32_DEBUG=$1 WINEDLLOVERRIDES=mapi32=n \
-        timeout -k 5 "$case_timeout" "$wine" conformance_win.exe debug_misuse_and_leak) \
+        timeout -k 5 "$case_timeout" "$wine" conformance_win.exe "$2") \
         >"$work/debug.out" 2>"$work/debug.raw" || status=$?
     tr -d '\r' <"$work/debug.raw" >"$work/debug.err"
 }
@@ -210,7 +212,7 @@ warn_line='^libmapi32: MAPIFreeBuffer(0x[0-9a-f]*): not a live root'
 more_line='^libmapi32: MAPIAllocateMore(0x[0-9a-f]*): not a live block'
 leak_line='^libmapi32: 1 root(s) still live at exit, 1024 bytes with their children$'
 
-diagnostics warn,leaks
+diagnostics warn,leaks debug_misuse_and_leak
 if [ "$status" -eq 0 ] && grep -q "$warn_line" "$work/debug.err" && grep -q "$more_line" "$work/debug.err" &&
     grep -q "$leak_line" "$work/debug.err"; then
     result=pass
@@ -220,7 +222,7 @@ fi
 report libmapi32 debug_warn_and_leaks_on_stderr "$result" "$(elapsed "$case_started")" "$work/debug.err"
 record "MAPI32_DEBUG=warn,leaks" "$result" "n/a: no MAPI32_DEBUG"
 
-diagnostics abort
+diagnostics abort debug_misuse_and_leak
 if [ "$status" -eq 3 ] && [ "$(grep -c '^libmapi32: ' "$work/debug.err")" -eq 1 ] && grep -q "$warn_line" "$work/debug.err"; then
     result=pass
 else
@@ -228,6 +230,16 @@ else
 fi
 report libmapi32 debug_abort_stops_at_first_misuse "$result" "$(elapsed "$case_started")" "$work/debug.err"
 record "MAPI32_DEBUG=abort" "$result" "n/a: no MAPI32_DEBUG"
+
+# exit_with_threads_inside's processes each print the report as they exit.
+diagnostics leaks exit_with_threads_inside
+if [ "$status" -eq 0 ] && [ "$(grep -c '^libmapi32: [0-9]* root(s) still live at exit' "$work/debug.err")" -ge 2 ]; then
+    result=pass
+else
+    result="fail: exit status $status, $(grep -c 'still live at exit' "$work/debug.err") reports"
+fi
+report libmapi32 debug_leaks_with_threads_ended_at_exit "$result" "$(elapsed "$case_started")" "$work/debug.out"
+record "MAPI32_DEBUG=leaks, exit_with_threads_inside" "$result" "n/a: no MAPI32_DEBUG"
 
 if [ "$mode" = compare ]; then
     echo
