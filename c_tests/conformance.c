@@ -36,6 +36,7 @@
 #include "mapix.h"
 
 #include "harness.h"
+#include "patterns.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -49,9 +50,6 @@
 #endif
 
 #define COUNT(array) (sizeof(array) / sizeof((array)[0]))
-
-/* SPEC §2: 16 bytes on 64-bit platforms, 8 on 32-bit. */
-#define MAPI_ALIGNMENT (sizeof(void *) == 8 ? 16u : 8u)
 
 /* The most threads any test runs at once (warm_up starts this many). */
 #define MAX_THREADS 12
@@ -352,59 +350,6 @@ static void check_free_ignored(void *pointer, const char *what, const char *file
 /* ------------------------------------------------------------------------ */
 /* Contents, addresses, memory                                               */
 /* ------------------------------------------------------------------------ */
-
-/* A byte sequence that differs per seed, so overlapping blocks show. */
-static unsigned char pattern_byte(unsigned seed, size_t index)
-{
-    uint32_t mixed = seed * 0x9E3779B1u + (uint32_t)index * 0x85EBCA77u;
-    return (unsigned char)(mixed ^ (mixed >> 15) ^ (mixed >> 24));
-}
-
-static void fill(void *block, size_t size, unsigned seed)
-{
-    unsigned char *bytes = block;
-    for (size_t i = 0; i < size; i++)
-        bytes[i] = pattern_byte(seed, i);
-}
-
-static int holds(const void *block, size_t size, unsigned seed)
-{
-    const unsigned char *bytes = block;
-    for (size_t i = 0; i < size; i++) {
-        if (bytes[i] != pattern_byte(seed, i))
-            return 0;
-    }
-    return 1;
-}
-
-static int is_aligned(const void *pointer)
-{
-    return ((uintptr_t)pointer & (MAPI_ALIGNMENT - 1)) == 0;
-}
-
-/* `pointer` moved by `offset` bytes, as an address (it need not point into an object). */
-static void *displaced(void *pointer, long offset)
-{
-    return (void *)((uintptr_t)pointer + (uintptr_t)offset);
-}
-
-static int compare_addresses(const void *left, const void *right)
-{
-    uintptr_t a = (uintptr_t) * (void *const *)left;
-    uintptr_t b = (uintptr_t) * (void *const *)right;
-    return (a > b) - (a < b);
-}
-
-/* Whether the n pointers all differ. Sorts them. */
-static int all_distinct(void **pointers, size_t n)
-{
-    qsort(pointers, n, sizeof pointers[0], compare_addresses);
-    for (size_t i = 1; i < n; i++) {
-        if (pointers[i] == pointers[i - 1])
-            return 0;
-    }
-    return 1;
-}
 
 static size_t page_size(void)
 {

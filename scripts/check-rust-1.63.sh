@@ -17,14 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# The cfgs libc's own build script sets for any rustc >= 1.63.
-libc_cfgs="--cfg libc_priv_mod_use --cfg libc_union --cfg libc_const_size_of --cfg libc_align
-  --cfg libc_int128 --cfg libc_core_cvoid --cfg libc_packedN --cfg libc_cfg_target_vendor
-  --cfg libc_non_exhaustive --cfg libc_long_array --cfg libc_ptr_addr_of
-  --cfg libc_underscore_const_names --cfg libc_const_extern_fn"
-# shellcheck disable=SC2086
-"$rustc" --edition 2015 --crate-type rlib --crate-name libc $libc_cfgs --cfg 'feature="std"' \
-    -O --cap-lints allow "$libc_dir/src/lib.rs" -o "$work/liblibc.rlib"
+sh "$root/scripts/build-libc-1.63.sh" "$rustc" "$work/liblibc.rlib" "" "$libc_dir"
 "$rustc" --edition 2021 --crate-type rlib,cdylib --crate-name mapi32 -C panic=abort -O -D warnings \
     --extern libc="$work/liblibc.rlib" -L "$work" "$root/src/lib.rs" --out-dir "$work"
 "$rustc" --edition 2021 --test --crate-name mapi32 -D warnings \

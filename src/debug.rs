@@ -116,7 +116,7 @@ extern "C" fn report_leaks() {
     let mut bytes = 0u64;
     // (tree bytes, root size, root address), largest first.
     let mut largest = [(0u64, 0usize, 0usize); LARGEST];
-    crate::registry::for_each_root(|addr, root_size, tree_bytes| {
+    let left_out = crate::registry::for_each_root(|addr, root_size, tree_bytes| {
         roots += 1;
         bytes = bytes.wrapping_add(tree_bytes);
         if let Some(place) = largest.iter().position(|&(held, _, _)| tree_bytes > held) {
@@ -140,6 +140,13 @@ extern "C" fn report_leaks() {
         line.push(b" bytes, ");
         line.push_decimal(tree_bytes);
         line.push(b" bytes with its children");
+        line.write();
+    }
+    if left_out != 0 {
+        let mut line = Line::new();
+        line.push(b"libmapi32:   not counted: the roots of ");
+        line.push_decimal(left_out as u64);
+        line.push(b" thread(s) whose records a thread was changing when the process ended it");
         line.write();
     }
 }
@@ -194,9 +201,15 @@ impl Line {
     fn write(mut self) {
         self.bytes[self.len] = b'\n';
         self.len += 1;
+        // The C runtime's write takes an unsigned int count on Windows and a
+        // size_t elsewhere; a line is at most 200 bytes, so it always fits.
+        #[cfg(windows)]
+        let len = self.len as libc::c_uint;
+        #[cfg(not(windows))]
+        let len = self.len;
         // SAFETY: the buffer holds `len` initialised bytes. A short or failed
         // write of a diagnostic is not worth acting on.
-        let _ = unsafe { libc::write(2, self.bytes.as_ptr().cast(), self.len) };
+        let _ = unsafe { libc::write(2, self.bytes.as_ptr().cast(), len) };
     }
 }
 

@@ -39,7 +39,14 @@ pub mod ffi;
 #[link_section = ".init_array"]
 static AT_LOAD: extern "C" fn() = at_load;
 
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+/// The same for mapi32.dll: the C runtime's DLL entry point runs the
+/// initialisers in `.CRT$XC*` when the DLL is attached to the process.
+#[cfg(windows)]
+#[used]
+#[link_section = ".CRT$XCU"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", windows))]
 extern "C" fn at_load() {
     registry::init();
     debug::init();

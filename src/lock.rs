@@ -32,6 +32,15 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it is free, without waiting.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        if self.try_acquire() {
+            Some(SpinGuard { lock: self })
+        } else {
+            None
+        }
+    }
+
     /// Takes the lock with no guard, for the fork handlers.
     pub fn acquire(&self) {
         while !self.try_acquire() {
@@ -103,6 +112,15 @@ mod tests {
         assert!(!lock.try_acquire());
         drop(guard);
         assert!(lock.try_acquire(), "dropping the guard released it");
+    }
+
+    #[test]
+    fn try_lock_takes_a_free_lock_and_refuses_a_held_one() {
+        let lock = SpinLock::new(());
+        let guard = lock.try_lock().expect("the lock is free");
+        assert!(lock.try_lock().is_none());
+        drop(guard);
+        assert!(lock.try_lock().is_some());
     }
 
     #[test]

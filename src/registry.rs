@@ -98,6 +98,18 @@ impl Heap {
         }
         HeapAccess { heap: self, guest: Some(guard) }
     }
+
+    /// A guest's way in while the process exits on Windows, when the other
+    /// threads have been ended wherever they were: `None` if one of them
+    /// was inside this heap (its lock held, or its owner busy), whose
+    /// records may then be half-changed and must not be read.
+    fn enter_at_exit(&self) -> Option<HeapAccess<'_>> {
+        let guard = self.guest.try_lock()?;
+        if self.owned.load(Ordering::Relaxed) && self.owner_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(HeapAccess { heap: self, guest: Some(guard) })
+    }
 }
 
 /// What one heap knows: its blocks, and the counts behind `mapi32_stats`,
@@ -228,6 +240,13 @@ struct ThreadHeap(Cell<*const Heap>);
 
 impl Drop for ThreadHeap {
     fn drop(&mut self) {
+        // When a Windows process exits, every other thread is ended wherever
+        // it was, perhaps holding this heap's lock, before the exiting
+        // thread runs this: taking the lock would wait forever, and nobody
+        // is left to adopt the heap anyway.
+        if process_is_exiting() {
+            return;
+        }
         // SAFETY: a non-null pointer here is a published heap, never freed.
         if let Some(heap) = unsafe { self.0.get().as_ref() } {
             let _guard = heap.guest.lock();
@@ -239,6 +258,25 @@ impl Drop for ThreadHeap {
             records.table.release_if_empty();
         }
     }
+}
+
+/// Whether the process is exiting and its other threads are already gone.
+#[cfg(windows)]
+fn process_is_exiting() -> bool {
+    #[link(name = "ntdll")]
+    extern "system" {
+        /// The loader's flag: set once `ExitProcess` has ended the other
+        /// threads and begun detaching the DLLs (returns a `BOOLEAN`).
+        fn RtlDllShutdownInProgress() -> u8;
+    }
+    // SAFETY: takes no arguments and only reads the loader's flag.
+    unsafe { RtlDllShutdownInProgress() != 0 }
+}
+
+/// Elsewhere a process's exit does not end its other threads first.
+#[cfg(not(windows))]
+fn process_is_exiting() -> bool {
+    false
 }
 
 thread_local! {
@@ -458,10 +496,21 @@ pub fn stats() -> Counts {
 }
 
 /// Calls `visit` with the address, requested size and tree bytes (its own
-/// and its children's requested sizes) of every live root.
-pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) {
+/// and its children's requested sizes) of every live root. Returns how many
+/// heaps it had to leave out: only while a Windows process exits, those a
+/// thread ended in the middle of a call was inside.
+pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) -> usize {
+    let exiting = process_is_exiting();
+    let mut left_out = 0;
     for heap in heaps() {
-        let mut access = heap.enter_as_guest();
+        let entered = if exiting { heap.enter_at_exit() } else { Some(heap.enter_as_guest()) };
+        let mut access = match entered {
+            Some(access) => access,
+            None => {
+                left_out += 1;
+                continue;
+            }
+        };
         access.records().table.for_each(|addr, kind| {
             if kind != Kind::Root {
                 return;
@@ -480,6 +529,7 @@ pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) {
             }
         });
     }
+    left_out
 }
 
 /// Work for when the library is loaded, before any thread can call it:
@@ -521,7 +571,10 @@ impl Iterator for Chain {
 /// puts that fence into every running thread of the process, so the owner
 /// gets away with a compiler fence: its fast path has no atomic
 /// read-modify-write and no fence instruction. Elsewhere both sides use a
-/// sequentially consistent fence.
+/// sequentially consistent fence. That includes Windows: its
+/// `FlushProcessWriteBuffers` would do membarrier's job, but under Wine 8.0
+/// (where mapi32.dll is tested) it is an empty stub, which would let owner
+/// and guest in at once.
 mod fence {
     use core::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 
@@ -545,6 +598,7 @@ mod fence {
 
     /// After `fork()`, in the child: registration is per process, so renew
     /// it, or fall back to symmetric fences (no other thread is running yet).
+    #[cfg(unix)]
     pub fn renew_after_fork() {
         if MODE.load(Ordering::Relaxed) == ASYMMETRIC && !membarrier::register() {
             MODE.store(SYMMETRIC, Ordering::Release);

@@ -3,8 +3,6 @@
 //! malloc see it as usual (SPEC §3). Nothing here can abort: a refusal is a
 //! NULL pointer, which callers turn into `MAPI_E_NOT_ENOUGH_MEMORY`.
 
-use libc::c_void;
-
 /// Alignment of every pointer handed to a client: enough for any MAPI
 /// structure (`SPropValue` with doubles, `FILETIME`, `LARGE_INTEGER`).
 pub const BLOCK_ALIGN: usize = if cfg!(target_pointer_width = "64") { 16 } else { 8 };
@@ -29,7 +27,7 @@ fn aligned_from_c(size: usize) -> *mut u8 {
     }
     // SAFETY: `block` came from malloc just above and is not used again.
     unsafe { libc::free(block) };
-    let mut block: *mut c_void = core::ptr::null_mut();
+    let mut block: *mut libc::c_void = core::ptr::null_mut();
     // SAFETY: `block` is a valid out-pointer and BLOCK_ALIGN is a power of two
     // and a multiple of `sizeof(void *)`, as posix_memalign requires. On
     // failure it returns non-zero and leaves `block` untouched (NULL).
@@ -44,9 +42,17 @@ fn aligned_from_c(size: usize) -> *mut u8 {
 #[cfg(not(unix))]
 fn aligned_from_c(size: usize) -> *mut u8 {
     // The Windows C runtime's malloc is documented to align to 16 bytes on
-    // 64-bit and 8 on 32-bit, which is BLOCK_ALIGN.
+    // 64-bit and 8 on 32-bit, which is BLOCK_ALIGN. Its _aligned_malloc
+    // blocks would need _aligned_free, so a block that broke that promise
+    // is refused rather than handed out.
     // SAFETY: malloc accepts any size and returns NULL when it cannot comply.
-    unsafe { libc::malloc(size) }.cast()
+    let block = unsafe { libc::malloc(size) };
+    if block as usize % BLOCK_ALIGN == 0 {
+        return block.cast();
+    }
+    // SAFETY: `block` came from malloc just above and is not used again.
+    unsafe { libc::free(block) };
+    core::ptr::null_mut()
 }
 
 /// `count * size` zeroed bytes, or NULL (also when the product overflows).
