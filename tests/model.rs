@@ -6,7 +6,9 @@
 //!
 //! Seeded and bounded, so `cargo test` stays fast and a failure replays: the
 //! message names the seed; `MAPI32_MODEL_SEED=<seed>` runs from it, and
-//! `MAPI32_MODEL_SCALE=<n>` runs n times as many steps. Built with
+//! `MAPI32_MODEL_SCALE=<n>` runs n times as many steps; `MAPI32_MODEL_TRACE=1`
+//! names each step on stderr before it runs (for a crash inside the library,
+//! which leaves no panic message). Built with
 //! `--features fault-injection` the sequences also inject allocation
 //! failures (`make fault-model-test`).
 //!

@@ -269,6 +269,11 @@ impl Default for Config {
     }
 }
 
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("MAPI32_MODEL_TRACE").map_or(false, |v| v == "1"))
+}
+
 /// What the fuzz target runs, and the regression replays with it.
 pub fn fuzz_config(fault_hook: Option<FaultHook>) -> Config {
     Config { fault_hook, huge_sizes: true, shared_trees: false, max_live_blocks: 2000 }
@@ -344,6 +349,11 @@ impl<'c> Engine<'c> {
     }
 
     fn step(&mut self) {
+        if trace() {
+            // A crash inside the library leaves no panic message: this says
+            // where it happened (MAPI32_MODEL_TRACE=1).
+            eprintln!("{}: step {}", self.label, self.counts.steps);
+        }
         if self.live_blocks() > self.config.max_live_blocks {
             let victim = self.choose(self.trees.len());
             self.free_tree(victim);
