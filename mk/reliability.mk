@@ -118,3 +118,10 @@ fuzz:
 	for crash in artifacts/ops/crash-* artifacts/ops/oom-* artifacts/ops/timeout-*; do \
 		[ -e "$$crash" ] && cp "$$crash" regressions/ && echo "fuzz: kept $$crash in fuzz/regressions"; done; \
 	exit $$status
+
+# make clean also drops the fuzz build (its corpus stays: it is what the
+# fuzzer has learnt).
+clean: clean-fuzz
+.PHONY: clean-fuzz
+clean-fuzz:
+	rm -rf fuzz/target fuzz/artifacts
