@@ -92,91 +92,9 @@ static size_t heap_bytes_in_use(void)
     return info.uordblks + info.hblkhd;
 }
 
-/*
- * Every C-allocator call of this process, the library's included, goes
- * through these wrappers, as it would through an LD_PRELOADed malloc
- * (SPEC §3), and they count the blocks alive. glibc documents which
- * functions a replacement malloc must provide; these forward to its own.
- */
-extern void *__libc_malloc(size_t size);
-extern void *__libc_calloc(size_t count, size_t size);
-extern void *__libc_realloc(void *block, size_t size);
-extern void *__libc_memalign(size_t alignment, size_t size);
-extern void *__libc_valloc(size_t size);
-extern void *__libc_pvalloc(size_t size);
-extern void __libc_free(void *block);
-
-static atomic_long c_blocks_alive;
-
-static long live_c_blocks(void)
-{
-    return atomic_load(&c_blocks_alive);
-}
-
-static void *counted(void *block)
-{
-    if (block != NULL)
-        atomic_fetch_add(&c_blocks_alive, 1);
-    return block;
-}
-
-void *malloc(size_t size)
-{
-    return counted(__libc_malloc(size));
-}
-
-void *calloc(size_t count, size_t size)
-{
-    return counted(__libc_calloc(count, size));
-}
-
-void *memalign(size_t alignment, size_t size)
-{
-    return counted(__libc_memalign(alignment, size));
-}
-
-void *aligned_alloc(size_t alignment, size_t size)
-{
-    return counted(__libc_memalign(alignment, size));
-}
-
-void *valloc(size_t size)
-{
-    return counted(__libc_valloc(size));
-}
-
-void *pvalloc(size_t size)
-{
-    return counted(__libc_pvalloc(size));
-}
-
-int posix_memalign(void **block, size_t alignment, size_t size)
-{
-    if (alignment == 0 || alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0)
-        return EINVAL;
-    void *fresh = counted(__libc_memalign(alignment, size));
-    if (fresh == NULL)
-        return ENOMEM;
-    *block = fresh;
-    return 0;
-}
-
-void *realloc(void *block, size_t size)
-{
-    if (block == NULL)
-        return malloc(size);
-    void *moved = __libc_realloc(block, size);
-    if (moved == NULL && size == 0)
-        atomic_fetch_sub(&c_blocks_alive, 1); /* realloc(p, 0) freed p */
-    return moved;
-}
-
-void free(void *block)
-{
-    if (block != NULL)
-        atomic_fetch_sub(&c_blocks_alive, 1);
-    __libc_free(block);
-}
+/* Every C-allocator call goes through the wrappers in count_malloc.h, which
+ * count the blocks alive. */
+#include "count_malloc.h"
 #endif
 
 /*

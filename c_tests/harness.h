@@ -14,7 +14,8 @@
  *
  * Usage:  prog [--list] [test-name ...]
  * Output: one PASS/FAIL/SKIP line per test, then exactly one line
- *         "N passed, N failed". Exit status: the number of failures, at most 255.
+ *         "N passed, N failed" (", N skipped" after it when any test was
+ *         skipped). Exit status: the number of failures, at most 255.
  *
  * Needs _GNU_SOURCE (or _POSIX_C_SOURCE >= 200809L) before the first include,
  * and -pthread. Written for one translation unit: everything here is static.
@@ -76,7 +77,7 @@ enum harness_outcome { HARNESS_PASSED, HARNESS_FAILED, HARNESS_SKIPPED };
 
 static atomic_uint harness_failed_checks;
 static const char *harness_current_test = "";
-static unsigned harness_passed, harness_failed;
+static unsigned harness_passed, harness_failed, harness_skipped;
 static int harness_in_forked_child;
 static int harness_in_test;
 static pthread_t harness_test_thread;
@@ -277,6 +278,8 @@ static void harness_run_one(const struct test_case *test)
         harness_passed++;
     else if (outcome == HARNESS_FAILED)
         harness_failed++;
+    else
+        harness_skipped++;
 }
 
 /* --- The runner. --- */
@@ -326,7 +329,11 @@ static int harness_main(const struct test_case *tests, size_t count, int argc, c
         for (size_t i = 0; i < count; i++)
             harness_run_one(&tests[i]);
     }
-    printf("%u passed, %u failed\n", harness_passed, harness_failed);
+    /* A skip is counted as such, never as a pass. */
+    if (harness_skipped > 0)
+        printf("%u passed, %u failed, %u skipped\n", harness_passed, harness_failed, harness_skipped);
+    else
+        printf("%u passed, %u failed\n", harness_passed, harness_failed);
     return (int)harness_exit_status(harness_failed);
 }
 

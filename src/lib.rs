@@ -11,6 +11,8 @@
 //! - `block`: block layout, alignment and size arithmetic.
 //! - `sys`: the C allocator underneath everything.
 //! - `lock`: the spin lock the registry shards use.
+//! - `fault_hook`: tests only (feature `fault-injection`): make the Nth
+//!   allocation fail.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
@@ -22,6 +24,8 @@ compile_error!("libmapi32 must be built with panic = \"abort\" (see Cargo.toml)"
 
 mod block;
 mod debug;
+#[cfg(feature = "fault-injection")]
+pub mod fault_hook;
 mod lock;
 mod registry;
 mod scode;

@@ -73,34 +73,39 @@ pub unsafe fn release(ptr: *mut u8) {
     unsafe { libc::free(ptr.cast()) }
 }
 
-#[cfg(test)]
+// Test builds, and builds with the `fault-injection` feature (never the
+// shipped library), can make the Nth allocation of a thread fail.
+#[cfg(any(test, feature = "fault-injection"))]
 pub use fault::fail_allocation_after;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 fn injected_failure() -> bool {
     fault::should_fail()
 }
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fault-injection")))]
 #[inline(always)]
 fn injected_failure() -> bool {
     false
 }
 
-/// Unit tests make the Nth allocation of their own thread fail, to prove that
-/// running out of memory inside the registry is reported, not fatal.
-#[cfg(test)]
+/// Makes the Nth allocation of the calling thread fail, to prove that running
+/// out of memory anywhere, the registry's own growth included, is reported
+/// and not fatal. Every allocation of the library goes through this file.
+#[cfg(any(test, feature = "fault-injection"))]
 mod fault {
     use std::cell::Cell;
 
     thread_local! {
-        static REMAINING: Cell<Option<u32>> = Cell::new(None);
+        static REMAINING: Cell<Option<u32>> = const { Cell::new(None) };
     }
 
     /// After `successes` more allocations on this thread succeed, the next
-    /// one fails; `None` switches injection off.
-    pub fn fail_allocation_after(successes: Option<u32>) {
-        REMAINING.with(|remaining| remaining.set(successes));
+    /// one fails; `None` switches injection off. Returns what was left of
+    /// the previous setting: `None` if no failure was pending (it happened,
+    /// or none was set).
+    pub fn fail_allocation_after(successes: Option<u32>) -> Option<u32> {
+        REMAINING.with(|remaining| remaining.replace(successes))
     }
 
     pub fn should_fail() -> bool {

@@ -1,0 +1,395 @@
+/*
+ * fault_sweep.c: fault injection (issue 3). Against a libmapi32 built with
+ * the cargo feature `fault-injection`, which exports
+ * mapi32_test_fail_allocation_after(), each test runs a realistic workload
+ * again and again: the Nth time, the library's Nth C-allocator request fails
+ * — a block, or the registry's own growth or shrinking — for every N from 0
+ * until the workload no longer reaches the failure. At every N:
+ *
+ *   - the failing call returns MAPI_E_NOT_ENOUGH_MEMORY with *lppBuffer NULL;
+ *   - the number of live C blocks is what it was before the call (nothing
+ *     kept, nothing lost), and the tree it was adding to holds what it held;
+ *   - a free that runs into the failure still frees its whole tree;
+ *   - misuse (a freed parent, a double free) costs no allocation;
+ *   - the rest of the workload, retried call included, then works, and once
+ *     everything is freed the process holds exactly the blocks it had.
+ *
+ * Live C blocks are counted exactly by count_malloc.h; under ASan, which
+ * replaces malloc, its allocated-bytes counter stands in for the per-call
+ * checks and LeakSanitizer checks leaks at exit. Under valgrind, run with a
+ * smaller workload (--small), memcheck checks every access too.
+ *
+ * Run: ./fault_sweep [--small] [--list] [test-name ...]
+ */
+#define _GNU_SOURCE
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapix.h"
+
+/* Valgrind runs a sweep in a few minutes; allow for it. */
+#define HARNESS_TIMEOUT_SECONDS 600
+#include "harness.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
+#if UNDER_ASAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+/* Bytes asked for: exact across a call that must leave nothing behind. */
+static long heap_now(void)
+{
+    return (long)__sanitizer_get_current_allocated_bytes();
+}
+#define HEAP_UNIT "bytes"
+#else
+#include "count_malloc.h"
+static long heap_now(void)
+{
+    return live_c_blocks();
+}
+#define HEAP_UNIT "blocks"
+#endif
+
+/* The test hook of src/fault_hook.rs (not in mapix.h: test builds only). */
+ULONG mapi32_test_fail_allocation_after(ULONG successes);
+#define NO_FAILURE 0xFFFFFFFFu
+
+static char sentinel_target;
+#define SENTINEL ((void *)&sentinel_target)
+
+/* How many allocations are left before the armed failure, without changing it. */
+static ULONG pending_failure(void)
+{
+    ULONG left = mapi32_test_fail_allocation_after(NO_FAILURE);
+    mapi32_test_fail_allocation_after(left);
+    return left;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The blocks a workload holds                                               */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_BLOCKS 8192
+#define MAX_TREES 1024
+
+struct block {
+    unsigned char *address;
+    ULONG size;
+    unsigned seed;
+};
+
+struct tree {
+    unsigned first, count; /* its blocks in `blocks`, root first */
+    int live;
+};
+
+/* What one run of a workload holds, and what the sweep saw. */
+struct run {
+    struct block blocks[MAX_BLOCKS];
+    struct tree trees[MAX_TREES];
+    unsigned block_count, tree_count;
+    unsigned seed;
+    /* Injected failures, by where they struck. */
+    unsigned failed_blocks, failed_growths, failed_in_free;
+    int failure_reached;
+};
+
+struct figures {
+    unsigned long runs, calls, failed_blocks, failed_growths, failed_in_free;
+};
+
+static struct figures figures;
+
+static unsigned char pattern(unsigned seed, size_t index)
+{
+    uint32_t mixed = seed * 0x9E3779B1u + (uint32_t)index * 0x85EBCA77u;
+    return (unsigned char)(mixed ^ (mixed >> 15));
+}
+
+static void fill(const struct block *block)
+{
+    for (size_t i = 0; i < block->size; i++)
+        block->address[i] = pattern(block->seed, i);
+}
+
+static int intact(const struct block *block)
+{
+    for (size_t i = 0; i < block->size; i++) {
+        if (block->address[i] != pattern(block->seed, i))
+            return 0;
+    }
+    return 1;
+}
+
+static int tree_intact(const struct run *run, unsigned tree)
+{
+    const struct tree *t = &run->trees[tree];
+    for (unsigned i = 0; i < t->count; i++) {
+        if (!intact(&run->blocks[t->first + i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls, each checked                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A root (tree < 0) or a child of block `parent` of `tree`. When the call
+ * runs into the injected failure, check the refusal, then retry: the retry
+ * must succeed, as the failure is spent. Children are appended to their tree
+ * (trees are built one at a time, so a tree's blocks stay contiguous).
+ */
+static unsigned char *allocate(struct run *run, ULONG size, int tree, unsigned parent)
+{
+    REQUIRE(run->block_count < MAX_BLOCKS);
+    void *parent_address = tree < 0 ? NULL : run->blocks[run->trees[tree].first + parent].address;
+    for (int attempt = 0;; attempt++) {
+        ULONG left = pending_failure();
+        long before = heap_now();
+        void *out = SENTINEL;
+        SCODE status = parent_address ? MAPIAllocateMore(size, parent_address, &out)
+                                      : MAPIAllocateBuffer(size, &out);
+        figures.calls++;
+        if (status == S_OK) {
+            REQUIRE_MSG(out != NULL && out != SENTINEL && ((uintptr_t)out & 15) == 0, "block %p", out);
+            struct block *block = &run->blocks[run->block_count++];
+            *block = (struct block){ out, size, run->seed++ };
+            fill(block);
+            if (tree < 0) {
+                REQUIRE(run->tree_count < MAX_TREES);
+                run->trees[run->tree_count++] = (struct tree){ run->block_count - 1, 1, 1 };
+            } else {
+                REQUIRE(run->trees[tree].first + run->trees[tree].count == run->block_count - 1);
+                run->trees[tree].count++;
+            }
+            return block->address;
+        }
+        /* Refused: only the injected failure may cause that, once. */
+        REQUIRE_MSG(attempt == 0, "the retry failed too: status 0x%08x", (unsigned)status);
+        CHECK_MSG(status == MAPI_E_NOT_ENOUGH_MEMORY, "status 0x%08x", (unsigned)status);
+        CHECK_MSG(out == NULL, "out-pointer left at %p", out);
+        CHECK_MSG(heap_now() == before, "a refused call changed the heap by %+ld " HEAP_UNIT,
+                  heap_now() - before);
+        CHECK_MSG(left != NO_FAILURE && pending_failure() == NO_FAILURE,
+                  "refused with no failure armed (pending %u)", (unsigned)left);
+        if (tree >= 0)
+            CHECK_MSG(tree_intact(run, (unsigned)tree), "tree %d changed by a refused child", tree);
+        /* The block is the call's first request; a later one is the registry's. */
+        if (left == 0)
+            run->failed_blocks++;
+        else
+            run->failed_growths++;
+        run->failure_reached = 1;
+    }
+}
+
+/* Frees a tree; then none of its blocks takes a child, and a double free
+ * and a freed parent cost no allocation. */
+static void free_tree(struct run *run, unsigned tree)
+{
+    struct tree *t = &run->trees[tree];
+    CHECK_MSG(tree_intact(run, tree), "tree %u lost contents before its free", tree);
+    ULONG left = pending_failure();
+    long before = heap_now();
+    void *root = run->blocks[t->first].address;
+    CHECK(MAPIFreeBuffer(root) == 0);
+    figures.calls++;
+    long after = heap_now();
+    t->live = 0;
+    if (left != NO_FAILURE && pending_failure() == NO_FAILURE) {
+        /* The registry tried to shrink a table and was refused: harmless. */
+        run->failed_in_free++;
+        run->failure_reached = 1;
+    }
+    if (!UNDER_ASAN)
+        CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the heap by %+ld blocks",
+                  t->count, after - before);
+    /* Nothing was allocated since the free, so no address is live again. */
+    ULONG armed = pending_failure();
+    for (unsigned i = 0; i < t->count; i++) {
+        void *out = SENTINEL;
+        SCODE status = MAPIAllocateMore(16, run->blocks[t->first + i].address, &out);
+        figures.calls++;
+        CHECK_MSG(status == MAPI_E_INVALID_PARAMETER && out == NULL,
+                  "block %u of a freed tree: status 0x%08x, out %p", i, (unsigned)status, out);
+    }
+    CHECK(MAPIFreeBuffer(root) == 0);
+    figures.calls++;
+    CHECK_MSG(heap_now() == after, "misuse after a free changed the heap by %+ld " HEAP_UNIT, heap_now() - after);
+    CHECK_MSG(pending_failure() == armed, "misuse after a free made an allocation");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workloads                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int small_workloads;
+
+/*
+ * What a message store does for GetProps/QueryRows: per row, an SPropValue
+ * array, strings and binaries on it, a multi-valued property whose strings
+ * hang off the array's child; every few rows a row with many properties
+ * (a wide tree, which makes the registry grow); older rows freed as it goes.
+ */
+static void message_store_workload(struct run *run)
+{
+    unsigned rows = small_workloads ? 8 : 40;
+    unsigned oldest = 0;
+    for (unsigned row = 0; row < rows; row++) {
+        int tree = (int)run->tree_count;
+        allocate(run, 24u * 8u, -1, 0);
+        for (unsigned prop = 0; prop < 6; prop++)
+            allocate(run, 8u + (row * 31u + prop * 17u) % 200u, tree, 0);
+        unsigned multi = run->trees[tree].count;
+        allocate(run, 4u * (ULONG)sizeof(void *), tree, 0);
+        for (unsigned value = 0; value < 4; value++)
+            allocate(run, 12u + value, tree, multi);
+        allocate(run, 0, tree, 1);
+        if (row % 5 == 4) {
+            unsigned wide = small_workloads ? 600 : 240;
+            for (unsigned prop = 0; prop < wide; prop++)
+                allocate(run, prop % 40u, tree, prop % 3u);
+        }
+        if (row % 3 == 2)
+            free_tree(run, oldest++);
+    }
+    while (oldest < run->tree_count)
+        free_tree(run, oldest++);
+}
+
+/* Many small roots live at once, then freed in another order: the registry
+ * grows every shard's table and shrinks it again. */
+static void many_roots_workload(struct run *run)
+{
+    unsigned roots = small_workloads ? 600 : MAX_TREES;
+    for (unsigned i = 0; i < roots; i++) {
+        int tree = (int)run->tree_count;
+        allocate(run, i % 64u, -1, 0);
+        if (i % 4 == 0)
+            allocate(run, 32, tree, 0);
+    }
+    for (unsigned i = 0; i < run->tree_count; i += 2)
+        free_tree(run, i);
+    for (unsigned i = 1; i < run->tree_count; i += 2)
+        free_tree(run, i);
+}
+
+typedef void (*workload_fn)(struct run *run);
+
+/* One run with the failure armed after `successes` allocations; returns
+ * whether it was reached. */
+static int run_with_failure_after(workload_fn workload, ULONG successes, unsigned n)
+{
+    static struct run run;
+    memset(&run, 0, sizeof run);
+    run.seed = n * 7919u;
+    long baseline = heap_now();
+    mapi32_test_fail_allocation_after(successes);
+    workload(&run);
+    ULONG left = mapi32_test_fail_allocation_after(NO_FAILURE);
+    int spent = successes != NO_FAILURE && left == NO_FAILURE;
+    CHECK_MSG(run.failure_reached == spent,
+              "N=%u: the failure was %s, but %s call saw it", n, spent ? "spent" : "not reached",
+              run.failure_reached ? "a" : "no");
+    for (unsigned i = 0; i < run.tree_count; i++)
+        CHECK_MSG(!run.trees[i].live, "N=%u: workload left tree %u", n, i);
+    long leaked = heap_now() - baseline;
+    /* Under ASan the registry's tables may end a run larger or smaller;
+     * LeakSanitizer checks for leaks at exit instead. */
+    if (!UNDER_ASAN)
+        CHECK_MSG(leaked == 0, "N=%u: %+ld blocks after everything was freed", n, leaked);
+    figures.runs++;
+    figures.failed_blocks += run.failed_blocks;
+    figures.failed_growths += run.failed_growths;
+    figures.failed_in_free += run.failed_in_free;
+    return run.failure_reached;
+}
+
+/* Every N from 0 until a run no longer reaches the failure (and a few past
+ * it, as the registry's tables may have grown or shrunk differently), then
+ * one clean run. */
+static void sweep(workload_fn workload, const char *name)
+{
+    struct figures start = figures;
+    unsigned n = 0, unreached = 0;
+    for (; unreached < 8; n++) {
+        if (run_with_failure_after(workload, n, n))
+            unreached = 0;
+        else
+            unreached++;
+        if (atomic_load(&harness_failed_checks) != 0) {
+            printf("  first failure at N=%u\n", n);
+            return;
+        }
+    }
+    CHECK(!run_with_failure_after(workload, NO_FAILURE, n));
+    printf("  %s: %u runs, N = 0..%u; failures injected: %lu into blocks, %lu into registry growth, "
+           "%lu into frees (registry shrinking); %lu library calls\n",
+           name, n + 1, n - 1, figures.failed_blocks - start.failed_blocks,
+           figures.failed_growths - start.failed_growths, figures.failed_in_free - start.failed_in_free,
+           figures.calls - start.calls);
+    CHECK_MSG(figures.failed_growths > start.failed_growths, "no failure ever struck the registry's growth");
+}
+
+static void sweep_message_store_workload(void)
+{
+    sweep(message_store_workload, "message store");
+}
+
+static void sweep_many_roots_workload(void)
+{
+    sweep(many_roots_workload, "many roots");
+}
+
+/* Without the hook the sweep proves nothing: make sure it bites. */
+static void hook_makes_the_next_allocation_fail(void)
+{
+    void *out = SENTINEL;
+    CHECK(mapi32_test_fail_allocation_after(0) == NO_FAILURE);
+    CHECK(MAPIAllocateBuffer(16, &out) == MAPI_E_NOT_ENOUGH_MEMORY && out == NULL);
+    CHECK(pending_failure() == NO_FAILURE);
+    CHECK(MAPIAllocateBuffer(16, &out) == S_OK && out != NULL);
+    CHECK(mapi32_test_fail_allocation_after(5) == NO_FAILURE);
+    CHECK(mapi32_test_fail_allocation_after(NO_FAILURE) == 5);
+    MAPIFreeBuffer(out);
+}
+
+static const struct test_case tests[] = {
+    FORKED(hook_makes_the_next_allocation_fail),
+    FORKED(sweep_message_store_workload),
+    FORKED(sweep_many_roots_workload),
+};
+
+/* The registry makes each shard's first table on first use and keeps it:
+ * make them all now, so a run ends with exactly the blocks it began with. */
+static void warm_up(void)
+{
+    static void *roots[4096];
+    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
+        if (MAPIAllocateBuffer(16, &roots[i]) != S_OK)
+            roots[i] = NULL;
+    }
+    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++)
+        MAPIFreeBuffer(roots[i]);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--small") == 0) {
+        small_workloads = 1;
+        argv[1] = argv[0];
+        argc--;
+        argv++;
+    }
+    warm_up();
+    return harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
+}
