@@ -50,7 +50,7 @@ $(BUILD):
 $(BUILD)/demo: examples/demo.c include/mapix.h lib | $(BUILD)
 	$(CC) -std=c99 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
-$(BUILD)/conformance: c_tests/conformance.c c_tests/harness.h c_tests/patterns.h include/mapix.h lib | $(BUILD)
+$(BUILD)/conformance: c_tests/conformance.c c_tests/harness.h c_tests/patterns.h c_tests/count_malloc.h c_tests/crew.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
 $(BUILD)/extras: c_tests/extras.c c_tests/harness.h include/mapix.h lib | $(BUILD)

@@ -36,6 +36,7 @@
 #include "mapix.h"
 
 #include "harness.h"
+#include "crew.h"
 #include "patterns.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -51,11 +52,8 @@
 
 #define COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
-/* The most threads any test runs at once (warm_up starts this many). */
+/* The most threads any test runs at once (warm_up_library starts this many). */
 #define MAX_THREADS 12
-/* Small stacks, so glibc keeps every finished thread's stack (and the TLS
- * bookkeeping it mallocs) cached for the next test instead of freeing some. */
-#define WORKER_STACK_SIZE (256u * 1024u)
 
 /* ------------------------------------------------------------------------ */
 /* Measuring the C heap                                                      */
@@ -337,54 +335,6 @@ static const ULONG huge_sizes[] = { 0xFFFFFFFFu, 0xFFFFFFF0u, 0xFFFFFFF1u, 0x800
 /* Threads                                                                   */
 /* ------------------------------------------------------------------------ */
 
-typedef void (*worker_fn)(unsigned index, void *shared);
-
-struct crew {
-    unsigned count;
-    pthread_t threads[MAX_THREADS];
-    struct crew_member {
-        worker_fn work;
-        unsigned index;
-        void *shared;
-    } members[MAX_THREADS];
-};
-
-static void *crew_member_main(void *argument)
-{
-    struct crew_member *member = argument;
-    member->work(member->index, member->shared);
-    return NULL;
-}
-
-static void crew_start(struct crew *crew, unsigned count, worker_fn work, void *shared)
-{
-    pthread_attr_t attributes;
-    pthread_attr_init(&attributes);
-    pthread_attr_setstacksize(&attributes, WORKER_STACK_SIZE);
-    crew->count = 0;
-    for (unsigned i = 0; i < count && i < MAX_THREADS; i++) {
-        crew->members[i] = (struct crew_member){ work, i, shared };
-        if (!CHECK(pthread_create(&crew->threads[i], &attributes, crew_member_main, &crew->members[i]) == 0))
-            break;
-        crew->count++;
-    }
-    pthread_attr_destroy(&attributes);
-}
-
-static void crew_join(struct crew *crew)
-{
-    for (unsigned i = 0; i < crew->count; i++)
-        pthread_join(crew->threads[i], NULL);
-}
-
-/* Runs work(0..count-1, shared) on `count` threads at once and waits for all. */
-static void run_crew(unsigned count, worker_fn work, void *shared)
-{
-    struct crew crew;
-    crew_start(&crew, count, work, shared);
-    crew_join(&crew);
-}
-
 /* A root with children hanging off it and off each other, each filled with
  * its own pattern, checked, then freed as one tree. */
 #define TREE_CHILDREN 12
@@ -407,43 +357,6 @@ static void build_check_free_tree(unsigned seed)
 /* ------------------------------------------------------------------------ */
 /* Warm-up                                                                   */
 /* ------------------------------------------------------------------------ */
-
-/* Enough blocks that the registry's tables grow and shrink back once. */
-#define WARM_UP_ROOTS 4096
-
-/* Best effort, unchecked: the tests report whatever goes wrong here. */
-static void warm_up_worker(unsigned index, void *barrier)
-{
-    void *root = NULL, *child = NULL;
-    (void)index;
-    if (MAPIAllocateBuffer(16, &root) == S_OK)
-        MAPIAllocateMore(16, root, &child);
-    pthread_barrier_wait(barrier); /* every thread holds a tree at once */
-    MAPIFreeBuffer(root);
-}
-
-/*
- * The registry gives every thread that allocates a heap of its own, reuses
- * the heaps of exited threads, and never frees a heap (only its table, once
- * empty); glibc keeps thread stacks (and their malloc'd TLS bookkeeping)
- * cached once used. Make MAX_THREADS heaps and stacks exist now, so that
- * afterwards the heap total only moves with the blocks a test holds.
- */
-static void warm_up(void)
-{
-    static void *roots[WARM_UP_ROOTS];
-    void *child = NULL;
-    for (size_t i = 0; i < WARM_UP_ROOTS; i++) {
-        if (MAPIAllocateBuffer(16, &roots[i]) == S_OK)
-            MAPIAllocateMore(16, roots[i], &child);
-    }
-    for (size_t i = 0; i < WARM_UP_ROOTS; i++)
-        MAPIFreeBuffer(roots[i]);
-    pthread_barrier_t barrier;
-    pthread_barrier_init(&barrier, NULL, MAX_THREADS);
-    run_crew(MAX_THREADS, warm_up_worker, &barrier);
-    pthread_barrier_destroy(&barrier);
-}
 
 /* ======================================================================== */
 /* SPEC §1: types and ABI                                                    */
@@ -1576,6 +1489,6 @@ static const struct test_case tests[] = {
 int main(int argc, char **argv)
 {
     ensure_exact_heap_accounting(argv);
-    warm_up();
+    warm_up_library();
     return harness_main(tests, COUNT(tests), argc, argv);
 }

@@ -33,6 +33,7 @@
 /* Valgrind runs a sweep in a few minutes; allow for it. */
 #define HARNESS_TIMEOUT_SECONDS 600
 #include "harness.h"
+#include "crew.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -369,19 +370,6 @@ static const struct test_case tests[] = {
     FORKED(sweep_many_roots_workload),
 };
 
-/* The registry makes each shard's first table on first use and keeps it:
- * make them all now, so a run ends with exactly the blocks it began with. */
-static void warm_up(void)
-{
-    static void *roots[4096];
-    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
-        if (MAPIAllocateBuffer(16, &roots[i]) != S_OK)
-            roots[i] = NULL;
-    }
-    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++)
-        MAPIFreeBuffer(roots[i]);
-}
-
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--small") == 0) {
@@ -390,6 +378,6 @@ int main(int argc, char **argv)
         argc--;
         argv++;
     }
-    warm_up();
+    warm_up_library();
     return harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
 }

@@ -38,6 +38,7 @@
 /* A test runs for --seconds, plus set-up and valgrind's slowness. */
 #define HARNESS_TIMEOUT_SECONDS 300
 #include "harness.h"
+#include "crew.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -48,9 +49,6 @@
 
 #define THREADS 8
 #define MAX_THREADS 12
-/* Small stacks, so glibc keeps every finished thread's stack (and its TLS
- * bookkeeping) cached for the next test: block counts stay exact. */
-#define STACK_SIZE (256u * 1024u)
 
 static double seconds = 2.0;
 
@@ -154,53 +152,6 @@ static int tree_intact(const struct tree_root *root)
             return 0;
     }
     return 1;
-}
-
-typedef void (*worker_fn)(unsigned index, void *shared);
-
-struct crew {
-    unsigned count;
-    pthread_t threads[MAX_THREADS];
-    struct member {
-        worker_fn work;
-        unsigned index;
-        void *shared;
-    } members[MAX_THREADS];
-};
-
-static void *member_main(void *argument)
-{
-    struct member *member = argument;
-    member->work(member->index, member->shared);
-    return NULL;
-}
-
-static void crew_start(struct crew *crew, unsigned count, worker_fn work, void *shared)
-{
-    pthread_attr_t attributes;
-    pthread_attr_init(&attributes);
-    pthread_attr_setstacksize(&attributes, STACK_SIZE);
-    crew->count = 0;
-    for (unsigned i = 0; i < count && i < MAX_THREADS; i++) {
-        crew->members[i] = (struct member){ work, i, shared };
-        if (!CHECK(pthread_create(&crew->threads[i], &attributes, member_main, &crew->members[i]) == 0))
-            break;
-        crew->count++;
-    }
-    pthread_attr_destroy(&attributes);
-}
-
-static void crew_join(struct crew *crew)
-{
-    for (unsigned i = 0; i < crew->count; i++)
-        pthread_join(crew->threads[i], NULL);
-}
-
-static void run_crew(unsigned count, worker_fn work, void *shared)
-{
-    struct crew crew;
-    crew_start(&crew, count, work, shared);
-    crew_join(&crew);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -539,36 +490,6 @@ static void stress_fork_storm(void)
 
 /* ------------------------------------------------------------------------ */
 
-/* The registry gives every thread that allocates a heap of its own, reuses
- * the heaps of exited threads and never frees a heap (only its table, once
- * empty); glibc caches thread stacks once used. Make MAX_THREADS heaps and
- * stacks exist at once now, so that afterwards the block count only moves
- * with what a test holds. */
-static void warm_up_worker(unsigned index, void *barrier)
-{
-    void *root = NULL, *child = NULL;
-    (void)index;
-    if (MAPIAllocateBuffer(16, &root) == S_OK)
-        MAPIAllocateMore(16, root, &child);
-    pthread_barrier_wait(barrier); /* every thread holds a tree at once */
-    MAPIFreeBuffer(root);
-}
-
-static void warm_up(void)
-{
-    static void *roots[4096];
-    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
-        if (MAPIAllocateBuffer(16, &roots[i]) != S_OK)
-            roots[i] = NULL;
-    }
-    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++)
-        MAPIFreeBuffer(roots[i]);
-    pthread_barrier_t barrier;
-    pthread_barrier_init(&barrier, NULL, MAX_THREADS);
-    run_crew(MAX_THREADS, warm_up_worker, &barrier);
-    pthread_barrier_destroy(&barrier);
-}
-
 static const struct test_case tests[] = {
     FORKED(stress_cross_thread_frees),
     FORKED(stress_many_threads_one_root),
@@ -584,6 +505,6 @@ int main(int argc, char **argv)
         argc -= 2;
         argv += 2;
     }
-    warm_up();
+    warm_up_library();
     return harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
 }

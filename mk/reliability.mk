@@ -57,19 +57,19 @@ fault-hook-absent: lib fault-lib | $(BUILD)
 fault-model-test:
 	CARGO_TARGET_DIR=$(FAULT_TARGET_DIR) $(CARGO) test --features fault-injection --test model -- --nocapture
 
-$(BUILD)/fault_sweep: c_tests/fault_sweep.c c_tests/harness.h c_tests/count_malloc.h include/mapix.h fault-lib | $(BUILD)
+$(BUILD)/fault_sweep: c_tests/fault_sweep.c c_tests/harness.h c_tests/crew.h c_tests/count_malloc.h include/mapix.h fault-lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(FAULT_LIBS)
 
-$(BUILD)/fault_sweep-asan: c_tests/fault_sweep.c c_tests/harness.h include/mapix.h fault-lib | $(BUILD)
+$(BUILD)/fault_sweep-asan: c_tests/fault_sweep.c c_tests/harness.h c_tests/crew.h include/mapix.h fault-lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(SANITIZE) -pthread $(MAPI_CFLAGS) $< -o $@ $(FAULT_LIBS)
 
-$(BUILD)/stress: c_tests/stress.c c_tests/harness.h c_tests/count_malloc.h include/mapix.h lib | $(BUILD)
+$(BUILD)/stress: c_tests/stress.c c_tests/harness.h c_tests/crew.h c_tests/count_malloc.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
-$(BUILD)/stress-asan: c_tests/stress.c c_tests/harness.h include/mapix.h lib | $(BUILD)
+$(BUILD)/stress-asan: c_tests/stress.c c_tests/harness.h c_tests/crew.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(SANITIZE) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
-$(BUILD)/conformance-asan: c_tests/conformance.c c_tests/harness.h include/mapix.h lib | $(BUILD)
+$(BUILD)/conformance-asan: c_tests/conformance.c c_tests/harness.h c_tests/crew.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(SANITIZE) -pthread $(MAPI_CFLAGS) $< -o $@ $(MAPI_LIBS)
 
 fault-sweep: $(BUILD)/fault_sweep
