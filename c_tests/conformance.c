@@ -145,11 +145,12 @@ static struct heap_usage heap_usage_now(void)
 
 /*
  * glibc hands out a chunk 16 bytes larger than asked when the rest would be
- * too small to split off. The registry reallocates its per-shard tables (64
- * today) as blocks come and go, so after a test that held more than a
- * shard's first table takes (12 blocks), each table may sit in a chunk 16
- * bytes larger or smaller than before: allow for 256 of them. The block
- * count stays exact, so even then a single leaked block shows.
+ * too small to split off. The registry reallocates its tables (one a thread
+ * that allocates, at most MAX_THREADS + 2 here) as blocks come and go, so
+ * after a test that held more than a table's first 12 blocks, each table may
+ * sit in a chunk 16 bytes larger or smaller than before: 256 of them is a
+ * wide margin. The block count stays exact, so even then a single leaked
+ * block shows.
  */
 #if UNDER_ASAN
 #define HEAP_BYTES_SLACK 0u /* ASan counts bytes asked for, not chunks */

@@ -268,7 +268,7 @@ static void message_store_workload(struct run *run)
 }
 
 /* Many small roots live at once, then freed in another order: the registry
- * grows every shard's table and shrinks it again. */
+ * grows its table and shrinks it again. */
 static void many_roots_workload(struct run *run)
 {
     unsigned roots = small_workloads ? 600 : MAX_TREES;

@@ -7,10 +7,10 @@
 //! - `debug`: `MAPI32_DEBUG` (warn, abort, leaks) and the misuse count.
 //! - `tree`: the three operations in safe Rust.
 //! - `registry`: which blocks are live, root–child chains, threads and fork.
-//! - `table`: the hash set behind each registry shard (fallible growth).
+//! - `table`: the hash set behind each registry heap (fallible growth).
 //! - `block`: block layout, alignment and size arithmetic.
 //! - `sys`: the C allocator underneath everything.
-//! - `lock`: the spin lock the registry shards use.
+//! - `lock`: the spin lock the registry heaps use.
 //! - `fault_hook`: tests only (feature `fault-injection`): make the Nth
 //!   allocation fail.
 

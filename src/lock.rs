@@ -1,10 +1,11 @@
-//! A small spin lock for the registry shards.
+//! A small spin lock: each registry heap's guest lock, and the heap list's.
 //!
-//! Why not `std::sync::Mutex`: the fork handlers must take every shard lock in
+//! Why not `std::sync::Mutex`: the fork handlers must take every heap's lock in
 //! the parent and release it in both processes afterwards (SPEC §3), which
 //! needs lock and unlock as separate calls rather than a guard's lifetime.
-//! Critical sections are a few dozen instructions and never allocate, so a
-//! spin that yields the CPU after a short while is the right tool.
+//! A heap is held for one operation — a probe and an insert, perhaps a
+//! malloc, or a tree's removal — so a spin that yields the CPU after a short
+//! while is the right tool.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,5 @@
 //! An open-addressing hash set of live block addresses, each tagged as a root
-//! or a child: the storage behind one registry shard.
+//! or a child: the storage behind one registry heap.
 //!
 //! Linear probing with backward-shift deletion (no tombstones, so lookups stay
 //! short however many blocks come and go). The slots live in memory from the

@@ -165,10 +165,10 @@ mod tests {
     #[test]
     fn registry_growth_refused_is_no_memory_and_leaks_nothing() {
         let _turn = my_turn();
-        // The block allocation succeeds and the registry's first table
-        // allocation for this shard may or may not be needed; force a refusal
-        // of the *second* allocation on this thread across many fresh blocks
-        // until one of them needed the registry to grow.
+        // The block allocation succeeds and the heap's table may or may not
+        // need to grow; force a refusal of the *second* allocation on this
+        // thread across many fresh blocks until one of them needed the
+        // registry to grow.
         let mut kept = Vec::new();
         let mut saw_registry_refusal = false;
         for _ in 0..100_000 {
