@@ -15,18 +15,23 @@ pub fn alloc_aligned(size: usize) -> *mut u8 {
     aligned_from_c(size)
 }
 
-#[cfg(unix)]
 fn aligned_from_c(size: usize) -> *mut u8 {
-    // malloc is much cheaper than posix_memalign in glibc and already aligns
-    // to 16 bytes on 64-bit platforms; an interposed malloc might not, for
-    // which posix_memalign remains. Both are released by free().
+    // malloc is much cheaper than posix_memalign in glibc, and the C runtimes
+    // align it to 16 bytes on 64-bit platforms (8 on 32-bit): BLOCK_ALIGN.
     // SAFETY: malloc accepts any size and returns NULL when it cannot comply.
     let block = unsafe { libc::malloc(size) };
     if block as usize % BLOCK_ALIGN == 0 {
         return block.cast();
     }
+    // An interposed malloc broke that promise.
     // SAFETY: `block` came from malloc just above and is not used again.
     unsafe { libc::free(block) };
+    aligned_fallback(size)
+}
+
+/// posix_memalign, whose blocks free() releases like malloc's.
+#[cfg(unix)]
+fn aligned_fallback(size: usize) -> *mut u8 {
     let mut block: *mut libc::c_void = core::ptr::null_mut();
     // SAFETY: `block` is a valid out-pointer and BLOCK_ALIGN is a power of two
     // and a multiple of `sizeof(void *)`, as posix_memalign requires. On
@@ -39,19 +44,10 @@ fn aligned_from_c(size: usize) -> *mut u8 {
     }
 }
 
+/// None on Windows: `_aligned_malloc` blocks need `_aligned_free`, which
+/// `release` does not call, so the block is refused.
 #[cfg(not(unix))]
-fn aligned_from_c(size: usize) -> *mut u8 {
-    // The Windows C runtime's malloc is documented to align to 16 bytes on
-    // 64-bit and 8 on 32-bit, which is BLOCK_ALIGN. Its _aligned_malloc
-    // blocks would need _aligned_free, so a block that broke that promise
-    // is refused rather than handed out.
-    // SAFETY: malloc accepts any size and returns NULL when it cannot comply.
-    let block = unsafe { libc::malloc(size) };
-    if block as usize % BLOCK_ALIGN == 0 {
-        return block.cast();
-    }
-    // SAFETY: `block` came from malloc just above and is not used again.
-    unsafe { libc::free(block) };
+fn aligned_fallback(_size: usize) -> *mut u8 {
     core::ptr::null_mut()
 }
 
