@@ -52,8 +52,6 @@
 
 #define COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
-/* The most threads any test runs at once (warm_up_library starts this many). */
-#define MAX_THREADS 12
 
 /* ------------------------------------------------------------------------ */
 /* Measuring the C heap                                                      */

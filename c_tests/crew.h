@@ -7,8 +7,7 @@
  * library's and glibc's lasting bookkeeping exist before a test takes its
  * baseline.
  *
- * Include after harness.h (for CHECK), with _GNU_SOURCE defined. MAX_THREADS
- * (default 12) bounds a crew; every driver's warm-up starts that many.
+ * Include after harness.h (for CHECK), with _GNU_SOURCE defined.
  */
 #ifndef MAPI32_CREW_H
 #define MAPI32_CREW_H
@@ -17,9 +16,8 @@
 
 #include "mapix.h"
 
-#ifndef MAX_THREADS
+/* The most threads any test runs at once; warm_up_library starts this many. */
 #define MAX_THREADS 12
-#endif
 
 /* Small stacks, so glibc keeps every finished thread's stack (and the TLS
  * bookkeeping it mallocs) cached for the next test instead of freeing some. */

@@ -48,7 +48,6 @@
 #endif
 
 #define THREADS 8
-#define MAX_THREADS 12
 
 static double seconds = 2.0;
 

@@ -64,10 +64,7 @@ pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, 
         Some(out) => out,
         None => return null_out("MAPIAllocateMore"),
     };
-    let result = tree::allocate_child(cbSize, lpObject as usize);
-    if result == Err(Error::InvalidParameter) {
-        debug::misuse("MAPIAllocateMore", lpObject as usize, Misuse::UnknownParent);
-    }
+    let result = refused_parent_is_misuse("MAPIAllocateMore", lpObject, tree::allocate_child(cbSize, lpObject as usize));
     // SAFETY: the caller's contract covers the non-null out-pointer.
     unsafe { report(out, result) }
 }
@@ -122,10 +119,7 @@ pub unsafe extern "system" fn MAPIReallocateBuffer(lpv: LPVOID, ulSize: ULONG, l
         Some(out) => out,
         None => return null_out("MAPIReallocateBuffer"),
     };
-    let result = tree::reallocate(lpv as usize, ulSize);
-    if result == Err(Error::InvalidParameter) {
-        debug::misuse("MAPIReallocateBuffer", lpv as usize, Misuse::UnknownParent);
-    }
+    let result = refused_parent_is_misuse("MAPIReallocateBuffer", lpv, tree::reallocate(lpv as usize, ulSize));
     // SAFETY: the caller's contract covers the non-null out-pointer.
     unsafe { report(out, result) }
 }
@@ -179,6 +173,15 @@ pub unsafe extern "system" fn mapi32_stats(lpStats: *mut MAPI32_STATS) -> SCODE 
     // the pointers in `report`.
     unsafe { out.as_ptr().write_unaligned(stats) };
     S_OK
+}
+
+/// A call refused for its parent (`lpObject`, `lpv`): counted and reported
+/// as misuse; the result passes through.
+fn refused_parent_is_misuse(call: &str, parent: LPVOID, result: Result<Block, Error>) -> Result<Block, Error> {
+    if result == Err(Error::InvalidParameter) {
+        debug::misuse(call, parent as usize, Misuse::UnknownParent);
+    }
+    result
 }
 
 /// A NULL output pointer: counted and reported as misuse.
