@@ -45,6 +45,7 @@ pub struct Block(NonNull<u8>);
 
 impl Block {
     /// A fresh block of `requested` client bytes whose chain is empty.
+    #[inline]
     pub fn allocate(requested: usize) -> Result<Block, Error> {
         let total = total_size(requested).ok_or(Error::NoMemory)?;
         let base = NonNull::new(sys::alloc_aligned(total)).ok_or(Error::NoMemory)?;

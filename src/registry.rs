@@ -73,6 +73,7 @@ impl Heap {
     }
 
     /// The owner's way in: two plain stores and a load when no guest is about.
+    #[inline]
     fn enter_as_owner(&self) -> HeapAccess<'_> {
         self.owner_busy.store(true, Ordering::Relaxed);
         fence::owner_side();
@@ -125,6 +126,7 @@ impl Records {
     }
 
     /// Records a fresh block; on `Err` nothing has changed.
+    #[inline]
     fn insert(&mut self, block: Block, kind: Kind) -> Result<(), Error> {
         self.table.insert(block.addr(), kind)?;
         // SAFETY: the block is fresh and ours.
@@ -134,6 +136,7 @@ impl Records {
 
     /// Forgets a live block of `kind` whose memory is still ours; `Err` as
     /// for `PtrTable::remove_if`.
+    #[inline]
     fn remove(&mut self, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
         self.table.remove_if(addr, kind)?;
         // SAFETY: `addr` was a live block of this heap, which the caller
@@ -159,6 +162,7 @@ pub struct Counts {
 impl Counts {
     const ZERO: Counts = Counts { live_roots: 0, live_children: 0, live_bytes: 0, peak_bytes: 0, allocations: 0 };
 
+    #[inline]
     fn allocated(&mut self, kind: Kind, size: usize) {
         match kind {
             Kind::Root => self.live_roots = self.live_roots.wrapping_add(1),
@@ -169,6 +173,7 @@ impl Counts {
         self.allocations = self.allocations.wrapping_add(1);
     }
 
+    #[inline]
     fn freed(&mut self, kind: Kind, size: usize) {
         match kind {
             Kind::Root => self.live_roots = self.live_roots.wrapping_sub(1),
@@ -201,21 +206,29 @@ impl HeapAccess<'_> {
     }
 }
 
-impl Drop for HeapAccess<'_> {
-    fn drop(&mut self) {
-        if self.guest.is_none() {
-            // Release: the next one in sees what we wrote.
-            self.heap.owner_busy.store(false, Ordering::Release);
-            return;
-        }
+impl HeapAccess<'_> {
+    #[inline(never)]
+    fn leave_as_guest(&mut self) {
         if !self.heap.owned.load(Ordering::Relaxed) {
             // The last blocks of a dead thread's heap were just freed: keep
-            // no memory for them (ThreadHeap's drop does this at exit).
+            // no memory for them (ExitGuard's drop does this at exit).
             self.records().table.release_if_empty();
         }
         // Release, as above. The lock itself is released when the guard
         // drops, after this store.
         self.heap.guest_waiting.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for HeapAccess<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.guest.is_none() {
+            // Release: the next one in sees what we wrote.
+            self.heap.owner_busy.store(false, Ordering::Release);
+        } else {
+            self.leave_as_guest();
+        }
     }
 }
 
@@ -235,11 +248,17 @@ fn heaps() -> impl Iterator<Item = &'static Heap> {
     core::iter::successors(first, |heap| unsafe { heap.next.as_ref() })
 }
 
-/// This thread's claim on its heap; dropping it (at thread exit) orphans it.
-struct ThreadHeap(Cell<*const Heap>);
+/// Orphans this thread's heap when the thread exits. Only touched when the
+/// heap is claimed, so that the hot path reads [`CURRENT`] alone, which has
+/// no destructor and so no state to check.
+struct ExitGuard(Cell<*const Heap>);
 
-impl Drop for ThreadHeap {
+impl Drop for ExitGuard {
     fn drop(&mut self) {
+        // Later calls on this thread (from other thread-local destructors)
+        // must not take the owner's path into a heap that is about to be
+        // orphaned and adopted by another thread.
+        let _ = CURRENT.try_with(|current| current.set(GONE));
         // When a Windows process exits, every other thread is ended wherever
         // it was, perhaps holding this heap's lock, before the exiting
         // thread runs this: taking the lock would wait forever, and nobody
@@ -279,30 +298,53 @@ fn process_is_exiting() -> bool {
     false
 }
 
+/// [`CURRENT`] once the thread's [`ExitGuard`] has run: never a heap.
+const GONE: *const Heap = 1 as *const Heap;
+
 thread_local! {
-    static THREAD_HEAP: ThreadHeap = const { ThreadHeap(Cell::new(ptr::null())) };
+    /// This thread's heap: null until it roots its first tree, [`GONE`] once
+    /// its thread-local storage is being torn down.
+    static CURRENT: Cell<*const Heap> = const { Cell::new(ptr::null()) };
+    static EXIT_GUARD: ExitGuard = const { ExitGuard(Cell::new(ptr::null())) };
 }
 
-/// This thread's heap, if it has one already.
+/// This thread's heap, if it has one.
+#[inline]
 fn current_heap() -> Option<&'static Heap> {
-    // SAFETY: a non-null pointer here is a published heap, never freed.
-    THREAD_HEAP.try_with(|mine| unsafe { mine.0.get().as_ref() }).ok().flatten()
+    let heap = CURRENT.try_with(Cell::get).unwrap_or(GONE);
+    if heap as usize > GONE as usize {
+        // SAFETY: any other value is a published heap, never freed.
+        Some(unsafe { &*heap })
+    } else {
+        None
+    }
 }
 
 /// Where this thread records a new root: its own heap, which it adopts or
 /// makes on first use; `None` while its thread-local storage is torn down.
+#[inline]
 fn home_heap() -> Result<Option<&'static Heap>, Error> {
-    let claimed = THREAD_HEAP.try_with(|mine| {
-        // SAFETY: as in `current_heap`.
-        if let Some(heap) = unsafe { mine.0.get().as_ref() } {
-            return Ok(heap);
-        }
+    match current_heap() {
+        Some(heap) => Ok(Some(heap)),
+        None => first_home_heap(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn first_home_heap() -> Result<Option<&'static Heap>, Error> {
+    if CURRENT.try_with(Cell::get).unwrap_or(GONE) == GONE {
+        return Ok(None);
+    }
+    let claimed = EXIT_GUARD.try_with(|guard| {
         let heap = claim_heap()?;
-        mine.0.set(heap);
+        guard.0.set(heap);
+        let _ = CURRENT.try_with(|current| current.set(heap));
         Ok(heap)
     });
     match claimed {
         Ok(result) => result.map(Some),
+        // The guard is gone already: the heap could never be orphaned.
         Err(_) => Ok(None),
     }
 }
@@ -337,6 +379,7 @@ fn claim_heap() -> Result<&'static Heap, Error> {
 /// until one answers `Some`: this thread's own heap first (the usual case, on
 /// the owner's fast path), then every other heap as a guest. `attempt`
 /// answers `None` when its block is not in the records it is given.
+#[inline]
 fn in_heap_of<R>(mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R> {
     let mine = current_heap();
     if let Some(heap) = mine {
@@ -344,6 +387,12 @@ fn in_heap_of<R>(mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R
             return Some(answer);
         }
     }
+    in_other_heaps(mine, attempt)
+}
+
+/// The rest of [`in_heap_of`]: a block of another thread's tree, or none.
+#[inline(never)]
+fn in_other_heaps<R>(mine: Option<&Heap>, mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R> {
     heaps()
         .filter(|heap| !mine.map_or(false, |mine| core::ptr::eq(mine, *heap)))
         .find_map(|heap| attempt(heap.enter_as_guest().records()))
@@ -359,6 +408,7 @@ pub enum NotARoot {
 }
 
 /// Records a fresh block as a root, in this thread's heap.
+#[inline]
 pub fn insert_root(block: Block) -> Result<(), Error> {
     match home_heap()? {
         Some(heap) => heap.enter_as_owner().records().insert(block, Kind::Root),
@@ -398,6 +448,7 @@ fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Bloc
 
 /// Removes the root at `addr` and all its children from the registry, and
 /// returns them for the caller to release.
+#[inline]
 pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
     in_heap_of(|records| match records.remove(addr, Kind::Root) {
         Err(None) => None,
@@ -663,7 +714,7 @@ mod fence {
 /// child the heaps of threads that did not come along become orphans.
 #[cfg(unix)]
 mod fork {
-    use super::{fence, heaps, HEAP_LIST, THREAD_HEAP};
+    use super::{current_heap, fence, heaps, Heap, HEAP_LIST};
     use core::sync::atomic::Ordering;
 
     /// Registers the handlers; done once, when the library is loaded.
@@ -707,7 +758,7 @@ mod fork {
 
     extern "C" fn in_child() {
         fence::renew_after_fork();
-        let mine = THREAD_HEAP.try_with(|mine| mine.0.get()).unwrap_or(core::ptr::null());
+        let mine = current_heap().map_or(core::ptr::null(), |heap| heap as *const Heap);
         for heap in heaps() {
             if !core::ptr::eq(heap, mine) {
                 // Its owner thread did not come along.

@@ -6,6 +6,7 @@ use crate::registry::{self, NotARoot, Reallocated};
 use crate::scode::{Error, ULONG};
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
+#[inline]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
     let block = Block::allocate(client_size(size)?)?;
     if let Err(error) = registry::insert_root(block) {
@@ -30,6 +31,7 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
 /// Frees the root at `addr` and all its children (`MAPIFreeBuffer`), and
 /// returns how many blocks that was. Anything else is left alone, and the
 /// reason is returned.
+#[inline]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
     let mut freed = 0;
     for block in registry::remove_root(addr)? {
