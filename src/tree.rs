@@ -6,7 +6,7 @@ use crate::registry::{self, NotARoot, Reallocated};
 use crate::scode::{Error, ULONG};
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
-#[inline]
+#[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
     let block = Block::allocate(client_size(size)?)?;
     if let Err(error) = registry::insert_root(block) {
