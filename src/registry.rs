@@ -81,7 +81,13 @@ impl Heap {
         if !self.guest_waiting.load(Ordering::Acquire) {
             return HeapAccess { heap: self, guest: None };
         }
-        // A guest is in or about to be: step out, and queue behind it.
+        self.queue_behind_guest()
+    }
+
+    /// A guest is in or about to be: step out, and queue behind it.
+    #[cold]
+    #[inline(never)]
+    fn queue_behind_guest(&self) -> HeapAccess<'_> {
         self.owner_busy.store(false, Ordering::Release);
         HeapAccess { heap: self, guest: Some(self.guest.lock()) }
     }
