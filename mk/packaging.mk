@@ -5,9 +5,9 @@
 
 PYTHON ?= python3
 
-.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test
+.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
 
-TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test
+TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
 
 # The ABI is exactly the names in exports.txt (see the script).
 exports-check: lib
@@ -52,6 +52,14 @@ cxx-provider: $(BUILD)/provider
 # Python through ctypes, on the library just built, from many threads.
 python-test: lib
 	$(PYTHON) tests/python/test_ctypes.py $(BUILD_LIBDIR)/libmapi32.so
+
+# dlopen() into a process whose threads already run (the thread's heap
+# pointer lives in static TLS, which the loader must find for them).
+$(BUILD)/dlopen_late: c_tests/dlopen_late.c c_tests/harness.h include/mapix.h | $(BUILD)
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ -ldl
+
+dlopen-test: $(BUILD)/dlopen_late lib
+	./$(BUILD)/dlopen_late $(abspath $(BUILD_LIBDIR))/libmapi32.so
 
 # ---- make install / make uninstall -----------------------------------------
 #
