@@ -1341,14 +1341,20 @@ static void fork_while_busy_child_usable(void)
 #define OOM_HEADROOM (64u << 20)
 
 /* What each root holds while memory runs out: the root before it, so no
- * other memory is needed to find them again, and a small malloc'd spacer. */
+ * other memory is needed to find them again, and a run of small malloc'd
+ * spacers, each holding the next. */
 struct oom_root {
     struct oom_root *previous;
-    void *spacer;
+    void *spacers;
 };
 
-/* Roots, each followed by a spacer, until memory runs out; the refusal
- * must be exact. Returns the number of roots. */
+/* 16-byte spacers take 32-byte chunks: a run of 4096 spans 128 KiB, so at
+ * least one whole 64 KiB stretch of the registry's bitmap between two roots
+ * holds no block of the library, and has no leaf. */
+#define OOM_SPACERS 4096
+
+/* Roots, each followed by a run of spacers, until memory runs out; the
+ * refusal must be exact. Returns the number of roots. */
 static unsigned long fill_memory_with_roots(struct oom_root **newest)
 {
     for (unsigned long count = 0;; count++) {
@@ -1359,25 +1365,33 @@ static unsigned long fill_memory_with_roots(struct oom_root **newest)
         }
         struct oom_root *root = call.out;
         root->previous = *newest;
-        root->spacer = malloc(16);
+        root->spacers = NULL;
         *newest = root;
-        if (root->spacer == NULL)
-            return count + 1;
+        for (unsigned i = 0; i < OOM_SPACERS; i++) {
+            void **spacer = malloc(16);
+            if (spacer == NULL)
+                return count + 1;
+            *spacer = root->spacers;
+            root->spacers = spacer;
+        }
     }
 }
 
-/* Frees the spacers: holes between the roots that fit a small block but
- * never one of the registry's growing tables. */
+/* Frees every other spacer: holes that fit a small block but never a node
+ * of the registry's bitmap, also between roots, where a block needs one. */
 static void punch_holes(struct oom_root *newest)
 {
     for (struct oom_root *root = newest; root != NULL; root = root->previous) {
-        free(root->spacer);
-        root->spacer = NULL;
+        for (void **kept = root->spacers; kept != NULL && *kept != NULL; kept = *kept) {
+            void **gone = *kept;
+            *kept = *gone;
+            free(gone);
+        }
     }
 }
 
 /* Zero-size children fill the holes, so what runs out now is the registry's
- * room to grow its own tables. */
+ * room for its own bookkeeping. */
 static void fill_holes_with_children(void *parent)
 {
     for (;;) {
@@ -1393,6 +1407,11 @@ static void free_oom_roots(struct oom_root *newest)
 {
     while (newest != NULL) {
         struct oom_root *previous = newest->previous;
+        for (void **spacer = newest->spacers; spacer != NULL;) {
+            void **next = *spacer;
+            free(spacer);
+            spacer = next;
+        }
         free_root(newest);
         newest = previous;
     }
