@@ -10,23 +10,25 @@
 //! sit together in the bitmap, so a root's million children are 1 MiB of it,
 //! walked in address order, instead of a cache miss a probe.
 //!
-//! - Hot path: the last leaf used is remembered, so a call that lands in it
-//!   (nearly every call: malloc hands out neighbouring addresses) costs a
-//!   compare, a load and store of a bitmap word and of the leaf's count: no
-//!   loop, no division, no call. A leaf is filled or emptied only while it
-//!   is the hot one, so what that means for memory is settled when another
-//!   leaf takes its place (a call into a slow path, which walks anyway).
+//! - Hot path: the last leaves used are remembered, [`HOT_LEAVES`] of them,
+//!   each in the slot its key selects, so a call that lands in one (nearly
+//!   every call: malloc hands out neighbours, and a tree's blocks of a few
+//!   sizes come from a few places) costs a compare, a load and store of a
+//!   bitmap word and of the leaf's count: no loop, no division, no call. A
+//!   leaf is filled or emptied only while it is hot, so what that means for
+//!   memory is settled when another leaf takes its slot (in the slow path,
+//!   which walks the radix anyway).
 //! - Memory: every node comes zeroed from `sys::alloc_zeroed`; a refused
 //!   allocation is `NoMemory` and leaves the map as it was.
 //! - A leaf whose last block goes stays in place as a *spare*, up to
-//!   [`MAX_SPARES`] of them besides the hot leaf; beyond that the one left
+//!   [`MAX_SPARES`] of them besides the hot leaves; beyond that the one left
 //!   longest ago is freed, with any directory node it leaves empty. So a
 //!   block freed and allocated again in a loop never allocates, nor does a
 //!   tree built and freed in a loop across a few leaves. The map's memory is
 //!   about 1/64 of the address span its live blocks cover (at most a leaf,
 //!   1 KiB, a live block, when they are 64 KiB or more apart), at most
-//!   MAX_SPARES + 1 empty leaves, the directory nodes above them (8 KiB per
-//!   64 MiB and per 64 GiB of span) and a 16 KiB top.
+//!   MAX_SPARES + HOT_LEAVES empty leaves, the directory nodes above them
+//!   (8 KiB per 64 MiB and per 64 GiB of span) and a 16 KiB top.
 //! - Addresses the radix does not cover (at or above 2^47, as a kernel with
 //!   5-level paging may hand out) go to a [`PtrTable`], so no block is ever
 //!   refused for its address.
@@ -64,7 +66,7 @@ const TOP_SLOTS: usize = 1 << TOP_BITS;
 
 const _: () = assert!(BLOCK_ALIGN.is_power_of_two() && LEAF_WORDS * 32 == LEAF_GRANULES as usize);
 const _: () = assert!(LEAF_SHIFT + 2 * DIR_BITS + TOP_BITS >= RADIX_BITS);
-const _: () = assert!(MAX_SPARES >= 1);
+const _: () = assert!(MAX_SPARES >= 1 && HOT_LEAVES.is_power_of_two());
 
 /// Granule codes; 11 is never stored.
 const ROOT: u64 = 0b01;
@@ -74,7 +76,14 @@ const CODE_MASK: u64 = 0b11;
 /// A key no address has (keys are below 2^(64 - LEAF_SHIFT)): no leaf.
 const NO_KEY: u64 = u64::MAX;
 
-/// Empty leaves kept in place, besides the hot one. A tree built and freed
+/// Leaves remembered for the hot path, in a slot each by the low bits of
+/// their key, so up to 8 neighbouring leaves at once. In `make bench`'s
+/// tree17, after the other workloads have scattered glibc's free chunks, a
+/// tree's 17 blocks lie in several leaves: with one hot leaf 80 % of the
+/// calls missed it and walked the radix.
+const HOT_LEAVES: usize = 8;
+
+/// Empty leaves kept in place, besides the hot ones. A tree built and freed
 /// in a loop empties every leaf it touched each time; freeing them would
 /// allocate them all again on the next round (measured: `make bench`'s
 /// tree17, whose 17 blocks can straddle two leaves, twice as slow with one
@@ -200,18 +209,34 @@ fn beyond_radix(addr: u64) -> bool {
     addr >> RADIX_BITS != 0
 }
 
+/// A hot leaf and its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hot {
+    key: u64,
+    leaf: *mut Leaf,
+}
+
+impl Hot {
+    const NONE: Hot = Hot { key: NO_KEY, leaf: ptr::null_mut() };
+}
+
+/// The hot slot of `key`.
+#[inline(always)]
+fn hot_index(key: u64) -> usize {
+    (key & (HOT_LEAVES as u64 - 1)) as usize
+}
+
 pub struct BlockMap {
-    /// The leaf of the last insert or removal that found one, and its key
-    /// (NO_KEY: none). Checked first: malloc hands out neighbours. Blocks
-    /// are only added to or removed from this leaf.
-    hot_key: u64,
-    hot_leaf: *mut Leaf,
+    /// The leaves of the last inserts and removals that found one, in the
+    /// slot of their key's low bits (key NO_KEY: none). Checked first.
+    /// Blocks are only added to or removed from these leaves.
+    hot: [Hot; HOT_LEAVES],
     /// Null until the first insert, and again after `release_if_empty`.
     top: *mut Top,
     /// Leaves in the radix.
     leaves: usize,
     /// The empty leaves kept in place, most recently left first: every leaf
-    /// but the hot one that holds no block, and no other.
+    /// but the hot ones that holds no block, and no other.
     newest_spare: *mut Leaf,
     oldest_spare: *mut Leaf,
     spares: usize,
@@ -226,8 +251,7 @@ unsafe impl Send for BlockMap {}
 impl BlockMap {
     pub const fn new() -> Self {
         BlockMap {
-            hot_key: NO_KEY,
-            hot_leaf: ptr::null_mut(),
+            hot: [Hot::NONE; HOT_LEAVES],
             top: ptr::null_mut(),
             leaves: 0,
             newest_spare: ptr::null_mut(),
@@ -251,8 +275,9 @@ impl BlockMap {
     pub fn get(&self, addr: usize) -> Option<Kind> {
         let addr = addr as u64;
         let key = addr >> LEAF_SHIFT;
-        let leaf = if key == self.hot_key {
-            self.hot_leaf
+        let hot = self.hot[hot_index(key)];
+        let leaf = if key == hot.key {
+            hot.leaf
         } else if beyond_radix(addr) {
             return self.fallback.get(addr as usize);
         } else {
@@ -273,11 +298,12 @@ impl BlockMap {
     pub fn insert(&mut self, addr: usize, kind: Kind) -> Result<(), Error> {
         let addr = addr as u64;
         let key = addr >> LEAF_SHIFT;
-        if key != self.hot_key {
+        let hot = self.hot[hot_index(key)];
+        if key != hot.key {
             return self.insert_slow(addr, kind);
         }
-        // SAFETY: with a hot key, the hot leaf is a live leaf of the map.
-        unsafe { (*self.hot_leaf).mark(addr, kind) };
+        // SAFETY: with its key, a hot leaf is a live leaf of the map.
+        unsafe { (*hot.leaf).mark(addr, kind) };
         Ok(())
     }
 
@@ -287,11 +313,12 @@ impl BlockMap {
     pub fn remove_if(&mut self, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
         let addr = addr as u64;
         let key = addr >> LEAF_SHIFT;
-        if key != self.hot_key || misaligned(addr) {
+        let hot = self.hot[hot_index(key)];
+        if key != hot.key || misaligned(addr) {
             return self.remove_if_slow(addr, kind);
         }
         // SAFETY: as in `insert`.
-        unsafe { (*self.hot_leaf).unmark(addr, kind) }
+        unsafe { (*hot.leaf).unmark(addr, kind) }
     }
 
     /// Calls `visit` with every address held and its kind, in address order
@@ -320,7 +347,9 @@ impl BlockMap {
     /// Gives every node back if no address is held.
     pub fn release_if_empty(&mut self) {
         // With no hot leaf, every empty leaf is a spare.
-        self.make_hot(NO_KEY, ptr::null_mut());
+        for index in 0..HOT_LEAVES {
+            self.settle(index, Hot::NONE);
+        }
         if self.spares == self.leaves {
             self.free_radix();
         }
@@ -349,11 +378,17 @@ impl BlockMap {
         }
     }
 
-    /// Makes `leaf`, the leaf of `key`, the hot one (both null/NO_KEY: none),
-    /// and settles the one it replaces: empty, it becomes the newest spare,
-    /// and the oldest goes if there are too many.
+    /// Makes `leaf`, the leaf of `key`, hot.
     fn make_hot(&mut self, key: u64, leaf: *mut Leaf) {
-        let left = self.hot_leaf;
+        self.settle(hot_index(key), Hot { key, leaf });
+    }
+
+    /// Puts `new` in hot slot `index` and settles the leaf it replaces:
+    /// empty, it becomes the newest spare, and the oldest goes if there are
+    /// too many.
+    fn settle(&mut self, index: usize, new: Hot) {
+        let Hot { leaf, .. } = new;
+        let left = self.hot[index & (HOT_LEAVES - 1)].leaf;
         if left == leaf {
             return;
         }
@@ -362,8 +397,7 @@ impl BlockMap {
             if !leaf.is_null() && (!(*leaf).newer.is_null() || self.newest_spare == leaf) {
                 self.unlink_spare(leaf);
             }
-            self.hot_key = key;
-            self.hot_leaf = leaf;
+            self.hot[index & (HOT_LEAVES - 1)] = new;
             if left.is_null() || (*left).live != 0 {
                 return;
             }
@@ -375,7 +409,7 @@ impl BlockMap {
             self.newest_spare = left;
             self.spares = self.spares.wrapping_add(1);
             if self.spares > MAX_SPARES {
-                // Neither hot nor the one just left: there are more spares.
+                // Not hot, nor the one just left: there are more spares.
                 let oldest = self.oldest_spare;
                 self.unlink_spare(oldest);
                 self.free_leaf((*oldest).key);
@@ -436,7 +470,7 @@ impl BlockMap {
         if leaf.is_null() || misaligned(addr) {
             return Err(None);
         }
-        // Only a removal moves the hot leaf: a refused one changes nothing.
+        // Only a removal makes a leaf hot: a refused one changes nothing.
         let (word, shift) = position(addr);
         // SAFETY: a leaf found in the radix is live and the map's.
         let found = (unsafe { (*leaf).words[word] } >> shift) & CODE_MASK;
@@ -511,9 +545,8 @@ impl BlockMap {
     /// the directory nodes it leaves empty. The top stays until
     /// `release_if_empty`.
     fn free_leaf(&mut self, key: u64) {
-        if self.hot_key == key {
-            self.hot_key = NO_KEY;
-            self.hot_leaf = ptr::null_mut();
+        if self.hot[hot_index(key)].key == key {
+            self.hot[hot_index(key)] = Hot::NONE;
         }
         if self.top.is_null() {
             return;
@@ -589,8 +622,7 @@ impl BlockMap {
         }
         let top = self.top;
         self.top = ptr::null_mut();
-        self.hot_key = NO_KEY;
-        self.hot_leaf = ptr::null_mut();
+        self.hot = [Hot::NONE; HOT_LEAVES];
         self.newest_spare = ptr::null_mut();
         self.oldest_spare = ptr::null_mut();
         self.spares = 0;
@@ -664,13 +696,13 @@ mod tests {
 
     /// Every count and link agrees with the bitmaps: each leaf's `live` with
     /// its set granules and its key with its place, `leaves` with the leaves,
-    /// and the spare list, both ways, with the empty leaves but the hot one.
+    /// and the spare list, both ways, with the empty leaves but the hot ones.
     fn check_invariants(map: &BlockMap) {
         let mut empty = Vec::new();
         let mut count = 0;
         map.for_each_leaf(|key, leaf| {
             count += 1;
-            let hot = leaf == map.hot_leaf;
+            let hot = map.hot.iter().any(|hot| hot.leaf == leaf);
             // SAFETY: `for_each_leaf` passes live leaves of this map.
             let leaf = unsafe { &*leaf };
             let set: u32 = leaf.words.iter().map(|w| ((w | (w >> 1)) & 0x5555_5555_5555_5555).count_ones()).sum();
@@ -700,8 +732,11 @@ mod tests {
         empty.sort();
         listed.sort();
         assert_eq!(empty, listed);
-        if map.hot_key != NO_KEY {
-            assert_eq!(map.leaf_of(map.hot_key), map.hot_leaf);
+        for (index, hot) in map.hot.iter().enumerate() {
+            if hot.key != NO_KEY {
+                assert_eq!(hot_index(hot.key), index);
+                assert_eq!(map.leaf_of(hot.key), hot.leaf);
+            }
         }
     }
 
@@ -740,7 +775,8 @@ mod tests {
         // The same, found through the walk rather than the remembered leaf.
         let mut cold = BlockMap::new();
         cold.insert(block, Kind::Root).unwrap();
-        cold.hot_key = NO_KEY;
+        // Forget the hot leaves, so every lookup walks the radix.
+        cold.release_if_empty();
         for probe in [block + 1, block + BLOCK_ALIGN, block - BLOCK_ALIGN, 0, usize::MAX] {
             assert_eq!(cold.get(probe), None, "{probe:#x}");
             assert_eq!(cold.remove_if(probe, Kind::Root), Err(None), "{probe:#x}");
@@ -771,14 +807,14 @@ mod tests {
         map.insert(here, Kind::Root).unwrap();
         map.insert(here + BLOCK_ALIGN, Kind::Root).unwrap();
         map.remove_if(here + BLOCK_ALIGN, Kind::Root).unwrap();
-        let hot = map.hot_key;
+        let hot = map.hot;
         assert_eq!(map.remove_if(there, Kind::Root), Err(Some(Kind::Child)));
         assert_eq!(map.remove_if(there + BLOCK_ALIGN, Kind::Child), Err(None));
-        assert_eq!(map.hot_key, hot);
+        assert_eq!(map.hot, hot);
         // Emptying `here` by a refused call would have made it a spare.
         map.remove_if(here, Kind::Root).unwrap();
         assert_eq!(map.remove_if(there, Kind::Root), Err(Some(Kind::Child)));
-        assert_eq!(map.hot_key, hot);
+        assert_eq!(map.hot, hot);
         assert_eq!(map.spares, 0);
         check_invariants(&map);
     }
@@ -843,7 +879,7 @@ mod tests {
             assert_eq!(map.get(spot), None, "{spot:#x}");
         }
         assert_eq!(map.len(), 0);
-        assert!(leaves(&map) <= MAX_SPARES + 1, "only spares and the hot leaf stay");
+        assert!(leaves(&map) <= MAX_SPARES + HOT_LEAVES, "only spares and hot leaves stay");
         map.release_if_empty();
         assert!(map.top.is_null());
     }
@@ -876,11 +912,11 @@ mod tests {
     }
 
     #[test]
-    fn emptied_leaves_are_freed_but_the_newest_spares_and_the_hot_one() {
+    fn emptied_leaves_are_freed_but_the_hot_ones_and_the_newest_spares() {
         let mut map = BlockMap::new();
         // Emptied first, so freed first: each under directories of its own.
         let far: Vec<usize> = (1..=3).map(|n| addr(0) + n * FAR).collect();
-        let near: Vec<usize> = (0..=MAX_SPARES).map(|n| addr(0) + n * LEAF_SPAN).collect();
+        let near: Vec<usize> = (0..=MAX_SPARES + HOT_LEAVES).map(|n| addr(0) + n * LEAF_SPAN).collect();
         for &spot in far.iter().chain(&near) {
             map.insert(spot, Kind::Root).unwrap();
         }
@@ -889,8 +925,9 @@ mod tests {
             map.remove_if(spot, Kind::Root).unwrap();
         }
         check_invariants(&map);
+        // The last leaves emptied stay hot, the ones before them spares.
         assert_eq!(map.spares, MAX_SPARES);
-        assert_eq!(leaves(&map), MAX_SPARES + 1, "the spares and the hot leaf");
+        assert_eq!(leaves(&map), MAX_SPARES + HOT_LEAVES);
         // The far leaves went, and the directories above them.
         // SAFETY: the top is live; reading its slots only.
         let uppers = unsafe { (*map.top).slots.iter().filter(|node| !node.is_null()).count() };
@@ -898,21 +935,21 @@ mod tests {
         for &spot in far.iter().chain(&near) {
             assert_eq!(map.get(spot), None, "{spot:#x}");
         }
-        // A spare that takes a block again leaves the list; the hot leaf it
-        // replaces, empty, joins it.
+        // A spare that takes a block again leaves the list; the empty hot
+        // leaf it replaces joins it.
         map.insert(near[3], Kind::Child).unwrap();
         check_invariants(&map);
         assert_eq!(map.spares, MAX_SPARES);
         map.insert(far[0], Kind::Root).unwrap();
         check_invariants(&map);
-        assert_eq!(leaves(&map), MAX_SPARES + 2);
+        assert_eq!(leaves(&map), MAX_SPARES + HOT_LEAVES);
         assert_eq!(contents(&map), vec![(near[3], Kind::Child), (far[0], Kind::Root)]);
     }
 
     #[test]
     fn a_tree_over_several_leaves_built_and_freed_in_a_loop_never_allocates() {
         let mut map = BlockMap::new();
-        let tree: Vec<usize> = (0..MAX_SPARES).map(|n| addr(5) + n * LEAF_SPAN + 3 * FAR).collect();
+        let tree: Vec<usize> = (0..MAX_SPARES + HOT_LEAVES).map(|n| addr(5) + n * LEAF_SPAN + 3 * FAR).collect();
         for round in 0..100 {
             if round == 1 {
                 // The first round made the leaves; from here on any
@@ -1097,7 +1134,7 @@ mod tests {
         }
         assert_eq!(map.len(), 0);
         check_invariants(&map);
-        assert!(leaves(&map) <= MAX_SPARES + 1);
+        assert!(leaves(&map) <= MAX_SPARES + HOT_LEAVES);
         map.release_if_empty();
         assert!(map.top.is_null());
     }
