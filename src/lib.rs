@@ -7,7 +7,8 @@
 //! - `debug`: `MAPI32_DEBUG` (warn, abort, leaks) and the misuse count.
 //! - `tree`: the three operations in safe Rust.
 //! - `registry`: which blocks are live, root–child chains, threads and fork.
-//! - `table`: the hash set behind each registry heap (fallible growth).
+//! - `blockmap`: the radix bitmap of block starts behind each registry heap.
+//! - `table`: the hash set `blockmap` keeps for addresses beyond its radix.
 //! - `block`: block layout, alignment and size arithmetic.
 //! - `sys`: the C allocator underneath everything.
 //! - `lock`: the spin lock the registry heaps use.
@@ -23,6 +24,7 @@
 compile_error!("libmapi32 must be built with panic = \"abort\" (see Cargo.toml)");
 
 mod block;
+mod blockmap;
 mod debug;
 #[cfg(feature = "fault-injection")]
 pub mod fault_hook;

@@ -26,10 +26,10 @@
 //! wait on each other.
 
 use crate::block::Block;
+use crate::blockmap::{BlockMap, Kind};
 use crate::lock::{SpinGuard, SpinLock};
 use crate::scode::Error;
 use crate::sys;
-use crate::table::{Kind, PtrTable};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -122,13 +122,13 @@ impl Heap {
 /// What one heap knows: its blocks, and the counts behind `mapi32_stats`,
 /// kept under the heap's exclusive access so that counting costs no atomic.
 struct Records {
-    table: PtrTable,
+    table: BlockMap,
     counts: Counts,
 }
 
 impl Records {
     const fn new() -> Records {
-        Records { table: PtrTable::new(), counts: Counts::ZERO }
+        Records { table: BlockMap::new(), counts: Counts::ZERO }
     }
 
     /// Records a fresh block; on `Err` nothing has changed.

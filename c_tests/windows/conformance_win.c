@@ -20,7 +20,8 @@
  * blocks the DLL itself takes from the C runtime and the Win32 heap: its
  * import address table entries for malloc, calloc, realloc, free, HeapAlloc,
  * HeapReAlloc and HeapFree are pointed at counting wrappers here, the Windows
- * form of the Linux suite's malloc wrappers. Both DLLs are measured alike,
+ * form of the Linux suite's malloc wrappers. Calloc'd blocks, where
+ * libmapi32 keeps its registry, are left out, as there. Both DLLs are measured alike,
  * whichever allocator they use; the program's own allocations are not counted.
  *
  * The MAPI declarations are the MAPI SDK's, from mingw-w64's <mapix.h>.
@@ -140,6 +141,55 @@ static long long blocks_live(void)
     return InterlockedCompareExchange64(&live_blocks, 0, 0);
 }
 
+/*
+ * libmapi32 keeps its registry (a bitmap of block addresses) in calloc'd
+ * nodes, whose number follows where blocks lie, not how many there are; so
+ * calloc'd blocks are not counted, only remembered here until they are
+ * freed. A lock-free set: a slot goes from empty to a block, and from a
+ * block to a tombstone that a later block may take, never back to empty,
+ * so a lookup stops at the first empty slot.
+ */
+#define ZEROED_SLOTS 4096
+#define ZEROED_TOMBSTONE ((void *)1)
+static void *volatile zeroed_slots[ZEROED_SLOTS];
+
+static size_t zeroed_home(const void *block)
+{
+    return (size_t)((((uint64_t)(uintptr_t)block >> 4) * 0x9E3779B97F4A7C15u) >> 52) & (ZEROED_SLOTS - 1);
+}
+
+static void remember_zeroed(void *block)
+{
+    size_t home = zeroed_home(block);
+    for (size_t i = 0; i < ZEROED_SLOTS; i++) {
+        void *volatile *slot = &zeroed_slots[(home + i) & (ZEROED_SLOTS - 1)];
+        void *seen = *slot;
+        if ((seen == NULL || seen == ZEROED_TOMBSTONE) && InterlockedCompareExchangePointer(slot, block, seen) == seen)
+            return;
+    }
+    printf("  crash: too many calloc'd blocks to remember\n");
+    end_case(EXIT_CRASHED);
+}
+
+/* Forgets `block` if it was calloc'd; says whether it was. Called before
+ * the block is freed, while its address cannot be handed out again. */
+static int forget_zeroed(void *block)
+{
+    size_t home = zeroed_home(block);
+    for (size_t i = 0; i < ZEROED_SLOTS; i++) {
+        void *volatile *slot = &zeroed_slots[(home + i) & (ZEROED_SLOTS - 1)];
+        void *seen = *slot;
+        if (seen == NULL)
+            return 0;
+        if (seen == block) {
+            /* Only the one freeing `block` changes its slot. */
+            InterlockedExchangePointer(slot, ZEROED_TOMBSTONE);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* What the DLL's import slots held before the wrappers took their place. */
 static void *(__cdecl *real_malloc)(size_t);
 static void *(__cdecl *real_calloc)(size_t, size_t);
@@ -156,22 +206,30 @@ static void *__cdecl counting_malloc(size_t size)
 
 static void *__cdecl counting_calloc(size_t count, size_t size)
 {
-    return counted(real_calloc(count, size));
+    void *block = real_calloc(count, size);
+    if (block != NULL)
+        remember_zeroed(block);
+    return block;
 }
 
 static void *__cdecl counting_realloc(void *block, size_t size)
 {
     if (block == NULL)
         return counted(real_realloc(block, size));
+    int zeroed = forget_zeroed(block);
     void *moved = real_realloc(block, size);
-    if (size == 0)
+    if (zeroed) {
+        if (moved != NULL || size != 0)
+            remember_zeroed(moved != NULL ? moved : block); /* moved, or left where it was */
+    } else if (size == 0) {
         uncounted(); /* realloc(p, 0) frees p */
+    }
     return moved;
 }
 
 static void __cdecl counting_free(void *block)
 {
-    if (block != NULL)
+    if (block != NULL && !forget_zeroed(block))
         uncounted();
     real_free(block);
 }
