@@ -4,7 +4,7 @@
 //! library's own tables, before any memory at that pointer is touched.
 //!
 //! Shape (ARCHITECTURE.md tells the why at more length):
-//! - Each thread that allocates owns a [`Heap`]: a [`PtrTable`] of the blocks
+//! - Each thread that allocates owns a [`Heap`]: a [`BlockMap`] of the blocks
 //!   of the trees whose root it allocated. A child is recorded in the heap of
 //!   its parent, so a whole tree lives in one heap, and that heap's exclusive
 //!   access guards the tree's chain too.
@@ -73,7 +73,7 @@ impl Heap {
     }
 
     /// The owner's way in: two plain stores and a load when no guest is about.
-    #[inline]
+    #[inline(always)]
     fn enter_as_owner(&self) -> HeapAccess<'_> {
         self.owner_busy.store(true, Ordering::Relaxed);
         fence::owner_side();
@@ -132,7 +132,7 @@ impl Records {
     }
 
     /// Records a fresh block; on `Err` nothing has changed.
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, block: Block, kind: Kind) -> Result<(), Error> {
         self.table.insert(block.addr(), kind)?;
         // SAFETY: the block is fresh and ours.
@@ -141,7 +141,7 @@ impl Records {
     }
 
     /// Forgets a live block of `kind` whose memory is still ours; `Err` as
-    /// for `PtrTable::remove_if`.
+    /// for `BlockMap::remove_if`.
     #[inline]
     fn remove(&mut self, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
         self.table.remove_if(addr, kind)?;
@@ -168,7 +168,7 @@ pub struct Counts {
 impl Counts {
     const ZERO: Counts = Counts { live_roots: 0, live_children: 0, live_bytes: 0, peak_bytes: 0, allocations: 0 };
 
-    #[inline]
+    #[inline(always)]
     fn allocated(&mut self, kind: Kind, size: usize) {
         match kind {
             Kind::Root => self.live_roots = self.live_roots.wrapping_add(1),
@@ -399,7 +399,7 @@ mod current {
 }
 
 /// This thread's heap, if it has one.
-#[inline]
+#[inline(always)]
 fn current_heap() -> Option<&'static Heap> {
     let heap = current::get();
     if heap as usize > GONE as usize {
@@ -412,7 +412,7 @@ fn current_heap() -> Option<&'static Heap> {
 
 /// Where this thread records a new root: its own heap, which it adopts or
 /// makes on first use; `None` while its thread-local storage is torn down.
-#[inline]
+#[inline(always)]
 fn home_heap() -> Result<Option<&'static Heap>, Error> {
     match current_heap() {
         Some(heap) => Ok(Some(heap)),
@@ -498,7 +498,7 @@ pub enum NotARoot {
 }
 
 /// Records a fresh block as a root, in this thread's heap.
-#[inline]
+#[inline(always)]
 pub fn insert_root(block: Block) -> Result<(), Error> {
     match home_heap()? {
         Some(heap) => heap.enter_as_owner().records().insert(block, Kind::Root),
@@ -546,7 +546,12 @@ pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
         Ok(()) => {
             // SAFETY: `addr` was a live root; its heap is held, which guards
             // the chain, and each child is removed before its link is followed.
-            unsafe { remove_children(records, Block::from_addr(addr)) };
+            unsafe {
+                let root = Block::from_addr(addr);
+                if root.next() != 0 {
+                    remove_children(records, root);
+                }
+            }
             Some(Ok(Chain { next: addr }))
         }
     })
@@ -557,6 +562,7 @@ pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
 ///
 /// # Safety
 /// `root` was just removed from `records`, whose heap the caller holds.
+#[inline(never)]
 unsafe fn remove_children(records: &mut Records, root: Block) {
     let mut last = root;
     // SAFETY: each block reached is a live child of this tree until removed
