@@ -13,6 +13,21 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// Spins before yielding; short, because the holder is about to finish.
 const SPINS_BEFORE_YIELD: u32 = 64;
 
+/// Waits until `done()`: spins a little first, because what is awaited is
+/// about to happen (a yield costs a system call, and often a microsecond or
+/// more before this thread runs again), then yields.
+pub fn wait_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0;
+    while !done() {
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            core::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 pub struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
@@ -45,17 +60,9 @@ impl<T> SpinLock<T> {
     /// Takes the lock with no guard, for the fork handlers.
     pub fn acquire(&self) {
         while !self.try_acquire() {
-            let mut spins = 0;
             // Wait with plain loads so waiting threads do not steal the
             // cache line from the holder.
-            while self.locked.load(Ordering::Relaxed) {
-                if spins < SPINS_BEFORE_YIELD {
-                    spins += 1;
-                    core::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
+            wait_until(|| !self.locked.load(Ordering::Relaxed));
         }
     }
 

@@ -27,12 +27,20 @@
 
 use crate::block::Block;
 use crate::blockmap::{BlockMap, Kind};
-use crate::lock::{SpinGuard, SpinLock};
+use crate::lock::{self, SpinGuard, SpinLock};
 use crate::scode::Error;
 use crate::sys;
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU32, Ordering};
+
+/// Guests, counted between two looks of the owner, that make the owner fence
+/// for itself: each guest then pays a fence (~10 ns here) instead of a
+/// `membarrier` (~1–40 µs, an interrupt of every other running thread), and
+/// the owner pays a fence a call.
+const GUEST_VISITS_TO_FENCE: u32 = 8;
+/// How often a fencing owner looks whether guests still come that often.
+const FENCED_ENTRIES_PER_LOOK: u32 = 4096;
 
 /// The blocks of the trees rooted by one thread (or, once that thread has
 /// gone, by nobody: an orphan).
@@ -45,6 +53,16 @@ struct Heap {
     guest_waiting: AtomicBool,
     /// A live thread owns this heap. Changed only under `guest`.
     owned: AtomicBool,
+    /// The owner fences its own side of the handshake, so that guests need
+    /// no `membarrier` (see [`fence`]): always where membarrier is missing,
+    /// and for a while once guests come often. Set by a guest, or when the
+    /// heap is claimed; cleared by the owner; both under `guest`.
+    owner_fences: AtomicBool,
+    /// Guests that entered while the owner was alive, since the owner last
+    /// looked. Changed only under `guest`.
+    guest_visits: AtomicU32,
+    /// The owner's fenced entries since it last looked. Owner only.
+    fenced_entries: AtomicU32,
     /// Serialises every access that is not the owner's fast path.
     guest: SpinLock<()>,
     records: UnsafeCell<Records>,
@@ -65,6 +83,9 @@ impl Heap {
             owner_busy: AtomicBool::new(false),
             guest_waiting: AtomicBool::new(false),
             owned: AtomicBool::new(owned),
+            owner_fences: AtomicBool::new(false),
+            guest_visits: AtomicU32::new(0),
+            fenced_entries: AtomicU32::new(0),
             guest: SpinLock::new(()),
             records: UnsafeCell::new(Records::new()),
             next,
@@ -75,13 +96,51 @@ impl Heap {
     /// The owner's way in: two plain stores and a load when no guest is about.
     #[inline(always)]
     fn enter_as_owner(&self) -> HeapAccess<'_> {
+        if self.owner_fences.load(Ordering::Relaxed) {
+            return self.enter_fenced();
+        }
         self.owner_busy.store(true, Ordering::Relaxed);
-        fence::owner_side();
+        // A guest's membarrier fences this thread on its behalf.
+        compiler_fence(Ordering::SeqCst);
         // Acquire: when a guest has just left, see what it wrote.
         if !self.guest_waiting.load(Ordering::Acquire) {
             return HeapAccess { heap: self, guest: None };
         }
         self.queue_behind_guest()
+    }
+
+    /// The owner's way in when it fences for itself. Every so many entries,
+    /// while not busy (a guest may hold the lock and wait for that), it
+    /// looks whether guests still come often enough to be worth it.
+    #[inline(never)]
+    fn enter_fenced(&self) -> HeapAccess<'_> {
+        let entries = self.fenced_entries.load(Ordering::Relaxed).wrapping_add(1);
+        self.fenced_entries.store(entries, Ordering::Relaxed);
+        if entries >= FENCED_ENTRIES_PER_LOOK && fence::asymmetric() {
+            let _guard = self.guest.lock();
+            // Under the lock no guest is between reading `owner_fences`
+            // and leaving, so none is left relying on a fence it no longer
+            // gets; later guests see the change through the lock.
+            if self.guest_visits.load(Ordering::Relaxed) < GUEST_VISITS_TO_FENCE {
+                self.owner_fences.store(false, Ordering::Relaxed);
+            }
+            self.guest_visits.store(0, Ordering::Relaxed);
+            self.fenced_entries.store(0, Ordering::Relaxed);
+        }
+        self.owner_busy.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.guest_waiting.load(Ordering::Acquire) {
+            return HeapAccess { heap: self, guest: None };
+        }
+        self.queue_behind_guest()
+    }
+
+    /// For a new owner: whether it fences for itself, and no history.
+    /// Called under `guest`, or before the heap is published.
+    fn start_fencing_as(&self, owner_fences: bool) {
+        self.owner_fences.store(owner_fences, Ordering::Relaxed);
+        self.guest_visits.store(0, Ordering::Relaxed);
+        self.fenced_entries.store(0, Ordering::Relaxed);
     }
 
     /// A guest is in or about to be: step out, and queue behind it.
@@ -97,11 +156,24 @@ impl Heap {
         let guard = self.guest.lock();
         if self.owned.load(Ordering::Relaxed) {
             self.guest_waiting.store(true, Ordering::Relaxed);
-            fence::guest_side();
-            // Acquire: see everything the owner wrote before stepping out.
-            while self.owner_busy.load(Ordering::Acquire) {
-                std::thread::yield_now();
+            let visits = self.guest_visits.load(Ordering::Relaxed).wrapping_add(1);
+            self.guest_visits.store(visits, Ordering::Relaxed);
+            if self.owner_fences.load(Ordering::Relaxed) {
+                fence(Ordering::SeqCst);
+            } else {
+                if visits >= GUEST_VISITS_TO_FENCE {
+                    // Guests come often: from the owner's next entry on, it
+                    // fences, and guests skip the membarrier. This one still
+                    // runs it, which also makes the change visible to an
+                    // owner already inside: it either stored `owner_busy`
+                    // before the membarrier (and is waited for below) or
+                    // reads `owner_fences` after it.
+                    self.owner_fences.store(true, Ordering::Relaxed);
+                }
+                fence::guest_side();
             }
+            // Acquire: see everything the owner wrote before stepping out.
+            lock::wait_until(|| !self.owner_busy.load(Ordering::Acquire));
         }
         HeapAccess { heap: self, guest: Some(guard) }
     }
@@ -449,6 +521,7 @@ fn claim_heap() -> Result<&'static Heap, Error> {
         let _guard = heap.guest.lock();
         if !heap.owned.load(Ordering::Relaxed) {
             heap.owned.store(true, Ordering::Relaxed);
+            heap.start_fencing_as(!fence::asymmetric());
             return Ok(heap);
         }
     }
@@ -460,6 +533,8 @@ fn claim_heap() -> Result<&'static Heap, Error> {
     // SAFETY: fresh memory of the right size, aligned to BLOCK_ALIGN (more
     // than Heap needs); nothing else can see it until it is published.
     unsafe { memory.write(Heap::new(true, HEAPS.load(Ordering::Relaxed))) };
+    // SAFETY: as above; still unpublished.
+    unsafe { (*memory).start_fencing_as(!fence::asymmetric()) };
     HEAPS.store(memory, Ordering::Release);
     // SAFETY: just published; heaps are never freed.
     Ok(unsafe { &*memory })
@@ -717,13 +792,17 @@ impl Iterator for Chain {
 /// offers `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, the guest's call
 /// puts that fence into every running thread of the process, so the owner
 /// gets away with a compiler fence: its fast path has no atomic
-/// read-modify-write and no fence instruction. Elsewhere both sides use a
-/// sequentially consistent fence. That includes Windows: its
+/// read-modify-write and no fence instruction. But a membarrier interrupts
+/// every other running thread (1–40 µs on the benchmark VM), so a heap that
+/// guests enter often (a thread freeing what another allocates) switches to
+/// fences on both sides until they stop coming (`Heap::owner_fences`).
+/// Where membarrier is missing, both sides always use a sequentially
+/// consistent fence. That includes Windows: its
 /// `FlushProcessWriteBuffers` would do membarrier's job, but under Wine 8.0
 /// (where mapi32.dll is tested) it is an empty stub, which would let owner
 /// and guest in at once.
 mod fence {
-    use core::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
+    use core::sync::atomic::{fence, AtomicU8, Ordering};
 
     const UNDECIDED: u8 = 0;
     /// The guest's membarrier fences the owner.
@@ -752,13 +831,9 @@ mod fence {
         }
     }
 
-    #[inline]
-    pub fn owner_side() {
-        if MODE.load(Ordering::Relaxed) == ASYMMETRIC {
-            compiler_fence(Ordering::SeqCst);
-        } else {
-            fence(Ordering::SeqCst);
-        }
+    /// Whether a guest's membarrier fences the owner (else both fence).
+    pub fn asymmetric() -> bool {
+        MODE.load(Ordering::Relaxed) == ASYMMETRIC
     }
 
     pub fn guest_side() {
@@ -810,7 +885,7 @@ mod fence {
 /// child the heaps of threads that did not come along become orphans.
 #[cfg(unix)]
 mod fork {
-    use super::{current_heap, fence, heaps, Heap, HEAP_LIST};
+    use super::{current_heap, fence, heaps, lock, Heap, HEAP_LIST};
     use core::sync::atomic::Ordering;
 
     /// Registers the handlers; done once, when the library is loaded.
@@ -830,9 +905,7 @@ mod fork {
         // One fence for all heaps, then wait for every owner to step out.
         fence::guest_side();
         for heap in heaps() {
-            while heap.owned.load(Ordering::Relaxed) && heap.owner_busy.load(Ordering::Acquire) {
-                std::thread::yield_now();
-            }
+            lock::wait_until(|| !(heap.owned.load(Ordering::Relaxed) && heap.owner_busy.load(Ordering::Acquire)));
         }
     }
 
@@ -854,8 +927,13 @@ mod fork {
 
     extern "C" fn in_child() {
         fence::renew_after_fork();
+        let owners_fence = !fence::asymmetric();
         let mine = current_heap().map_or(core::ptr::null(), |heap| heap as *const Heap);
         for heap in heaps() {
+            if owners_fence {
+                // Membarrier is gone in this process: no owner may rely on it.
+                heap.owner_fences.store(true, Ordering::Relaxed);
+            }
             if !core::ptr::eq(heap, mine) {
                 // Its owner thread did not come along.
                 heap.owned.store(false, Ordering::Relaxed);
@@ -863,5 +941,60 @@ mod fork {
             }
         }
         release_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn fresh_root() -> usize {
+        let block = Block::allocate(16).unwrap();
+        insert_root(block).unwrap();
+        block.addr()
+    }
+
+    fn free(root: usize) {
+        for block in remove_root(root).unwrap() {
+            // SAFETY: the chain hands over each block after removing it.
+            unsafe { block.release() };
+        }
+    }
+
+    /// The owner of a heap that guests enter often fences for itself (so
+    /// guests skip the membarrier), and stops once they stay away; where
+    /// membarrier is missing it fences throughout.
+    #[test]
+    fn owners_fence_while_guests_come_often() {
+        let (to_guest, from_owner) = mpsc::channel();
+        let (to_owner, from_guest) = mpsc::channel::<()>();
+        let owner = std::thread::spawn(move || {
+            let root = fresh_root();
+            let heap = current_heap().unwrap();
+            let always = !fence::asymmetric();
+            assert_eq!(heap.owner_fences.load(Ordering::Relaxed), always, "a new owner starts without guests");
+            to_guest.send(root).unwrap();
+            from_guest.recv().unwrap();
+            assert!(heap.owner_fences.load(Ordering::Relaxed), "guests came often");
+            // One look that still counts the guests, then one that does not.
+            let mut fenced = Vec::new();
+            for _ in 0..2 * FENCED_ENTRIES_PER_LOOK {
+                let root = fresh_root();
+                fenced.push(heap.owner_fences.load(Ordering::Relaxed));
+                free(root);
+            }
+            assert!(fenced[..FENCED_ENTRIES_PER_LOOK as usize].iter().all(|&on| on));
+            assert_eq!(heap.owner_fences.load(Ordering::Relaxed), always, "the guests are gone");
+            free(root);
+        });
+        let root = from_owner.recv().unwrap();
+        for _ in 0..GUEST_VISITS_TO_FENCE {
+            // A lookup from here enters the owner's heap as a guest.
+            let child = allocate_child(root, 8).unwrap();
+            assert_ne!(child.addr(), 0);
+        }
+        to_owner.send(()).unwrap();
+        owner.join().unwrap();
     }
 }
