@@ -66,7 +66,7 @@ fn client_size(size: ULONG) -> Result<usize, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! These share the process-wide registry, and some look up addresses
     //! after freeing them; run in parallel, another test could have been
     //! handed such an address meanwhile (the stale-free limit of the README).
@@ -76,7 +76,7 @@ mod tests {
 
     static TURN: Mutex<()> = Mutex::new(());
 
-    fn my_turn() -> MutexGuard<'static, ()> {
+    pub(crate) fn my_turn() -> MutexGuard<'static, ()> {
         TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
