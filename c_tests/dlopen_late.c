@@ -45,13 +45,19 @@ enum { TREES = 20000, EARLY_THREADS = 2 };
 
 static atomic_int loaded;
 
+/* The early threads start before the library is there; they wait for it. */
+static void wait_until_loaded(void)
+{
+    while (!atomic_load(&loaded))
+        sched_yield();
+}
+
 /* Builds and frees TREES small trees; returns the number of failed calls. */
 static void *build_trees(void *unused)
 {
     long failures = 0;
     (void)unused;
-    while (!atomic_load(&loaded))
-        sched_yield();
+    wait_until_loaded();
     for (int i = 0; i < TREES; i++) {
         LPVOID root = NULL, child = NULL;
         failures += mapi.allocate(32, &root) != S_OK;
@@ -85,8 +91,7 @@ static void threads_older_than_the_library_use_it(void)
 /* A root made by a thread that exited is still freed by another thread. */
 static void *make_one_root(void *out)
 {
-    while (!atomic_load(&loaded))
-        sched_yield();
+    wait_until_loaded();
     return (void *)(long)mapi.allocate(64, (LPVOID *)out);
 }
 
