@@ -11,7 +11,7 @@
 use crate::block::Block;
 use crate::debug::{self, Misuse};
 use crate::registry::{self, NotARoot};
-use crate::scode::{Error, LPVOID, S_OK, SCODE, ULONG};
+use crate::scode::{Error, LPVOID, SCODE, S_OK, ULONG};
 use crate::tree;
 use core::ptr::NonNull;
 
@@ -64,7 +64,8 @@ pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, 
         Some(out) => out,
         None => return null_out("MAPIAllocateMore"),
     };
-    let result = refused_parent_is_misuse("MAPIAllocateMore", lpObject, tree::allocate_child(cbSize, lpObject as usize));
+    let result =
+        refused_parent_is_misuse("MAPIAllocateMore", lpObject, tree::allocate_child(cbSize, lpObject as usize));
     // SAFETY: the caller's contract covers the non-null out-pointer.
     unsafe { report(out, result) }
 }

@@ -321,7 +321,10 @@ pub(crate) mod tests {
         assert_eq!(after_move.allocations, during.allocations + 1);
         assert_eq!(free_root(moved.addr()), Ok(3));
         let after = registry::stats();
-        assert_eq!((after.live_roots, after.live_children, after.live_bytes), (before.live_roots, before.live_children, before.live_bytes));
+        assert_eq!(
+            (after.live_roots, after.live_children, after.live_bytes),
+            (before.live_roots, before.live_children, before.live_bytes)
+        );
         assert_eq!(after.allocations, before.allocations + 4);
     }
 }

@@ -44,10 +44,7 @@ fn c_conformance_suite_passes() {
         .expect("run the C compiler");
     assert!(status.success(), "compiling c_tests/conformance.c failed");
 
-    let status = Command::new(&program)
-        .env("LD_LIBRARY_PATH", &run_dir)
-        .status()
-        .expect("run the C conformance suite");
+    let status = Command::new(&program).env("LD_LIBRARY_PATH", &run_dir).status().expect("run the C conformance suite");
     assert!(status.success(), "C conformance suite failed ({status}); its output is above");
 }
 

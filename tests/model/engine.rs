@@ -26,8 +26,8 @@
 #![allow(dead_code)] // each includer uses a different part
 
 use mapi32::{
-    MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, LPVOID, MAPI_E_INVALID_PARAMETER,
-    MAPI_E_NOT_ENOUGH_MEMORY, SCODE, S_OK, ULONG,
+    MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, LPVOID, MAPI_E_INVALID_PARAMETER, MAPI_E_NOT_ENOUGH_MEMORY,
+    SCODE, S_OK, ULONG,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -198,7 +198,8 @@ fn holds_pattern(block: &Block) -> bool {
     }
     let rest = &bytes[head..];
     // All bytes equal the first, and the first is right.
-    rest.first().map_or(true, |&b| b == pattern_byte(block.tag, 8)) && rest[1.min(rest.len())..] == rest[..rest.len().saturating_sub(1)]
+    rest.first().map_or(true, |&b| b == pattern_byte(block.tag, 8))
+        && rest[1.min(rest.len())..] == rest[..rest.len().saturating_sub(1)]
 }
 
 /// Memory the library never handed out, to pass where a block is expected.
@@ -939,7 +940,10 @@ impl<'c> Engine<'c> {
         self.counts.frees += 1;
         drop(model);
         self.graveyard.extend(tree.blocks.iter().map(|block| block.addr));
-        self.probe_dead(&tree.blocks.iter().map(|block| block.addr).collect::<Vec<_>>(), "block of a freed shared tree");
+        self.probe_dead(
+            &tree.blocks.iter().map(|block| block.addr).collect::<Vec<_>>(),
+            "block of a freed shared tree",
+        );
     }
 
     /// `MAPIAllocateMore` on a shared root without its lock, racing any
@@ -1001,7 +1005,8 @@ impl<'c> Engine<'c> {
 /// Frees every shared tree left; for the thread that ran the others, after
 /// joining them.
 pub fn free_shared_trees(choices: &mut dyn Choices, label: &str) -> Counts {
-    let mut engine = Engine::new(choices, Config { shared_trees: true, ..Config::default() }, label.to_string(), 0xFFFF);
+    let mut engine =
+        Engine::new(choices, Config { shared_trees: true, ..Config::default() }, label.to_string(), 0xFFFF);
     let trees: Vec<Arc<SharedTree>> = lock(&SHARED_TREES).clone();
     for shared in trees {
         engine.free_shared(&shared);
