@@ -761,9 +761,29 @@ static struct freed_tree make_freed_tree(void)
 /* SPEC §2: MAPIAllocateMore, refusals                                       */
 /* ======================================================================== */
 
-static void more_null_parent_is_invalid(void)
+/* SPEC §2: no parent makes a root, exactly as MAPIAllocateBuffer. Kopano's
+ * shape: its helpers copy an entry ID "onto a base, if there is one" and pass
+ * NULL for no base; the copy then carries children and is freed whole. */
+static void more_null_parent_allocates_a_root(void)
 {
-    CHECK_MORE_REFUSED(NULL, "NULL parent");
+    static const unsigned char entry_id[22] = { 0, 0, 0, 0, 0xDC, 0xA7, 0x40, 0xC8, 0xC0, 0x42, 0x10,
+                                                0x1A, 0xB4, 0xB9, 0x08, 0x00, 0x2B, 0x2F, 0xE1, 0x82, 1, 0 };
+    struct heap_usage base = heap_usage_now();
+    struct call copy = call_allocate_more(sizeof entry_id, NULL);
+    REQUIRE_MSG(copy.status == S_OK && copy.out != NULL && copy.out != SENTINEL, "status 0x%08x, block %p",
+                (unsigned)copy.status, copy.out);
+    CHECK_MSG(is_aligned(copy.out), "root at %p", copy.out);
+    memcpy(copy.out, entry_id, sizeof entry_id);
+    void *name = new_child(64, copy.out);
+    fill(name, 64, 0x4B);
+    CHECK_FREE_IGNORED(name, "child of a root made with no parent");
+    CHECK(memcmp(copy.out, entry_id, sizeof entry_id) == 0);
+    CHECK(holds(name, 64, 0x4B));
+    free_root(copy.out);
+    CHECK_HEAP_IS(base);
+    /* And a NULL out-pointer is still refused, with nothing allocated. */
+    CHECK(MAPIAllocateMore(16, NULL, NULL) == MAPI_E_INVALID_PARAMETER);
+    CHECK_HEAP_IS(base);
 }
 
 static void more_freed_parent_is_invalid(void)
@@ -1483,7 +1503,7 @@ static const struct test_case tests[] = {
     IN_PROCESS(more_children_are_aligned),
     IN_PROCESS(more_zero_is_unique_and_usable),
     FORKED(more_on_child_joins_root),
-    FORKED(more_null_parent_is_invalid),
+    FORKED(more_null_parent_allocates_a_root),
     FORKED(more_freed_parent_is_invalid),
     FORKED(more_interior_pointer_is_invalid),
     FORKED(more_foreign_pointer_is_invalid),

@@ -30,7 +30,7 @@ impl Misuse {
     fn explain(self) -> &'static str {
         match self {
             Misuse::NullOutPointer => "the output pointer is NULL; nothing allocated",
-            Misuse::UnknownParent => "not a live block of this library (NULL, freed, interior or foreign); refused",
+            Misuse::UnknownParent => "not a live block of this library (freed, interior or foreign); refused",
             Misuse::FreeOfChild => "a child block, which is freed with its root; ignored",
             Misuse::FreeOfUnknown => "not a live root (double free, interior or foreign pointer); ignored",
         }

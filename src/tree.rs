@@ -21,9 +21,11 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 /// A new child of `size` bytes that lives as long as the root of `parent`
 /// (`MAPIAllocateMore`). `parent` is only ever looked up, never read, and a
 /// bad parent is refused before anything is allocated, whatever the size.
+/// No parent (0) makes a new root, as Kopano's mapi4linux does and provider
+/// code relies on ("copy onto a base, if there is one"): SPEC §2.
 pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
     if parent == 0 {
-        return Err(Error::InvalidParameter);
+        return allocate_root(size);
     }
     registry::allocate_child(parent, client_size(size)?)
 }
@@ -133,7 +135,7 @@ pub(crate) mod tests {
     fn unknown_parents_are_refused_and_nothing_stays_allocated() {
         let _turn = my_turn();
         let root = allocate_root(48).unwrap();
-        for parent in [0, 1, root.addr() + 1, root.addr() + 16, root.addr() - 16, usize::MAX & !15] {
+        for parent in [1, root.addr() + 1, root.addr() + 16, root.addr() - 16, usize::MAX & !15] {
             assert_eq!(allocate_child(8, parent), Err(Error::InvalidParameter), "{parent:#x}");
             // A bad parent outranks a size the C allocator would refuse, and
             // nothing is requested from it at all.
@@ -142,6 +144,26 @@ pub(crate) mod tests {
             assert!(crate::sys::alloc_aligned(8).is_null(), "the armed failure was not consumed");
         }
         assert_eq!(free_root(root.addr()), Ok(1), "the refused calls added no child");
+    }
+
+    /// Kopano's shape: copy an entry ID "onto a base, if there is one", with
+    /// no base; the copy is a root that takes children and frees whole.
+    #[test]
+    fn no_parent_makes_a_root_as_allocate_buffer_does() {
+        let _turn = my_turn();
+        let before = registry::stats();
+        let entry_id = allocate_child(22, 0).unwrap();
+        assert_eq!(entry_id.addr() % crate::sys::BLOCK_ALIGN, 0);
+        fill(entry_id, 22, 0x5E);
+        let child = allocate_child(40, entry_id.addr()).unwrap();
+        let during = registry::stats();
+        assert_eq!(during.live_roots, before.live_roots + 1, "a root, not a child");
+        assert_eq!(during.live_children, before.live_children + 1);
+        assert!(holds(entry_id, 22, 0x5E));
+        assert_eq!(free_root(child.addr()), Err(NotARoot::Child));
+        assert_eq!(free_root(entry_id.addr()), Ok(2), "freed whole, with its child");
+        crate::sys::fail_allocation_after(Some(0));
+        assert_eq!(allocate_child(8, 0), Err(Error::NoMemory), "out of memory as MAPIAllocateBuffer");
     }
 
     #[test]

@@ -713,9 +713,22 @@ static void more_on_child_joins_root(void)
     CHECK_LIVE(base, "grandchildren not freed with their root");
 }
 
-static void more_null_parent_is_invalid(void)
+/* SPEC §2: no parent makes a root, exactly as MAPIAllocateBuffer (Kopano's
+ * helpers copy "onto a base, if there is one" and pass NULL for no base). */
+static void more_null_parent_allocates_a_root(void)
 {
-    check_more_refused(NULL, "NULL parent");
+    long long base = blocks_live();
+    struct call copy = call_allocate_more(22, NULL);
+    REQUIREF(succeeded(copy), "NULL parent refused", "status 0x%08lx", (unsigned long)copy.status);
+    CHECKF(is_aligned(copy.out), "root not 16-byte aligned", "at %p", copy.out);
+    fill(copy.out, 22, 3);
+    void *child = new_child(64, copy.out);
+    fill(child, 64, 4);
+    CHECK(free_buffer(child) == 0, "MAPIFreeBuffer returned non-zero");
+    CHECK(holds(copy.out, 22, 3) && holds(child, 64, 4), "a child free touched the tree");
+    CHECK_LIVE(base + 2, "the root made with no parent and its child");
+    free_root(copy.out);
+    CHECK_LIVE(base, "the tree was not freed whole");
 }
 
 static void more_freed_parent_is_invalid(void)
@@ -1326,7 +1339,7 @@ static const struct test_case cases[] = {
     CASE(more_children_are_aligned),
     CASE(more_zero_is_unique_and_usable),
     CASE(more_on_child_joins_root),
-    CASE(more_null_parent_is_invalid),
+    CASE(more_null_parent_allocates_a_root),
     CASE(more_freed_parent_is_invalid),
     CASE(more_interior_pointer_is_invalid),
     CASE(more_foreign_pointer_is_invalid),

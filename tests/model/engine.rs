@@ -724,12 +724,15 @@ impl<'c> Engine<'c> {
                 ensure!(self, status == MAPI_E_INVALID_PARAMETER, "MAPIAllocateMore(NULL out): {status:#010x}");
             }
             2 => {
+                // No parent makes a root, as MAPIAllocateBuffer (SPEC §2).
                 let mut out = SENTINEL as LPVOID;
                 // SAFETY: `out` is a valid out-pointer.
                 let status = unsafe { MAPIAllocateMore(size, std::ptr::null_mut(), &mut out) };
                 let call = Call { status, out: out as usize };
-                ensure!(self, status == MAPI_E_INVALID_PARAMETER, "NULL parent: {status:#010x}");
-                ensure!(self, call.out == 0, "NULL parent: out-pointer left at {:#x}", call.out);
+                self.expect_block(call, size, "root with a NULL parent");
+                let block = self.new_block(call.out, size);
+                self.trees.push(Tree { blocks: vec![block] });
+                self.counts.roots += 1;
             }
             _ => {
                 // SAFETY: NULL is allowed.

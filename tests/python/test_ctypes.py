@@ -122,7 +122,17 @@ class CallsTest(unittest.TestCase):
         code = self.mapi.lib.MAPIAllocateMore(8, ctypes.addressof(foreign), ctypes.byref(out))
         self.assertEqual(code, MAPI_E_INVALID_PARAMETER)
         self.assertIsNone(out.value)
-        self.assertEqual(self.mapi.more(8, None)[0], MAPI_E_INVALID_PARAMETER)
+
+    def test_null_parent_makes_a_root(self):
+        # Kopano's MAPIAllocateMore(cb, NULL, &p): a new root, as MAPIAllocateBuffer.
+        code, root = self.mapi.more(24, None)
+        self.assertEqual(code, S_OK)
+        self.assertIsNotNone(root)
+        self.assertEqual(root % 16, 0)
+        code, child = self.mapi.more(8, root)
+        self.assertEqual(code, S_OK)
+        self.assertEqual(self.mapi.free(root), 0)
+        self.assertEqual(self.mapi.more(8, child), (MAPI_E_INVALID_PARAMETER, None))
 
     def test_free_accepts_anything_and_returns_zero(self):
         code, root = self.mapi.allocate(32)
