@@ -940,7 +940,6 @@ static void more_every_failure_clears_out(void)
     unsigned char *live = new_root(64);
     foreign_prepare(&foreign, stack_buffer);
     struct freed_tree freed = make_freed_tree(); /* last allocation: nothing reuses it */
-    add_suspect(&suspects, "NULL", NULL);
     add_suspect(&suspects, "freed root", freed.root);
     add_suspect(&suspects, "child of a freed root", freed.child);
     add_interior_suspects(&suspects, live, root_interiors);

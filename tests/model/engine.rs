@@ -724,11 +724,9 @@ impl<'c> Engine<'c> {
                 ensure!(self, status == MAPI_E_INVALID_PARAMETER, "MAPIAllocateMore(NULL out): {status:#010x}");
             }
             2 => {
-                // No parent makes a root, as MAPIAllocateBuffer (SPEC §2).
-                let mut out = SENTINEL as LPVOID;
-                // SAFETY: `out` is a valid out-pointer.
-                let status = unsafe { MAPIAllocateMore(size, std::ptr::null_mut(), &mut out) };
-                let call = Call { status, out: out as usize };
+                // No parent makes a root, as MAPIAllocateBuffer (SPEC §2);
+                // recorded as live, like every new block, under the gate.
+                let call = self.raw_allocate_more(size, 0);
                 self.expect_block(call, size, "root with a NULL parent");
                 let block = self.new_block(call.out, size);
                 self.trees.push(Tree { blocks: vec![block] });
