@@ -119,11 +119,13 @@ SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer);
  * `lpObject` may be a root from `MAPIAllocateBuffer` or any block from
  * `MAPIAllocateMore`: the new block joins the same root, and is freed when
  * that root is passed to `MAPIFreeBuffer`. Costs the same however many
- * blocks the root already has.
+ * blocks the root already has. `lpObject` NULL allocates a new root, exactly
+ * as `MAPIAllocateBuffer` (as Kopano's MAPI does; provider code that copies
+ * "onto a base, if any" relies on it).
  *
  * Returns `S_OK` and stores the new block (aligned as for
  * `MAPIAllocateBuffer`) in `*lppBuffer`. Returns `MAPI_E_INVALID_PARAMETER`
- * if `lppBuffer` is NULL, or if `lpObject` is NULL, already freed, points
+ * if `lppBuffer` is NULL, or if `lpObject` is already freed, points
  * inside a block, or was not returned by this library; the library decides
  * that from its own records without reading memory at `lpObject`. Returns
  * `MAPI_E_NOT_ENOUGH_MEMORY` when memory runs out. On every failure
