@@ -58,5 +58,17 @@ extern "C" fn at_load() {
     debug::init();
 }
 
+/// Runs when the library is unloaded by `dlclose` (and at process exit):
+/// what it keeps for threads goes with it (SPEC §3).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+#[used]
+#[link_section = ".fini_array"]
+static AT_UNLOAD: extern "C" fn() = at_unload;
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
+extern "C" fn at_unload() {
+    registry::shutdown();
+}
+
 pub use ffi::{mapi32_stats, MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, MAPIReallocateBuffer, MAPI32_STATS};
 pub use scode::{LPVOID, MAPI_E_CALL_FAILED, MAPI_E_INVALID_PARAMETER, MAPI_E_NOT_ENOUGH_MEMORY, SCODE, S_OK, ULONG};

@@ -66,7 +66,7 @@ impl<T> SpinLock<T> {
         }
     }
 
-    fn try_acquire(&self) -> bool {
+    pub fn try_acquire(&self) -> bool {
         self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 

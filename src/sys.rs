@@ -3,6 +3,8 @@
 //! malloc see it as usual (SPEC §3). Nothing here can abort: a refusal is a
 //! NULL pointer, which callers turn into `MAPI_E_NOT_ENOUGH_MEMORY`.
 
+use crate::registry;
+
 /// Alignment of every pointer handed to a client: enough for any MAPI
 /// structure (`SPropValue` with doubles, `FILETIME`, `LARGE_INTEGER`).
 pub const BLOCK_ALIGN: usize = if cfg!(target_pointer_width = "64") { 16 } else { 8 };
@@ -12,7 +14,9 @@ pub fn alloc_aligned(size: usize) -> *mut u8 {
     if injected_failure() {
         return core::ptr::null_mut();
     }
-    aligned_from_c(size)
+    // Every call into the C allocator parks the registry heap the thread is
+    // inside, if any, so that `fork` never waits on the C allocator's locks.
+    registry::while_parked(|| aligned_from_c(size))
 }
 
 fn aligned_from_c(size: usize) -> *mut u8 {
@@ -57,7 +61,7 @@ pub fn alloc_zeroed(count: usize, size: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     // SAFETY: calloc accepts any arguments and checks the product itself.
-    unsafe { libc::calloc(count, size) }.cast()
+    registry::while_parked(|| unsafe { libc::calloc(count, size) }).cast()
 }
 
 /// Returns memory from [`alloc_aligned`] or [`alloc_zeroed`] to the C allocator.
@@ -66,7 +70,7 @@ pub fn alloc_zeroed(count: usize, size: usize) -> *mut u8 {
 /// `ptr` is NULL or came from one of those functions and was not released yet.
 pub unsafe fn release(ptr: *mut u8) {
     // SAFETY: by the caller's contract, `ptr` is a live C-allocator block (or NULL).
-    unsafe { libc::free(ptr.cast()) }
+    registry::while_parked(|| unsafe { libc::free(ptr.cast()) })
 }
 
 // Test builds, and builds with the `fault-injection` feature (never the

@@ -1,0 +1,404 @@
+//! Which heap a thread owns: found on every call, claimed at its first,
+//! given up when the thread exits, and everything the library keeps for
+//! threads released when it is unloaded.
+//!
+//! - The heap pointer lives in a thread-local slot read with one load.
+//! - The exit hook is registered without allocating anything that could
+//!   abort: on POSIX systems a `pthread_key` made when the library is loaded,
+//!   whose destructor also runs for a thread whose first call comes from
+//!   another thread-exit path (another key's destructor, a C++ or Rust
+//!   thread-local's); on Windows a thread-local with a destructor.
+//! - Heaps are reused, never freed while the library is loaded; the first
+//!   ones come from a static pool, so that `dlclose` takes them along.
+
+use super::{heaps, publish, Heap, SHARED};
+use crate::scode::Error;
+use crate::sys;
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// [`current`] once the thread's exit hook has run: never a heap.
+const GONE: *const Heap = 1 as *const Heap;
+
+/// Heaps in the library's own static data: as many threads as allocate at
+/// once, up to this, cost no allocation, and unloading the library releases
+/// them with it. More threads get heaps from the C allocator.
+const POOL_HEAPS: usize = 64;
+
+const EMPTY_HEAP: Heap = Heap::new(false);
+static POOL: [Heap; POOL_HEAPS] = [EMPTY_HEAP; POOL_HEAPS];
+/// How many heaps of [`POOL`] have been handed out (may overshoot).
+static POOL_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's heap pointer: null until the thread roots its first tree,
+/// [`GONE`] once its exit hook has run; and the heap the thread is inside
+/// right now, if any (for `fork`'s parking). Read on every call, so each is
+/// one load wherever that can be had.
+mod slot {
+    use super::Heap;
+
+    /// On x86-64 Linux the slots are declared by hand in the initial-exec TLS
+    /// model: one `mov` from `%fs`, where Rust's `thread_local!` in a shared
+    /// library goes through `__tls_get_addr` (about 3 ns per allocate-free
+    /// pair on the benchmark machine, a third of malloc's own cost) and may
+    /// allocate on a thread's first use. The loader reserves the 16 bytes in
+    /// static TLS, as it does for glibc's, jemalloc's and mimalloc's own
+    /// thread state.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    mod imp {
+        use super::Heap;
+
+        // Zero-initialised (.tbss), hidden: one pair per loaded copy of the
+        // library, never exported.
+        core::arch::global_asm!(
+            ".pushsection .tbss,\"awT\",@nobits",
+            ".p2align 3",
+            ".globl mapi32_current_heap",
+            ".hidden mapi32_current_heap",
+            ".type mapi32_current_heap,@object",
+            ".size mapi32_current_heap,8",
+            "mapi32_current_heap:",
+            ".zero 8",
+            ".globl mapi32_inside_heap",
+            ".hidden mapi32_inside_heap",
+            ".type mapi32_inside_heap,@object",
+            ".size mapi32_inside_heap,8",
+            "mapi32_inside_heap:",
+            ".zero 8",
+            ".popsection",
+        );
+
+        macro_rules! tls_slot {
+            ($get:ident, $set:ident, $symbol:literal) => {
+                #[inline(always)]
+                pub(in crate::registry) fn $get() -> *const Heap {
+                    let heap: *const Heap;
+                    // SAFETY: reads this thread's own 8-byte slot, declared
+                    // above; the thread pointer in %fs is set up by the C
+                    // runtime before any code of ours runs on a thread.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("mov {heap}, qword ptr [rip + ", $symbol, "@GOTTPOFF]"),
+                            "mov {heap}, qword ptr fs:[{heap}]",
+                            heap = out(reg) heap,
+                            options(nostack, readonly, preserves_flags),
+                        );
+                    }
+                    heap
+                }
+
+                #[inline(always)]
+                pub(in crate::registry) fn $set(heap: *const Heap) {
+                    // SAFETY: writes this thread's own slot, as in the getter.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("mov {offset}, qword ptr [rip + ", $symbol, "@GOTTPOFF]"),
+                            "mov qword ptr fs:[{offset}], {heap}",
+                            offset = out(reg) _,
+                            heap = in(reg) heap,
+                            options(nostack, preserves_flags),
+                        );
+                    }
+                }
+            };
+        }
+
+        tls_slot!(current, set_current, "mapi32_current_heap");
+        tls_slot!(inside, set_inside, "mapi32_inside_heap");
+    }
+
+    /// Elsewhere, `thread_local!`s with no destructor, so no state to check.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    mod imp {
+        use super::Heap;
+        use core::cell::Cell;
+
+        thread_local! {
+            static CURRENT: Cell<*const Heap> = const { Cell::new(core::ptr::null()) };
+            static INSIDE: Cell<*const Heap> = const { Cell::new(core::ptr::null()) };
+        }
+
+        #[inline]
+        pub(in crate::registry) fn current() -> *const Heap {
+            // A Drop-free const thread-local is never torn down.
+            CURRENT.try_with(Cell::get).unwrap_or(super::super::GONE)
+        }
+
+        #[inline]
+        pub(in crate::registry) fn set_current(heap: *const Heap) {
+            let _ = CURRENT.try_with(|current| current.set(heap));
+        }
+
+        #[inline]
+        pub(in crate::registry) fn inside() -> *const Heap {
+            INSIDE.try_with(Cell::get).unwrap_or(core::ptr::null())
+        }
+
+        #[inline]
+        pub(in crate::registry) fn set_inside(heap: *const Heap) {
+            let _ = INSIDE.try_with(|inside| inside.set(heap));
+        }
+    }
+
+    pub(in crate::registry) use imp::{current, inside, set_current, set_inside};
+}
+
+pub(super) use slot::set_inside;
+
+/// The heap this thread is inside right now, if any.
+pub(super) fn inside_heap() -> Option<&'static Heap> {
+    // SAFETY: a non-null value is a published heap, never freed.
+    unsafe { slot::inside().as_ref() }
+}
+
+/// This thread's heap, if it has one.
+#[inline(always)]
+pub(super) fn current_heap() -> Option<&'static Heap> {
+    let heap = slot::current();
+    if heap as usize > GONE as usize {
+        // SAFETY: any other value is a published heap, never freed.
+        Some(unsafe { &*heap })
+    } else {
+        None
+    }
+}
+
+/// Where this thread records a new root: its own heap, which it adopts or
+/// makes on first use; `None` when it cannot have one (its exit hook has run,
+/// or none can be set), and the shared heap serves it.
+#[inline(always)]
+pub(super) fn home_heap() -> Result<Option<&'static Heap>, Error> {
+    match current_heap() {
+        Some(heap) => Ok(Some(heap)),
+        None => first_home_heap(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn first_home_heap() -> Result<Option<&'static Heap>, Error> {
+    if slot::current() == GONE {
+        return Ok(None);
+    }
+    let heap = claim_heap()?;
+    match exit_hook::register(heap) {
+        Ok(true) => {
+            slot::set_current(heap);
+            Ok(Some(heap))
+        }
+        // No hook could be set: a heap would never be given up.
+        Ok(false) => {
+            heap.orphan();
+            Ok(None)
+        }
+        Err(error) => {
+            heap.orphan();
+            Err(error)
+        }
+    }
+}
+
+/// Adopts an orphan heap, or takes a new one and publishes it.
+fn claim_heap() -> Result<&'static Heap, Error> {
+    for heap in heaps() {
+        if core::ptr::eq(heap, &SHARED) || heap.owned.load(Ordering::Relaxed) {
+            continue;
+        }
+        let _guard = if super::fork::is_forking_thread() { None } else { Some(heap.guest.lock()) };
+        if !heap.owned.load(Ordering::Relaxed) {
+            heap.owned.store(true, Ordering::Relaxed);
+            return Ok(heap);
+        }
+    }
+    let heap = new_heap()?;
+    publish(heap);
+    Ok(heap)
+}
+
+/// A fresh, owned, unpublished heap: from the pool while it lasts.
+fn new_heap() -> Result<&'static Heap, Error> {
+    let index = POOL_USED.fetch_add(1, Ordering::Relaxed);
+    if let Some(heap) = POOL.get(index) {
+        heap.owned.store(true, Ordering::Relaxed);
+        return Ok(heap);
+    }
+    let memory = sys::alloc_aligned(core::mem::size_of::<Heap>()).cast::<Heap>();
+    if memory.is_null() {
+        return Err(Error::NoMemory);
+    }
+    // SAFETY: fresh memory of the right size, aligned to BLOCK_ALIGN (more
+    // than Heap needs); nothing else can see it until it is published, and
+    // heaps are never freed while the library is loaded.
+    unsafe {
+        memory.write(Heap::new(true));
+        Ok(&*memory)
+    }
+}
+
+/// Gives up this thread's heap when the thread exits.
+fn on_thread_exit(heap: *const Heap) {
+    // Later calls on this thread (from other thread-exit paths) must not take
+    // the owner's path into a heap that is about to be adopted by another
+    // thread: they use the shared heap.
+    slot::set_current(GONE);
+    // When a Windows process exits, every other thread is ended wherever it
+    // was, perhaps holding this heap's lock, before the exiting thread runs
+    // this: taking the lock would wait forever, and nobody is left to adopt
+    // the heap anyway.
+    if process_is_exiting() {
+        return;
+    }
+    // SAFETY: a non-null pointer here is a published heap, never freed.
+    if let Some(heap) = unsafe { heap.as_ref() } {
+        heap.orphan();
+    }
+}
+
+/// The thread-exit hook on POSIX systems: a `pthread_key` whose destructor
+/// runs at thread exit. `pthread_setspecific` on one of the first 32 keys
+/// (as ours is in practice) allocates nothing; past those it may, and a
+/// refusal is reported as no memory. glibc runs key destructors in up to 4
+/// rounds after C++ and Rust thread-local destructors, so a thread whose
+/// first call comes from any of those is still caught; only a first call
+/// from a destructor of the last round keeps its (empty) heap owned.
+#[cfg(unix)]
+mod exit_hook {
+    use super::Heap;
+    use crate::scode::Error;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    const UNMADE: u8 = 0;
+    const MAKING: u8 = 1;
+    const MADE: u8 = 2;
+    const REFUSED: u8 = 3;
+
+    static STATE: AtomicU8 = AtomicU8::new(UNMADE);
+    static mut KEY: libc::pthread_key_t = 0;
+
+    extern "C" fn destructor(value: *mut libc::c_void) {
+        super::on_thread_exit(value as *const Heap);
+    }
+
+    /// Makes the key, once: when the library is loaded (or, where no loader
+    /// runs our initialiser, at the first claim).
+    pub(in crate::registry) fn init() {
+        if STATE.compare_exchange(UNMADE, MAKING, Ordering::Acquire, Ordering::Acquire).is_err() {
+            return;
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer and the destructor an
+        // `extern "C" fn` that never unwinds.
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(destructor)) } == 0;
+        if made {
+            // SAFETY: written once, before STATE publishes it with Release.
+            unsafe { KEY = key };
+        }
+        STATE.store(if made { MADE } else { REFUSED }, Ordering::Release);
+    }
+
+    fn key() -> Option<libc::pthread_key_t> {
+        init();
+        let mut state = STATE.load(Ordering::Acquire);
+        while state == MAKING {
+            core::hint::spin_loop();
+            state = STATE.load(Ordering::Acquire);
+        }
+        // SAFETY: KEY was written before STATE became MADE (Acquire above).
+        (state == MADE).then(|| unsafe { KEY })
+    }
+
+    /// Arranges for `heap` to be given up when this thread exits: `Ok(false)`
+    /// when no key exists (or it was deleted as the library is unloaded).
+    pub(in crate::registry) fn register(heap: &Heap) -> Result<bool, Error> {
+        let key = match key() {
+            Some(key) => key,
+            None => return Ok(false),
+        };
+        // SAFETY: a key of ours; the value is only ever handed back to our
+        // destructor.
+        match unsafe { libc::pthread_setspecific(key, heap as *const Heap as *const libc::c_void) } {
+            0 => Ok(true),
+            libc::ENOMEM => Err(Error::NoMemory),
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes the key when the library is unloaded, so that no thread that
+    /// exits later calls a destructor that is no longer mapped.
+    pub(in crate::registry) fn shutdown() {
+        if STATE.compare_exchange(MADE, REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // SAFETY: our key, made in `init`; deleting it runs no destructor.
+            unsafe { libc::pthread_key_delete(KEY) };
+        }
+    }
+}
+
+/// The thread-exit hook elsewhere (Windows): a thread-local whose destructor
+/// gives the heap up. Rust 1.63's Windows thread-locals allocate a small block
+/// on a thread's first use, which aborts if memory has run out (README).
+#[cfg(not(unix))]
+mod exit_hook {
+    use super::Heap;
+    use crate::scode::Error;
+    use core::cell::Cell;
+
+    struct ExitGuard(Cell<*const Heap>);
+
+    impl Drop for ExitGuard {
+        fn drop(&mut self) {
+            super::on_thread_exit(self.0.get());
+        }
+    }
+
+    thread_local! {
+        static EXIT_GUARD: ExitGuard = const { ExitGuard(Cell::new(core::ptr::null())) };
+    }
+
+    pub(in crate::registry) fn init() {}
+
+    pub(in crate::registry) fn register(heap: &Heap) -> Result<bool, Error> {
+        Ok(EXIT_GUARD.try_with(|guard| guard.0.set(heap)).is_ok())
+    }
+
+    pub(in crate::registry) fn shutdown() {}
+}
+
+pub(super) use exit_hook::init;
+
+/// Releases what the library keeps for threads as it is unloaded (or the
+/// process exits): the exit hook goes, so that no later thread exit calls
+/// into unmapped code; the pooled heaps go with the library's static data.
+/// Heaps still owned by live threads are left alone: at process exit those
+/// threads may still be running.
+pub fn shutdown() {
+    exit_hook::shutdown();
+}
+
+/// Whether the process is exiting and its other threads are already gone.
+#[cfg(windows)]
+pub(super) fn process_is_exiting() -> bool {
+    #[link(name = "ntdll")]
+    extern "system" {
+        /// The loader's flag: set once `ExitProcess` has ended the other
+        /// threads and begun detaching the DLLs (returns a `BOOLEAN`).
+        fn RtlDllShutdownInProgress() -> u8;
+    }
+    // SAFETY: takes no arguments and only reads the loader's flag.
+    unsafe { RtlDllShutdownInProgress() != 0 }
+}
+
+/// Elsewhere a process's exit does not end its other threads first.
+#[cfg(not(windows))]
+pub(super) fn process_is_exiting() -> bool {
+    false
+}
+
+/// For `fork`'s child: this thread's heap pointer, as it was.
+pub(super) fn current_raw() -> *const Heap {
+    slot::current()
+}
+
+#[allow(dead_code)]
+fn _assert_gone_is_not_null() {
+    debug_assert!(!ptr::eq(GONE, ptr::null()));
+}
