@@ -1,5 +1,5 @@
-# The benchmark (issue 4): libmapi32 against malloc/free and talloc, in one
-# process, alternating rounds. See "Performance" in README.md.
+# The benchmark: libmapi32 against malloc/free and talloc, in one process,
+# alternating rounds. See docs/PERFORMANCE.md.
 #
 #   make bench           the table under glibc malloc, then under LD_PRELOADed
 #                        jemalloc and mimalloc (~50 s on 2 cores plus the

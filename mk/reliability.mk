@@ -1,7 +1,7 @@
-# Reliability (issue 3): sanitizers, valgrind, model-based property tests and
+# Reliability: sanitizers, valgrind, model-based property tests and
 # fuzzing, fault injection and stress. Included by the main Makefile; the
-# steps below join `make test` through TEST_STEPS. See "Reliability" in
-# README.md for what each proves and the figures it printed.
+# steps below join `make test` through TEST_STEPS. See docs/RELIABILITY.md
+# for what each proves and the figures it printed.
 #
 #   make fault-hook-absent  the shipped .so has no test hook; the test build has it
 #   make fault-model-test   the model-based property tests with injected failures

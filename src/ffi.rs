@@ -1,5 +1,7 @@
-//! The C ABI: the three MAPI exports. Every pointer from C is checked here,
-//! and every result becomes an `SCODE` here, in one place each.
+//! The C ABI: the MAPI exports. Out-pointers from C are checked here, and
+//! every result becomes an `SCODE` here, in one place each. Parents and
+//! pointers to free pass through as addresses: `registry` looks them up
+//! before anything at them is read.
 //!
 //! `extern "system"` is stdcall on 32-bit Windows and the C convention
 //! everywhere else, as MAPI requires (SPEC §1).

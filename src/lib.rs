@@ -3,7 +3,8 @@
 //!
 //! Where each rule of SPEC.md lives:
 //! - `scode`: the C types and status codes, and errors → `SCODE`.
-//! - `ffi`: the exports; every pointer from C is checked there.
+//! - `ffi`: the exports; out-pointers are checked there, parents and
+//!   pointers to free are looked up in the registry.
 //! - `debug`: `MAPI32_DEBUG` (warn, abort, leaks) and the misuse count.
 //! - `tree`: the three operations in safe Rust.
 //! - `registry`: which blocks are live, root–child chains, threads and fork.

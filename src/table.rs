@@ -1,5 +1,6 @@
 //! An open-addressing hash set of live block addresses, each tagged as a root
-//! or a child: the storage behind one registry heap.
+//! or a child: the block map's fallback for addresses at or above 2^47, which
+//! its radix does not cover.
 //!
 //! Linear probing with backward-shift deletion (no tombstones, so lookups stay
 //! short however many blocks come and go). The slots live in memory from the
