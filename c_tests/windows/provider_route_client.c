@@ -41,6 +41,9 @@ typedef SCODE(WINAPI MAPI32STATS)(MAPI32_STATS *lpStats);
 typedef SCODE(WINAPI SCDUPPROPSET)(int, LPSPropValue, LPALLOCATEBUFFER, LPSPropValue *);
 typedef SCODE(WINAPI PROPCOPYMORE)(LPSPropValue, LPSPropValue, ALLOCATEMORE *, LPVOID);
 typedef void(WINAPI FREEPROWS)(LPSRowSet);
+typedef SCODE(WINAPI CREATEIPROP)(LPCIID, ALLOCATEBUFFER *, ALLOCATEMORE *, FREEBUFFER *, LPVOID, LPPROPDATA *);
+typedef HRESULT(WINAPI HRGETONEPROP)(LPMAPIPROP, ULONG, LPSPropValue *);
+typedef BOOL(WINAPI FPROPEXISTS)(LPMAPIPROP, ULONG);
 
 static int failures;
 static MAPI32STATS *stats_of_ours;
@@ -128,7 +131,11 @@ int main(int argc, char **argv)
     SCDUPPROPSET *dup_propset = (SCDUPPROPSET *)(uintptr_t)lookup(builtin, "ScDupPropset", "ScDupPropset@16");
     PROPCOPYMORE *prop_copy_more = (PROPCOPYMORE *)(uintptr_t)lookup(builtin, "PropCopyMore", "PropCopyMore@16");
     FREEPROWS *free_prows = (FREEPROWS *)(uintptr_t)lookup(builtin, "FreeProws", "FreeProws@4");
-    CHECK(dup_propset && prop_copy_more && free_prows, "the builtin has ScDupPropset, PropCopyMore and FreeProws");
+    CREATEIPROP *create_iprop = (CREATEIPROP *)(uintptr_t)lookup(builtin, "CreateIProp", "CreateIProp@24");
+    HRGETONEPROP *get_one_prop = (HRGETONEPROP *)(uintptr_t)lookup(builtin, "HrGetOneProp", "HrGetOneProp@12");
+    FPROPEXISTS *prop_exists = (FPROPEXISTS *)(uintptr_t)lookup(builtin, "FPropExists", "FPropExists@8");
+    CHECK(dup_propset && prop_copy_more && free_prows && create_iprop && get_one_prop && prop_exists,
+          "the builtin has ScDupPropset, PropCopyMore, FreeProws, CreateIProp, HrGetOneProp and FPropExists");
     if (failures != 0 || stats_of_ours == NULL) {
         /* One block, allocated and freed as the SDK says, is safe whichever
          * allocator answers: show whose it was. */
@@ -213,6 +220,40 @@ int main(int argc, char **argv)
     CHECK(MAPIAllocateMore(8, on_stack + 16, &refused) == MAPI_E_INVALID_PARAMETER && refused == NULL &&
               moved(before, 0, 0, 0, 1),
           "MAPIAllocateMore on a foreign parent is refused by libmapi32");
+
+    /* Wine's IMAPIProp object: the caller's allocators for what it keeps,
+     * the builtin's own MAPIAllocateBuffer for the arrays GetProps and
+     * GetPropList return, its own MAPIFreeBuffer in HrGetOneProp and
+     * FPropExists. With the route, all of them are libmapi32's. */
+    printf("the builtin's IMAPIProp object (CreateIProp), HrGetOneProp, FPropExists:\n");
+    before = stats();
+    LPPROPDATA object = NULL;
+    CHECK(create_iprop(NULL, MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, NULL, &object) == S_OK &&
+              object != NULL,
+          "CreateIProp with MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer succeeds");
+    if (object == NULL)
+        return 1;
+    CHECK(object->lpVtbl->SetProps(object, 1, &props[0], NULL) == S_OK, "SetProps of one string succeeds");
+    CHECK(moved(before, 3, 1, 4, 0), "the object, its item and its value are libmapi32 roots, the string a child");
+    MAPI32_STATS kept = stats();
+    LPSPropValue got = NULL;
+    CHECK(get_one_prop((LPMAPIPROP)object, props[0].ulPropTag, &got) == S_OK && got != NULL,
+          "HrGetOneProp of it succeeds");
+    if (got == NULL)
+        return 1;
+    CHECK(moved(kept, 1, 1, 2, 0) && aligned16(got) && strcmp(got->Value.lpszA, names[0]) == 0,
+          "its value is a libmapi32 root from the builtin's MAPIAllocateBuffer, its string a child");
+    before = stats();
+    LPSPropValue missing = NULL;
+    CHECK(get_one_prop((LPMAPIPROP)object, PROP_TAG(PT_STRING8, 0x3010), &missing) == MAPI_E_NOT_FOUND,
+          "HrGetOneProp of a property not set returns MAPI_E_NOT_FOUND");
+    CHECK(moved(before, 0, 0, 1, 0), "the array it got was freed in libmapi32 by the builtin itself");
+    before = stats();
+    CHECK(prop_exists((LPMAPIPROP)object, props[0].ulPropTag), "FPropExists finds the property");
+    CHECK(moved(before, 0, 0, 1, 0), "the tag list it got was freed in libmapi32 by the builtin itself");
+    MAPIFreeBuffer(got);
+    object->lpVtbl->Release(object);
+    CHECK(moved(kept, -3, -1, 4, 0), "freeing the value and releasing the object free all of it in libmapi32");
 
     printf("the builtin's frees, its own included:\n");
     LPSRowSet rows = NULL;
