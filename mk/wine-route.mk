@@ -1,0 +1,35 @@
+# libmapi32 under Wine's own mapi32.dll: the provider route. Wine's builtin
+# mapi32.dll stays the program's mapi32.dll (it has some 190 exports that
+# libmapi32 does not) and forwards MAPIAllocateBuffer, MAPIAllocateMore and
+# MAPIFreeBuffer to the library registered as the default mail client's
+# DLLPathEx. See c_tests/windows/register_provider.sh for the registration.
+# Included by the main Makefile after mk/windows.mk, whose variables it uses.
+#
+#   make windows-provider-route  register build/windows/mapi32.dll in a private
+#                                prefix and prove the builtin's blocks are
+#                                libmapi32's; then unregister it and watch the
+#                                same client fail
+
+.PHONY: windows-provider-route windows-provider-route-if-available
+
+# Part of `make test` where test-windows is: the same tools, the same rule
+# for CI.
+TEST_STEPS += windows-provider-route-if-available
+
+# Linked as a MAPI client is (-lmapi32, mingw-w64's import library), so its
+# MAPI calls go to whichever mapi32.dll the loader picks: Wine's builtin.
+$(WIN_BUILD)/provider_route_client.exe: c_tests/windows/provider_route_client.c
+	@mkdir -p $(WIN_BUILD)
+	$(WIN_CC) $(WIN_CFLAGS) $< -o $@ -lmapi32
+
+windows-provider-route: $(WIN_BUILD)/mapi32.dll $(WIN_BUILD)/provider_route_client.exe
+	sh c_tests/windows/provider_route.sh $(WIN_BUILD)
+
+windows-provider-route-if-available:
+	@if [ -n "$(WIN_MISSING)" ] && [ -n "$$CI" ]; then \
+		echo "windows-provider-route: not installed: $(WIN_MISSING) (.ci/run should have installed them)" >&2; exit 1; \
+	elif [ -n "$(WIN_MISSING)" ]; then \
+		echo "windows-provider-route: skipped, not installed: $(WIN_MISSING) (see mk/windows.mk)"; \
+	else \
+		$(MAKE) --no-print-directory windows-provider-route; \
+	fi
