@@ -17,7 +17,9 @@
 //!   it, and on its way out the caller waits, still parked, for the fork to
 //!   be over before it goes on ([`while_parked`]).
 
-use super::{heaps, lock, thread, Heap, HEAP_LIST};
+#[cfg(unix)]
+use super::{heaps, HEAP_LIST};
+use super::{lock, thread, Heap};
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
 /// Set by `prepare` and cleared in both processes after the fork.

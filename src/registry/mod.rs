@@ -35,6 +35,7 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, Ordering};
 
+#[cfg(unix)]
 pub use thread::shutdown;
 
 /// The blocks of the trees rooted by one thread (or, once that thread has
@@ -52,6 +53,7 @@ struct Heap {
     /// a consistent state: `fork` may go ahead without waiting for it.
     parked: AtomicBool,
     /// The fork handlers took `guest` (they leave it to a parked guest).
+    #[cfg(unix)]
     fork_took_lock: AtomicBool,
     /// Serialises every access that is not the owner's fast path.
     guest: SpinLock<()>,
@@ -73,6 +75,7 @@ impl Heap {
             guest_waiting: AtomicBool::new(false),
             owned: AtomicBool::new(owned),
             parked: AtomicBool::new(false),
+            #[cfg(unix)]
             fork_took_lock: AtomicBool::new(false),
             guest: SpinLock::new(()),
             records: UnsafeCell::new(Records::new()),

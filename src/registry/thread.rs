@@ -14,7 +14,6 @@
 use super::{heaps, publish, Heap, SHARED};
 use crate::scode::Error;
 use crate::sys;
-use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// [`current`] once the thread's exit hook has run: never a heap.
@@ -359,8 +358,6 @@ mod exit_hook {
     pub(in crate::registry) fn register(heap: &Heap) -> Result<bool, Error> {
         Ok(EXIT_GUARD.try_with(|guard| guard.0.set(heap)).is_ok())
     }
-
-    pub(in crate::registry) fn shutdown() {}
 }
 
 pub(super) use exit_hook::init;
@@ -370,6 +367,7 @@ pub(super) use exit_hook::init;
 /// into unmapped code; the pooled heaps go with the library's static data.
 /// Heaps still owned by live threads are left alone: at process exit those
 /// threads may still be running.
+#[cfg(unix)]
 pub fn shutdown() {
     exit_hook::shutdown();
 }
@@ -394,11 +392,7 @@ pub(super) fn process_is_exiting() -> bool {
 }
 
 /// For `fork`'s child: this thread's heap pointer, as it was.
+#[cfg(unix)]
 pub(super) fn current_raw() -> *const Heap {
     slot::current()
-}
-
-#[allow(dead_code)]
-fn _assert_gone_is_not_null() {
-    debug_assert!(!ptr::eq(GONE, ptr::null()));
 }
