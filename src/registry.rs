@@ -844,6 +844,10 @@ mod fence {
         fence(Ordering::SeqCst);
     }
 
+    // clippy takes libc::c_long for core::ffi::c_long (Rust 1.64), which
+    // newer libc re-exports; the Rust 1.63 build uses Debian's libc 0.2.139,
+    // whose c_long is its own type (scripts/check-rust-1.63.sh builds it).
+    #[allow(clippy::incompatible_msrv)]
     #[cfg(any(target_os = "linux", target_os = "android"))]
     mod membarrier {
         const QUERY: libc::c_long = 0;
