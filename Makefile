@@ -33,8 +33,8 @@ MAPI_LIBS := -L$(BUILD_LIBDIR) -lmapi32 -Wl,--disable-new-dtags,-rpath,$(abspath
 # valgrind fails the run on any memory error or definitely/indirectly lost block.
 MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99
 
-.PHONY: all lib demo test cargo-test c-test header-check header-compile more-cost demo-memcheck rust-1.63 \
-	extras-test debug-test header clean
+.PHONY: all lib demo test fmt-check clippy no-panic-check cargo-test c-test header-check header-compile more-cost \
+	demo-memcheck rust-1.63 extras-test debug-test header clean
 
 all: lib
 
@@ -67,10 +67,19 @@ demo: $(BUILD)/demo
 
 # The steps of `make test`. Fragments in mk/ add theirs to TEST_STEPS; the C
 # conformance suite runs last so that its summary closes the log.
-TEST_STEPS := cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck extras-test debug-test
+TEST_STEPS := fmt-check clippy cargo-test rust-1.63 header-check header-compile no-panic-check more-cost demo-memcheck \
+	extras-test debug-test
 -include mk/*.mk
 
 test: $(TEST_STEPS) c-test
+
+# House style (STYLE.md): rustfmt.toml's formatting, and no clippy warning in
+# the library, its tests or its fault-injection build.
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
 # Rust unit tests, the committed-header check and the C harness built by cc.
 cargo-test:
@@ -113,6 +122,11 @@ debug-test: $(BUILD)/debug_client
 # The C conformance suite against the release library.
 c-test: $(BUILD)/conformance
 	./$(BUILD)/conformance
+
+# No input can make the library panic: nothing reachable from its exports or
+# its own functions leads to a Rust panic routine (see the script).
+no-panic-check: lib
+	sh scripts/check-no-panic.sh $(BUILD_LIBDIR)/libmapi32.so exports.txt
 
 header:
 	MAPI32_WRITE_HEADER=1 $(CARGO) build --release
