@@ -103,7 +103,7 @@ END {
     for (i = 1; i <= roots; i++) if (!(root[i] in seen)) { seen[root[i]] = 1; queue[++tail] = root[i] }
     for (head = 1; head <= tail; head++) {
         name = queue[head]
-        if (trusted(name)) continue
+        if (trusted(name)) { trusted_reached = 1; continue }
         n = split(refers[name], targets, SUBSEP)
         for (i = 2; i <= n; i++) {
             if (is_panic(targets[i])) {
@@ -118,6 +118,7 @@ END {
             }
         }
     }
-    if (!failed) print "no-panic: " tail " symbols reachable from the exports and the crate'"'"'s own functions; none is a panic routine"
+    if (!failed) print "no-panic: " tail " symbols reachable from the exports and the crate'"'"'s own functions; none is a panic routine" \
+        (trusted_reached ? " (std'"'"'s thread-local destructor registration taken as glibc'"'"'s)" : "")
     exit failed
 }' "$work/symbols" "$work/relocations" "$work/disassembly"
