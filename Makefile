@@ -2,7 +2,10 @@
 #
 #   make          release library (target/release/libmapi32.so, .a) and header
 #   make demo     build the library and run an example MAPI client against it
-#   make test     the whole suite (see "Testing" in README.md)
+#   make test     the whole suite (see "Testing" in README.md), after
+#                 checking what it needs (scripts/prerequisites.txt): as
+#                 root it installs what is missing, otherwise it prints the
+#                 apt-get line and stops
 #   make header   regenerate include/mapix.h after changing src/scode.rs or src/ffi.rs
 #   make install  install the library, mapix.h and mapi32.pc: PREFIX (/usr/local),
 #                 LIBDIR, INCLUDEDIR and DESTDIR as usual (see mk/packaging.mk)
@@ -33,8 +36,8 @@ MAPI_LIBS := -L$(BUILD_LIBDIR) -lmapi32 -Wl,--disable-new-dtags,-rpath,$(abspath
 # valgrind fails the run on any memory error or definitely/indirectly lost block.
 MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99
 
-.PHONY: all lib demo test cargo-test c-test header-check header-compile more-cost demo-memcheck rust-1.63 \
-	extras-test debug-test header clean
+.PHONY: all lib demo test prereqs prereqs-test fmt-check clippy no-panic-check cargo-test c-test header-check \
+	header-compile more-cost demo-memcheck rust-1.63 extras-test debug-test header clean
 
 all: lib
 
@@ -67,10 +70,38 @@ demo: $(BUILD)/demo
 
 # The steps of `make test`. Fragments in mk/ add theirs to TEST_STEPS; the C
 # conformance suite runs last so that its summary closes the log.
-TEST_STEPS := cargo-test rust-1.63 header-check header-compile more-cost demo-memcheck extras-test debug-test
+TEST_STEPS := prereqs-test fmt-check clippy cargo-test rust-1.63 header-check header-compile no-panic-check \
+	more-cost demo-memcheck extras-test debug-test
 -include mk/*.mk
 
-test: $(TEST_STEPS) c-test
+# Skips, one rule for every step: in CI (CI set) nothing may skip, and a
+# missing tool is a failure. Elsewhere the prereqs step below installs what is
+# missing when run as root, and otherwise stops with the install line, except
+# for the tools only test-windows (mingw-w64, wine64) and test-asan (rustup's
+# nightly) need: without those, these two steps say SKIP with the line that
+# installs them, and the rest runs. scripts/prereqs.sh run-or-skip is the
+# one implementation; a step that may skip goes through it.
+
+# The prerequisites first, then every step: nothing is built before the
+# machine has all it needs (or has said what is missing).
+test: prereqs
+	@$(MAKE) --no-print-directory $(TEST_STEPS) c-test
+
+prereqs:
+	@NIGHTLY=$(NIGHTLY) sh scripts/prereqs.sh setup "make test" test --or-skip windows asan
+
+# The prereqs step's own behaviour: the install line and a stop as a user,
+# apt-get as root, no skip in CI (on a list of packages that cannot exist).
+prereqs-test:
+	sh scripts/test-prereqs.sh
+
+# House style (STYLE.md): rustfmt.toml's formatting, and no clippy warning in
+# the library, its tests or its fault-injection build.
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
 # Rust unit tests, the committed-header check and the C harness built by cc.
 cargo-test:
@@ -113,6 +144,11 @@ debug-test: $(BUILD)/debug_client
 # The C conformance suite against the release library.
 c-test: $(BUILD)/conformance
 	./$(BUILD)/conformance
+
+# No input can make the library panic: nothing reachable from its exports or
+# its own functions leads to a Rust panic routine (see the script).
+no-panic-check: lib
+	sh scripts/check-no-panic.sh $(BUILD_LIBDIR)/libmapi32.so exports.txt
 
 header:
 	MAPI32_WRITE_HEADER=1 $(CARGO) build --release

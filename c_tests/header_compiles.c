@@ -6,7 +6,8 @@
 #include "mapix.h"
 #include "mapix.h" /* the MAPIX_H guard makes a second include harmless */
 
-/* The ABI of SPEC §1, checked by the compiler: a negative array size fails. */
+/* The ABI of SPEC §1, checked by the compiler: a negative array size fails.
+ * (src/scode.rs asserts the same of the Rust types, at compile time too.) */
 typedef char scode_is_32_bit_signed[(sizeof(SCODE) == 4 && (SCODE)-1 < 0) ? 1 : -1];
 typedef char ulong_is_32_bit_unsigned[(sizeof(ULONG) == 4 && (ULONG)-1 > 0) ? 1 : -1];
 typedef char codes_are_scodes[(sizeof(MAPI_E_NOT_ENOUGH_MEMORY) == sizeof(SCODE)) ? 1 : -1];

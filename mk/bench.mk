@@ -7,29 +7,31 @@
 #   make bench-preload   only the jemalloc and mimalloc tables
 #   make bench-smoke     (part of make test) it builds and prints every row
 #
-# Needs Debian's libtalloc-dev (and libjemalloc2, libmimalloc2.0 for the
-# LD_PRELOAD tables): bench/deps.sh installs them when run as root, or says
-# which apt-get line to run.
+# Needs Debian's libtalloc-dev, and libjemalloc2 and libmimalloc2.0 for the
+# LD_PRELOAD tables: the "bench" group of scripts/prerequisites.txt, which
+# make bench checks first, installing what is missing when run as root and
+# otherwise printing the apt-get line and stopping, as make test does.
 
 BENCH_CFLAGS ?= -O2 -g
 
-.PHONY: bench bench-preload bench-smoke bench-deps bench-deps-preload
+.PHONY: bench bench-preload bench-smoke bench-prereqs
 
-bench-deps:
-	@sh bench/deps.sh talloc
+bench-prereqs:
+	@sh scripts/prereqs.sh setup "make bench" bench
 
-bench-deps-preload:
-	@sh bench/deps.sh preload
-
-# talloc's flags are asked for in the recipe, once bench-deps has installed it.
-$(BUILD)/bench: bench/bench.c include/mapix.h lib bench-deps | $(BUILD)
+# talloc's flags are asked for in the recipe: the prereqs steps of make test
+# and make bench see that it is installed before this is built.
+$(BUILD)/bench: bench/bench.c include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(BENCH_CFLAGS) -pthread $(MAPI_CFLAGS) $$(pkg-config --cflags talloc) $< -o $@ \
 		$(MAPI_LIBS) $$(pkg-config --libs talloc)
 
-bench: $(BUILD)/bench bench-deps-preload
+# The prerequisites, then the build: nothing is built before they are there.
+bench: bench-prereqs
+	@$(MAKE) --no-print-directory $(BUILD)/bench
 	@sh bench/run.sh ./$(BUILD)/bench glibc jemalloc mimalloc
 
-bench-preload: $(BUILD)/bench bench-deps-preload
+bench-preload: bench-prereqs
+	@$(MAKE) --no-print-directory $(BUILD)/bench
 	@sh bench/run.sh ./$(BUILD)/bench jemalloc mimalloc
 
 bench-smoke: $(BUILD)/bench

@@ -34,7 +34,7 @@ RELIABILITY_MEMCHECK := $(MEMCHECK) --show-leak-kinds=definite,indirect \
 
 TEST_STEPS += fault-hook-absent fault-model-test fault-sweep stress sanitize-c valgrind-test test-asan
 
-.PHONY: fault-lib fault-hook-absent fault-model-test fault-sweep stress sanitize-c valgrind-test test-asan fuzz
+.PHONY: fault-lib fault-hook-absent fault-model-test fault-sweep stress sanitize-c valgrind-test test-asan rust-asan fuzz
 
 # count_malloc.h is the conformance suite's too.
 $(BUILD)/conformance: c_tests/count_malloc.h
@@ -96,13 +96,16 @@ valgrind-test: $(BUILD)/conformance $(BUILD)/fault_sweep $(BUILD)/stress
 	@echo "valgrind-test: no invalid access, nothing definitely or indirectly lost"
 
 # The unit tests and the model-based property tests (with injected failures)
-# with the library itself instrumented. Needs rustup's nightly toolchain;
-# without it this is reported as skipped. The C suites are not run here: an
-# instrumented cdylib would need the Rust ASan runtime in every C program.
+# with the library itself instrumented. Needs rustup's nightly toolchain (the
+# "asan" group of scripts/prerequisites.txt); without it, it skips or fails
+# by the Makefile's one rule (see "Skips" there). The C suites are not run
+# here: an instrumented cdylib would need the Rust ASan runtime in every C
+# program.
 test-asan:
-	@if ! $(CARGO) +$(NIGHTLY) --version >/dev/null 2>&1; then \
-		echo "SKIP test-asan: no $(NIGHTLY) toolchain (rustup toolchain install $(NIGHTLY))"; exit 0; fi; \
-	set -e; \
+	@NIGHTLY=$(NIGHTLY) sh scripts/prereqs.sh run-or-skip test-asan asan -- $(MAKE) --no-print-directory rust-asan
+
+rust-asan:
+	@set -e; \
 	export RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=$(ASAN_TARGET_DIR); \
 	$(CARGO) +$(NIGHTLY) test --target $(RUST_HOST) --features fault-injection --lib --test model -- --nocapture; \
 	for binary in $$($(CARGO) +$(NIGHTLY) test --target $(RUST_HOST) --features fault-injection --lib --test model \

@@ -31,9 +31,8 @@ WIN_SOURCES := $(wildcard src/*.rs) mapi32.def
 
 .PHONY: windows windows-exports windows-programs test-windows windows-compare windows-test-if-available
 
-# Part of `make test` where the Windows toolchain and wine are installed;
-# skipped with a note elsewhere, but never in CI (CI set), whose .ci/run
-# installs them.
+# Part of `make test`; without its tools it skips or fails by the Makefile's
+# one rule (see "Skips" there).
 TEST_STEPS += windows-test-if-available
 
 windows: $(WIN_BUILD)/mapi32.dll
@@ -74,19 +73,6 @@ test-windows: windows-exports windows-programs
 windows-compare: windows-programs
 	sh c_tests/windows/run_wine.sh compare $(WIN_BUILD)
 
-# What test-windows needs, each with the Debian package that has it.
-WIN_MISSING = $(strip \
-	$(if $(shell command -v $(WIN_RUSTC)),,rustc) \
-	$(if $(shell $(WIN_RUSTC) --print sysroot 2>/dev/null | sed 's|$$|/lib/rustlib/$(WIN_TARGET)/lib|' | xargs -r ls 2>/dev/null | grep '^libstd-'),,libstd-rust-dev-windows) \
-	$(if $(wildcard /usr/share/cargo/registry/libc-0.2.*/src/lib.rs),,librust-libc-dev) \
-	$(if $(shell command -v $(WIN_CC)),,gcc-mingw-w64-x86-64) \
-	$(if $(shell command -v wine64 || ls /usr/lib/wine/wine64 2>/dev/null),,wine64))
-
+# What test-windows needs is the "windows" group of scripts/prerequisites.txt.
 windows-test-if-available:
-	@if [ -n "$(WIN_MISSING)" ] && [ -n "$$CI" ]; then \
-		echo "test-windows: not installed: $(WIN_MISSING) (.ci/run should have installed them)" >&2; exit 1; \
-	elif [ -n "$(WIN_MISSING)" ]; then \
-		echo "test-windows: skipped, not installed: $(WIN_MISSING) (see mk/windows.mk)"; \
-	else \
-		$(MAKE) --no-print-directory test-windows; \
-	fi
+	@sh scripts/prereqs.sh run-or-skip test-windows windows -- $(MAKE) --no-print-directory test-windows

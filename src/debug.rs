@@ -199,8 +199,13 @@ impl Line {
     }
 
     fn write(mut self) {
-        self.bytes[self.len] = b'\n';
-        self.len += 1;
+        // push keeps the last byte free, so there is room; get_mut because
+        // the optimiser cannot prove it, and an index would leave a
+        // bounds-check panic in the library (make no-panic-check).
+        if let Some(end) = self.bytes.get_mut(self.len) {
+            *end = b'\n';
+            self.len += 1;
+        }
         // The C runtime's write takes an unsigned int count on Windows and a
         // size_t elsewhere; a line is at most 200 bytes, so it always fits.
         #[cfg(windows)]

@@ -64,7 +64,7 @@ impl SeededRng {
 
 impl Choices for SeededRng {
     fn below(&mut self, bound: u32) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(bound.max(1)) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(bound.max(1))) >> 32) as u32
     }
 
     fn exhausted(&self) -> bool {
