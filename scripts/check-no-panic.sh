@@ -46,13 +46,6 @@ function symbol(line) {
 function refer(from, to) { refers[from] = refers[from] SUBSEP to }
 # core::panicking::*, std::panicking::*, rust_begin_unwind, the unwrap and
 # expect failures, the out-of-bounds and slice-index failures, alloc failures.
-# Where the walk stops. The registration of a thread-local destructor in std
-# (registry.rs: EXIT_GUARD) falls back to a list of its own, which can panic,
-# only where the C library lacks __cxa_thread_atexit_impl; glibc has had it
-# since 2.18.
-function trusted(name) {
-    return name == "std::sys::thread_local::destructors::linux_like::register"
-}
 function is_panic(name) {
     return name ~ /panic|begin_unwind|unwrap_failed|expect_failed|_fail(_rt)?$|capacity_overflow|handle_alloc_error|assert_failed/
 }
@@ -103,7 +96,6 @@ END {
     for (i = 1; i <= roots; i++) if (!(root[i] in seen)) { seen[root[i]] = 1; queue[++tail] = root[i] }
     for (head = 1; head <= tail; head++) {
         name = queue[head]
-        if (trusted(name)) { trusted_reached = 1; continue }
         n = split(refers[name], targets, SUBSEP)
         for (i = 2; i <= n; i++) {
             if (is_panic(targets[i])) {
@@ -118,7 +110,6 @@ END {
             }
         }
     }
-    if (!failed) print "no-panic: " tail " symbols reachable from the exports and the crate'"'"'s own functions; none is a panic routine" \
-        (trusted_reached ? " (std'"'"'s thread-local destructor registration taken as glibc'"'"'s)" : "")
+    if (!failed) print "no-panic: " tail " symbols reachable from the exports and the crate'"'"'s own functions; none is a panic routine"
     exit failed
 }' "$work/symbols" "$work/relocations" "$work/disassembly"

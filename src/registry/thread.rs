@@ -24,6 +24,9 @@ const GONE: *const Heap = 1 as *const Heap;
 /// them with it. More threads get heaps from the C allocator.
 const POOL_HEAPS: usize = 64;
 
+// Only the pool's repeat expression below uses it, each use a fresh heap:
+// Rust 1.63 has no inline `const { }` block to write there instead.
+#[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_HEAP: Heap = Heap::new(false);
 static POOL: [Heap; POOL_HEAPS] = [EMPTY_HEAP; POOL_HEAPS];
 /// How many heaps of [`POOL`] have been handed out (may overshoot).
@@ -302,8 +305,12 @@ mod exit_hook {
             core::hint::spin_loop();
             state = STATE.load(Ordering::Acquire);
         }
-        // SAFETY: KEY was written before STATE became MADE (Acquire above).
-        (state == MADE).then(|| unsafe { KEY })
+        if state != MADE {
+            return None;
+        }
+        // SAFETY: KEY was written before STATE became MADE (Acquire above),
+        // and is not written again.
+        Some(unsafe { KEY })
     }
 
     /// Arranges for `heap` to be given up when this thread exits: `Ok(false)`
