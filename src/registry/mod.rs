@@ -570,20 +570,19 @@ mod tests {
     fn owner_and_guests_are_never_inside_together() {
         const ROUNDS: u64 = 1_000_000;
         const GUESTS: u64 = 2;
-        let heap: &'static Heap = Box::leak(Box::new(Heap::new(true)));
+        let heap = Heap::new(true);
         let bump = |mut access: HeapAccess<'_>| {
             let count: *mut u64 = &mut access.records().counts.allocations;
             // SAFETY: a field of records this access holds. Volatile, so that
             // the read and the write stay two accesses, apart.
             unsafe { count.write_volatile(count.read_volatile() + 1) };
         };
-        let guests: Vec<_> = (0..GUESTS)
-            .map(|_| std::thread::spawn(move || (0..ROUNDS).for_each(|_| bump(heap.enter_as_guest()))))
-            .collect();
-        (0..ROUNDS).for_each(|_| bump(heap.enter_as_owner()));
-        for guest in guests {
-            guest.join().unwrap();
-        }
+        std::thread::scope(|scope| {
+            for _ in 0..GUESTS {
+                scope.spawn(|| (0..ROUNDS).for_each(|_| bump(heap.enter_as_guest())));
+            }
+            (0..ROUNDS).for_each(|_| bump(heap.enter_as_owner()));
+        });
         assert_eq!(heap.enter_as_guest().records().counts.allocations, (GUESTS + 1) * ROUNDS);
     }
 }
