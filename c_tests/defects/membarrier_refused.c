@@ -16,7 +16,7 @@
  * every GUEST_EVERY operations, into a neighbour's heap as guests: a child
  * onto the neighbour's standing root, and a root handed to the neighbour to
  * free. At the end the counts of mapi32_stats must be exactly what the
- * threads did (roots, children, allocations), every child made on another
+ * threads did (roots, children, bytes, allocations), every child made on another
  * thread's root must still be found, and freeing everything leaves nothing.
  *
  * Usage: membarrier_refused [--list] [test-name ...]
@@ -52,7 +52,7 @@
 #define GUEST_EVERY 1024
 #endif
 #ifndef SECONDS
-#define SECONDS 4
+#define SECONDS 5
 #endif
 /* Children made on neighbours' roots, remembered to be looked up at the end. */
 #define MOST_GUEST_CHILDREN (1u << 20)
@@ -221,6 +221,10 @@ static void exclusion_holds_after_membarrier_is_refused(void)
               (unsigned long long)(after.live_roots - before.live_roots));
     CHECK_MSG(after.live_children - before.live_children == children, "%lu children live, %llu counted", children,
               (unsigned long long)(after.live_children - before.live_children));
+    /* Standing roots of 8 bytes; children and handed-over roots of 16. */
+    unsigned long bytes = THREADS * 8 + (guest_children + roots_left) * 16;
+    CHECK_MSG(after.live_bytes - before.live_bytes == bytes, "%lu bytes live, %llu counted", bytes,
+              (unsigned long long)(after.live_bytes - before.live_bytes));
 
     unsigned long lost = 0;
     for (unsigned i = 0; i < THREADS; i++) {
