@@ -4,8 +4,9 @@
  *
  * run_child(scenario, argument, seconds) forks; the child runs
  * scenario(argument) and exits with what it returns (0: it held). The parent
- * waits at most `seconds`, then kills the child (and so never leaves a hung
- * process behind), and describes what happened.
+ * waits at most `seconds`, then kills the child, and describes what
+ * happened. A child also dies with its parent (die_with_parent), so that no
+ * hung process outlives a test that was itself killed at its deadline.
  *
  * Include after harness.h, with _GNU_SOURCE defined.
  */
@@ -16,6 +17,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,23 +30,33 @@ struct child_outcome {
     char what[96];   /* one phrase for a report */
 };
 
-static int child_millis_since(const struct timespec *start)
+static inline int child_millis_since(const struct timespec *start)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (int)((now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000);
 }
 
-static struct child_outcome run_child(int (*scenario)(void *), void *argument, int seconds)
+/* In a child just forked from `parent`: be killed when the parent dies. */
+static inline void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) /* it died before we asked */
+        _exit(1);
+}
+
+static inline struct child_outcome run_child(int (*scenario)(void *), void *argument, int seconds)
 {
     struct child_outcome outcome = { 0, 0, 0, 0, "" };
     fflush(NULL); /* or the child would print our buffered output again */
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(outcome.what, sizeof outcome.what, "fork failed: %s", strerror(errno));
         return outcome;
     }
     if (pid == 0) {
+        die_with_parent(parent);
         /* A crash or an abort must end this child as it would any process,
          * whatever handlers the test (or its harness) installed. */
         static const int fatal[] = { SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL, SIGALRM };

@@ -13,7 +13,7 @@
  *   fail_on_this_thread(n)  the nth request from now made by the calling
  *                           thread (1 = its next one); other threads unharmed.
  *   fail_in_process(n)      the nth request from now made by any thread.
- * Either fires once, then injection is off again. injected_failure() tells
+ * Either fires once, then injection is off again. The injection log tells
  * what failed and from where, so a test can say which request it broke;
  * live_blocks() how many blocks are alive, so it can tell a leak.
  *
@@ -92,12 +92,6 @@ static inline unsigned long stop_failing_in_process(void)
 static inline void use_injection_log(struct injection_log *log)
 {
     injection_log = log;
-}
-
-/* The first failure injected since the log was last cleared, or NULL. */
-static inline const struct injected_failure *injected_failure(void)
-{
-    return atomic_load(&injection_log->count) > 0 ? &injection_log->first[0] : NULL;
 }
 
 static inline long live_blocks(void)

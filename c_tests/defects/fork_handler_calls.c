@@ -22,6 +22,7 @@
 #define HARNESS_TIMEOUT_SECONDS 5
 #include "harness.h"
 
+#include "child.h"
 #include "load_mapi.h"
 
 #define CHILD_SECONDS 3
@@ -97,9 +98,11 @@ static void check_calls_from(enum handler handler)
     REQUIRE(mapi.allocate(64, &held_root) == S_OK);
 
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        die_with_parent(parent);
         /* The child's verdict on its own handler (or on none). */
         int held = handler == IN_CHILD ? failed_calls == 0 : 1;
         if (handler != IN_CHILD)

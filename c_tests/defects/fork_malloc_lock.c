@@ -15,7 +15,8 @@
  * roots; a pair handing roots over, so that a guest adds children and
  * frees), while the main thread forks again and again; each child makes a
  * MAPI call and exits. The forks must all return: a hang is ended by the
- * harness's alarm and fails the test.
+ * harness's alarm and fails the test. The same with the wrapper's handlers
+ * registered before the library's is a guard: it holds today.
  *
  * Usage: fork_malloc_lock [--list] [test-name ...]
  */
@@ -24,6 +25,7 @@
 #define HARNESS_TIMEOUT_SECONDS 10
 #include "harness.h"
 
+#include "child.h"
 #include "locking_malloc.h"
 #include "mapix.h"
 
@@ -103,21 +105,66 @@ static double seconds_now(void)
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
-static void fork_with_malloc_lock_registered_after_library(void)
+/*
+ * The wrapper's fork handlers are registered twice, and only one pair acts,
+ * as the test chooses: one before libmapi32's (from .preinit_array, which
+ * runs before any shared library's constructor), one after (from the test,
+ * libmapi32 being linked in and so loaded and set up before main).
+ */
+enum handlers_order { HANDLERS_OFF, HANDLERS_BEFORE_LIBRARY, HANDLERS_AFTER_LIBRARY };
+static enum handlers_order acting = HANDLERS_OFF;
+
+static void prepare_before(void)
 {
-    REQUIRE(locking_malloc_register_fork_handlers() == 0);
+    if (acting == HANDLERS_BEFORE_LIBRARY)
+        locking_malloc_prepare();
+}
+
+static void after_fork_before(void)
+{
+    if (acting == HANDLERS_BEFORE_LIBRARY)
+        locking_malloc_after_fork();
+}
+
+static void prepare_after(void)
+{
+    if (acting == HANDLERS_AFTER_LIBRARY)
+        locking_malloc_prepare();
+}
+
+static void after_fork_after(void)
+{
+    if (acting == HANDLERS_AFTER_LIBRARY)
+        locking_malloc_after_fork();
+}
+
+static void register_before_library(void)
+{
+    pthread_atfork(prepare_before, after_fork_before, after_fork_before);
+}
+
+__attribute__((used, section(".preinit_array"))) static void (*const register_early)(void) = register_before_library;
+
+/* Forks again and again while the workers build trees. */
+static void fork_while_threads_allocate(enum handlers_order order)
+{
+    if (order == HANDLERS_AFTER_LIBRARY)
+        REQUIRE(pthread_atfork(prepare_after, after_fork_after, after_fork_after) == 0);
+    acting = order;
     pthread_t threads[OWNERS + 2];
     for (int i = 0; i < OWNERS; i++)
         REQUIRE(pthread_create(&threads[i], NULL, owner, NULL) == 0);
     REQUIRE(pthread_create(&threads[OWNERS], NULL, producer, NULL) == 0);
     REQUIRE(pthread_create(&threads[OWNERS + 1], NULL, guest, NULL) == 0);
 
+    pid_t parent = getpid();
     double deadline = seconds_now() + FORK_SECONDS;
     int forks = 0, children_failed = 0;
     for (; forks < FORKS && seconds_now() < deadline; forks++) {
         pid_t pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
+            die_with_parent(parent);
             void *root = NULL;
             SCODE result = MAPIAllocateBuffer(16, &root);
             MAPIFreeBuffer(root);
@@ -137,8 +184,22 @@ static void fork_with_malloc_lock_registered_after_library(void)
     CHECK_MSG(atomic_load(&failed_calls) == 0, "%ld calls failed", atomic_load(&failed_calls));
 }
 
+/* The defect: the wrapper's prepare runs first and holds its lock while the
+ * library's waits for a thread that is in malloc inside a heap. */
+static void fork_with_malloc_lock_registered_after_library(void)
+{
+    fork_while_threads_allocate(HANDLERS_AFTER_LIBRARY);
+}
+
+/* The other order, which SPEC §3 names too (it holds today: a guard). */
+static void fork_with_malloc_lock_registered_before_library(void)
+{
+    fork_while_threads_allocate(HANDLERS_BEFORE_LIBRARY);
+}
+
 static const struct test_case tests[] = {
     FORKED(fork_with_malloc_lock_registered_after_library),
+    FORKED(fork_with_malloc_lock_registered_before_library),
 };
 
 int main(int argc, char **argv)

@@ -4,12 +4,12 @@
  * or accounting wrapper, an allocator with a global lock).
  *
  * Every request of the process (libmapi32's too) takes the wrapper's mutex
- * around glibc's own function. locking_malloc_register_fork_handlers()
- * registers prepare (lock), parent and child (unlock): the prepare handler
- * then makes fork() wait for every request in progress, and no request can
- * start until the fork is over. A wrapper that sets itself up at its first
- * call registers them whenever that call happens to come: after libmapi32's
- * were registered at load, the prepare handlers run in reverse order, so the
+ * around glibc's own function. Its fork handlers, locking_malloc_prepare
+ * (lock) and locking_malloc_after_fork (unlock, in parent and child), make
+ * fork() wait for every request in progress, and no request can start until
+ * the fork is over. A wrapper that sets itself up at its first call
+ * registers them whenever that call happens to come; after libmapi32's were
+ * registered at load, the prepare handlers run in reverse order, so the
  * wrapper's lock is taken first and libmapi32's prepare runs with it held.
  *
  * Include in exactly one translation unit, not under a sanitizer or valgrind.
@@ -32,20 +32,16 @@ extern void __libc_free(void *block);
 
 static pthread_mutex_t wrapper_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void wrapper_prepare(void)
+/* The wrapper's fork handlers: prepare, then the same to end the fork in
+ * both the parent and the child. */
+static inline void locking_malloc_prepare(void)
 {
     pthread_mutex_lock(&wrapper_lock);
 }
 
-static void wrapper_after_fork(void)
+static inline void locking_malloc_after_fork(void)
 {
     pthread_mutex_unlock(&wrapper_lock);
-}
-
-/* Call once the program runs (libmapi32, linked in, registered at load). */
-static inline int locking_malloc_register_fork_handlers(void)
-{
-    return pthread_atfork(wrapper_prepare, wrapper_after_fork, wrapper_after_fork);
 }
 
 /* Runs `call` with the wrapper's lock held; evaluates to its result. */
