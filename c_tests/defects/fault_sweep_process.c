@@ -162,7 +162,9 @@ static void thread_start(unsigned long nth)
 
 static pthread_key_t exit_key;
 static atomic_int exiters_ready;
-static atomic_int exiters_go;
+/* How many of the threads may exit: one at a time, in order, so that the
+ * nth request is the same one in every run. */
+static atomic_int exiters_let_go;
 
 static void calls_at_exit(void *unused)
 {
@@ -173,10 +175,10 @@ static void calls_at_exit(void *unused)
     free_root(root);
 }
 
-static void wait_to_exit(void)
+static void wait_to_exit(int turn)
 {
     atomic_fetch_add(&exiters_ready, 1);
-    while (!atomic_load(&exiters_go))
+    while (atomic_load(&exiters_let_go) <= turn)
         sched_yield();
 }
 
@@ -189,7 +191,7 @@ static void *exit_with_heap(void *kept)
         allocated("MAPIAllocateMore", MAPIAllocateMore(16, *root, &child), &child);
     }
     pthread_setspecific(exit_key, &exit_key);
-    wait_to_exit();
+    wait_to_exit(0);
     return NULL;
 }
 
@@ -198,7 +200,7 @@ static void *exit_with_first_call(void *unused)
 {
     (void)unused;
     pthread_setspecific(exit_key, &exit_key);
-    wait_to_exit();
+    wait_to_exit(1);
     return NULL;
 }
 
@@ -209,13 +211,13 @@ static void thread_exit(unsigned long nth)
         return;
     key_made = 1;
     atomic_store(&exiters_ready, 0);
-    atomic_store(&exiters_go, 0);
+    atomic_store(&exiters_let_go, 0);
     void *kept = UNSET;
     pthread_t threads[2];
     if (start_thread(&threads[0], exit_with_heap, &kept) != 0)
         return;
     if (start_thread(&threads[1], exit_with_first_call, NULL) != 0) {
-        atomic_store(&exiters_go, 1);
+        atomic_store(&exiters_let_go, 1);
         pthread_join(threads[0], NULL);
         free_root(kept);
         return;
@@ -223,9 +225,10 @@ static void thread_exit(unsigned long nth)
     while (atomic_load(&exiters_ready) < 2)
         sched_yield();
     arm(nth);
-    atomic_store(&exiters_go, 1);
-    pthread_join(threads[0], NULL);
-    pthread_join(threads[1], NULL);
+    for (int turn = 0; turn < 2; turn++) {
+        atomic_store(&exiters_let_go, turn + 1);
+        pthread_join(threads[turn], NULL);
+    }
     disarm();
     free_root(kept); /* a tree outlives the thread that built it */
 }
