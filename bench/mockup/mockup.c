@@ -17,7 +17,10 @@
  * validation (the segment bit, slot arithmetic, state and generation checks,
  * start bits kept and checked): the difference is what validation costs.
  * -DMOCKUP_FIRST_CHUNK_SHIFT=6 makes a tree's first chunk 64 bytes (one
- * 32-byte child) instead of 128.
+ * 32-byte child) instead of 128; -DMOCKUP_CHUNK_GROWTH=3 makes each chunk
+ * 8 times the last instead of 4. -DMOCKUP_PARENT_CACHE remembers the last
+ * parent the heap validated (or root it made) with its tree's state word:
+ * the same parent again costs one compare and one load of that word.
  *
  * Not built (the mock-up's workloads never reach them): roots or chunks
  * larger than one segment, pages going back to the segment when empty,
@@ -37,6 +40,9 @@
 
 #ifndef MOCKUP_FIRST_CHUNK_SHIFT
 #define MOCKUP_FIRST_CHUNK_SHIFT 7 /* first chunk of a tree: 128 bytes */
+#endif
+#ifndef MOCKUP_CHUNK_GROWTH
+#define MOCKUP_CHUNK_GROWTH 2 /* each chunk of a tree 4 times the last */
 #endif
 
 /* ------------------------------------------------------------ geometry */
@@ -104,7 +110,8 @@ struct root {
 
 struct chunk {
     _Atomic uint32_t state; /* tree's generation | class | ST_CHUNK */
-    uint32_t used;          /* bytes from the chunk's start, header included */
+    uint16_t used;          /* 16-byte granules from the chunk's start, header included */
+    uint16_t end;           /* granules in the chunk: the bump's limit, one load away */
     uint64_t next;          /* older chunk of the tree */
     uint64_t tree;          /* its root's slot */
     uint32_t count;         /* children in it */
@@ -122,6 +129,14 @@ struct heap {
     struct queue roots[ROOT_CLASSES];
     struct queue chunks[CHUNK_CLASSES];
     struct segment *seg; /* where new pages come from */
+#ifdef MOCKUP_PARENT_CACHE
+    /* Sound without invalidation: any free or kill of the tree changes its
+     * state word (kind, generation), and a slot is only ever reused by a
+     * root of the same class, under a new generation. */
+    const void *last_parent;
+    struct root *last_tree;
+    uint32_t last_state;
+#endif
     uint64_t live_roots, live_children, live_bytes, peak_bytes, total_allocations, misuse_count;
 };
 
@@ -293,11 +308,15 @@ static inline int start_bit_test(const void *p)
     return (int)((seg->start_bits[g >> 6] >> (g & 63)) & 1);
 }
 
-/* Clears the start bits of the bytes [p, p + len): a chunk's children. */
-static inline void start_bits_clear(const void *p, size_t len)
+/* Clears the start bits of the n granules from p on: a chunk's children. */
+static inline void start_bits_clear(const void *p, size_t n)
 {
     uint64_t *bits = segment_of(p)->start_bits;
-    size_t g = ((uintptr_t)p & (SEG_SIZE - 1)) >> GRANULE_SHIFT, n = len >> GRANULE_SHIFT;
+    size_t g = ((uintptr_t)p & (SEG_SIZE - 1)) >> GRANULE_SHIFT;
+    if (LIKELY((g & 63) + n <= 64 && n < 64)) { /* small chunks: one word */
+        bits[g >> 6] &= ~((((uint64_t)1 << n) - 1) << (g & 63));
+        return;
+    }
     while (n > 0) {
         size_t bit = g & 63, take = 64 - bit < n ? 64 - bit : n;
         bits[g >> 6] &= ~((take == 64 ? ~(uint64_t)0 : (((uint64_t)1 << take) - 1)) << bit);
@@ -315,56 +334,73 @@ static inline char *slot_start(const struct page *pg, uintptr_t p)
     return pg->base + (size_t)((off * pg->recip) >> 32) * pg->slot_size;
 }
 
-/*
- * The tree that `p` belongs to, when p is a live root (*is_root = 1) or a
- * live child (*is_root = 0), with the page that told so; NULL for anything
- * else. Nothing is read at p itself: only the segment bitmap, the segment's
- * metadata and slot headers, all in memory the library keeps mapped.
- */
-static inline struct root *tree_of(const void *p, struct page **pg_out, int *is_root)
-{
-    uintptr_t a = (uintptr_t)p;
-    struct page *pg;
 #ifndef MOCKUP_NO_VALIDATE
+/* The page of p, when p lies in one of the library's segments: one load of
+ * the static bitmap, then the segment's own metadata. NULL otherwise. */
+static inline struct page *page_checked(uintptr_t a)
+{
     uintptr_t seg = a >> SEG_SHIFT;
-    uint8_t kind;
     if (UNLIKELY((a & 15) != 0 || (a >> ADDRESS_BITS) != 0))
         return NULL;
     if (!((__atomic_load_n(&segmap[seg >> 6], __ATOMIC_RELAXED) >> (seg & 63)) & 1))
         return NULL;
-    pg = page_of(p);
+    return page_of((const void *)a);
+}
+#endif
+
+/*
+ * The root `p` is, when p is a live root; NULL for anything else, with *pg_out
+ * the page looked at (a span's first page). Nothing is read at p itself: only
+ * the segment bitmap, the segment's metadata and the slot's header, all in
+ * memory the library keeps mapped.
+ */
+static inline struct root *root_of(const void *p, struct page **pg_out)
+{
+    uintptr_t a = (uintptr_t)p;
+    struct page *pg;
+#ifndef MOCKUP_NO_VALIDATE
+    struct root *r;
+    uint8_t kind;
+    if ((pg = page_checked(a)) == NULL)
+        return NULL;
     kind = __atomic_load_n(&pg->kind, __ATOMIC_ACQUIRE);
     if (UNLIKELY(kind == PG_TAIL))
         pg -= pg->back, kind = __atomic_load_n(&pg->kind, __ATOMIC_ACQUIRE);
     *pg_out = pg;
-    if (kind == PG_ROOT) {
-        struct root *r = (struct root *)slot_start(pg, a);
-        if ((char *)r + ROOT_HEADER != (const char *)p ||
-            ST_KIND(atomic_load_explicit(&r->state, memory_order_relaxed)) != ST_LIVE)
-            return NULL;
-        *is_root = 1;
-        return r;
-    }
-    if (kind == PG_CHUNK && start_bit_test(p)) {
-        struct chunk *c = (struct chunk *)slot_start(pg, a);
-        struct root *r = (struct root *)c->tree;
-        uint32_t cs = atomic_load_explicit(&c->state, memory_order_relaxed);
-        if (atomic_load_explicit(&r->state, memory_order_relaxed) != (ST_GEN(cs) | ST_LIVE))
-            return NULL;
-        *is_root = 0;
-        return r;
-    }
-    return NULL;
+    if (kind != PG_ROOT)
+        return NULL;
+    r = (struct root *)slot_start(pg, a);
+    if ((char *)r + ROOT_HEADER != (const char *)p ||
+        ST_KIND(atomic_load_explicit(&r->state, memory_order_relaxed)) != ST_LIVE)
+        return NULL;
+    return r;
 #else
     pg = page_of(p);
     if (pg->kind == PG_TAIL)
         pg -= pg->back;
     *pg_out = pg;
-    if (pg->kind == PG_ROOT) {
-        *is_root = 1;
-        return (struct root *)(a - ROOT_HEADER);
-    }
-    *is_root = 0;
+    return pg->kind == PG_ROOT ? (struct root *)(a - ROOT_HEADER) : NULL;
+#endif
+}
+
+/* The tree of p when p is a live child, else NULL; pg is p's page (a chunk
+ * page, else NULL is returned). */
+static inline struct root *tree_of_child(const void *p, const struct page *pg)
+{
+    uintptr_t a = (uintptr_t)p;
+#ifndef MOCKUP_NO_VALIDATE
+    struct chunk *c;
+    struct root *r;
+    uint32_t cs;
+    if (pg == NULL || __atomic_load_n(&pg->kind, __ATOMIC_ACQUIRE) != PG_CHUNK || !start_bit_test(p))
+        return NULL;
+    c = (struct chunk *)slot_start(pg, a);
+    r = (struct root *)c->tree;
+    cs = atomic_load_explicit(&c->state, memory_order_relaxed);
+    if (atomic_load_explicit(&r->state, memory_order_relaxed) != (ST_GEN(cs) | ST_LIVE))
+        return NULL;
+    return r;
+#else
     /* chunk slots are powers of two, aligned in their page */
     return (struct root *)((struct chunk *)(a & ~((uintptr_t)pg->slot_size - 1)))->tree;
 #endif
@@ -379,12 +415,6 @@ static __attribute__((noinline)) struct heap *heap_new(void)
         return NULL;
     tls_heap = h;
     return h;
-}
-
-static inline struct heap *heap_get(void)
-{
-    struct heap *h = tls_heap;
-    return LIKELY(h != NULL) ? h : heap_new();
 }
 
 /* The owner's busy mark around each call: fork's prepare waits for it
@@ -405,7 +435,29 @@ static inline void count_alloc(struct heap *h, uint64_t bytes)
 
 /* ------------------------------------------------------------ roots */
 
-static __attribute__((noinline)) char *root_slot_large(struct heap *h, uint64_t slot)
+/* A root's slot: header + client bytes, a multiple of 16. A size-0 root
+ * still takes 16 bytes: p = slot + 16 must lie inside its own slot, or it
+ * would be the next slot's start. */
+static inline uint64_t root_slot_size(ULONG cb)
+{
+    return ((uint64_t)(cb | (cb == 0)) + ROOT_HEADER + 15) & ~(uint64_t)15;
+}
+
+static inline void root_init(struct heap *h, char *s, ULONG cb)
+{
+    struct root *r = (struct root *)s;
+    uint32_t st = ST_GEN(atomic_load_explicit(&r->state, memory_order_relaxed)) | ST_LIVE;
+    atomic_store_explicit(&r->state, st, memory_order_relaxed);
+    r->size = cb;
+    r->first = 0;
+#ifdef MOCKUP_PARENT_CACHE
+    h->last_parent = s + ROOT_HEADER, h->last_tree = r, h->last_state = st;
+#endif
+    h->live_roots++;
+    count_alloc(h, cb);
+}
+
+static char *root_slot_large(struct heap *h, uint64_t slot)
 {
     uint64_t span = (slot + PAGE_SIZE - 1) >> PAGE_SHIFT;
     struct page *pg;
@@ -416,49 +468,63 @@ static __attribute__((noinline)) char *root_slot_large(struct heap *h, uint64_t 
     return pg->base;
 }
 
-static inline SCODE root_new(struct heap *h, ULONG cb, LPVOID *out)
+/* MAPIAllocateBuffer when the class's current page has no slot at hand,
+ * the root is large, or the thread has no heap yet. */
+static __attribute__((noinline)) SCODE root_new_slow(struct heap *h, ULONG cb, LPVOID *out)
 {
-    /* a size-0 root still takes 16 bytes: p = slot + 16 must lie inside its
-     * own slot, or it would be the next slot's start */
-    uint64_t slot = ((uint64_t)(cb | (cb == 0)) + ROOT_HEADER + 15) & ~(uint64_t)15;
-    struct root *r;
+    uint64_t slot = root_slot_size(cb);
     char *s;
-    uint32_t st;
-    if (LIKELY(slot <= MEDIUM_MAX)) {
+    if (h == NULL && (h = heap_new()) == NULL) {
+        *out = NULL;
+        return MAPI_E_NOT_ENOUGH_MEMORY;
+    }
+    busy(h, 1);
+    if (slot <= MEDIUM_MAX) {
         unsigned cls = root_class((uint32_t)slot);
-        s = slot_alloc(h, &h->roots[cls], PG_ROOT, cls, root_class_size(cls));
+        s = slot_alloc_slow(h, &h->roots[cls], PG_ROOT, cls, root_class_size(cls), 1);
     } else {
         s = root_slot_large(h, slot);
     }
     if (UNLIKELY(s == NULL)) {
+        busy(h, 0);
         *out = NULL;
         return MAPI_E_NOT_ENOUGH_MEMORY;
     }
-    r = (struct root *)s;
-    st = atomic_load_explicit(&r->state, memory_order_relaxed);
-    atomic_store_explicit(&r->state, ST_GEN(st) | ST_LIVE, memory_order_relaxed);
-    r->size = cb;
-    r->first = 0;
-    h->live_roots++;
-    count_alloc(h, cb);
+    root_init(h, s, cb);
+    busy(h, 0);
     *out = s + ROOT_HEADER;
     return S_OK;
 }
 
+/* The fast path takes a slot from the class's current page and needs no
+ * stack frame: every other case is a tail call. */
 EXPORT SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer)
 {
-    struct heap *h;
-    SCODE sc;
+    struct heap *h = tls_heap;
+    uint64_t slot = root_slot_size(cbSize);
+    struct page *pg;
+    unsigned cls;
+    char *s;
     if (UNLIKELY(lppBuffer == NULL))
         return MAPI_E_INVALID_PARAMETER;
-    if (UNLIKELY((h = heap_get()) == NULL)) {
-        *lppBuffer = NULL;
-        return MAPI_E_NOT_ENOUGH_MEMORY;
-    }
+    if (UNLIKELY(h == NULL || slot > MEDIUM_MAX))
+        return root_new_slow(h, cbSize, lppBuffer);
+    cls = root_class((uint32_t)slot);
     busy(h, 1);
-    sc = root_new(h, cbSize, lppBuffer);
+    pg = h->roots[cls].cur;
+    if (UNLIKELY(pg == NULL))
+        return root_new_slow(h, cbSize, lppBuffer);
+    if ((s = pg->free) != NULL)
+        pg->free = *(char **)(s + 8);
+    else if (LIKELY(pg->bump < pg->cap))
+        s = pg->base + (size_t)pg->bump++ * pg->slot_size;
+    else
+        return root_new_slow(h, cbSize, lppBuffer);
+    pg->used++;
+    root_init(h, s, cbSize);
     busy(h, 0);
-    return sc;
+    *lppBuffer = s + ROOT_HEADER;
+    return S_OK;
 }
 
 /* ------------------------------------------------------------ children */
@@ -466,17 +532,17 @@ EXPORT SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer)
 /* A new chunk for tree r, big enough for `need` bytes of child; returns
  * where the child goes. The chunk that bumps becomes the tree's first; a
  * child too big for it gets a chunk of its own, linked second. */
-static __attribute__((noinline)) char *child_slow(struct heap *h, struct root *r, uint32_t need)
+static char *chunk_new(struct heap *h, struct root *r, uint64_t need)
 {
     struct chunk *head = (struct chunk *)r->first, *c;
-    unsigned next = head == NULL ? 0 : ST_CLASS(atomic_load_explicit(&head->state, memory_order_relaxed)) + 2;
+    unsigned next = head == NULL ? 0 : ST_CLASS(atomic_load_explicit(&head->state, memory_order_relaxed)) + MOCKUP_CHUNK_GROWTH;
     unsigned cls, own;
     char *s;
     if (next > CHUNK_CLASSES - 1)
         next = CHUNK_CLASSES - 1;
-    own = (uint64_t)need > ((uint64_t)1 << (CHUNK_MIN_SHIFT + next)) / 4;
+    own = need > ((uint64_t)1 << (CHUNK_MIN_SHIFT + next)) / 4;
     if (own) {
-        uint64_t whole = (uint64_t)need + CHUNK_HEADER;
+        uint64_t whole = need + CHUNK_HEADER;
         cls = 0;
         while (cls < CHUNK_CLASSES - 1 && ((uint64_t)1 << (CHUNK_MIN_SHIFT + cls)) < whole)
             cls++;
@@ -492,7 +558,8 @@ static __attribute__((noinline)) char *child_slow(struct heap *h, struct root *r
     atomic_store_explicit(&c->state, ST_GEN(atomic_load_explicit(&r->state, memory_order_relaxed)) |
                                          (cls << 2) | ST_CHUNK,
                           memory_order_relaxed);
-    c->used = CHUNK_HEADER + need;
+    c->used = (uint16_t)((CHUNK_HEADER + need) >> GRANULE_SHIFT);
+    c->end = (uint16_t)(((uint32_t)1 << (CHUNK_MIN_SHIFT + cls)) >> GRANULE_SHIFT);
     c->tree = (uint64_t)(uintptr_t)r;
     c->count = 0;
     c->bytes = 0;
@@ -506,104 +573,167 @@ static __attribute__((noinline)) char *child_slow(struct heap *h, struct root *r
     return s + CHUNK_HEADER;
 }
 
-EXPORT SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer)
+/* The child p of cb bytes, in chunk c, is handed out. */
+static inline SCODE child_done(struct heap *h, struct chunk *c, char *p, ULONG cb, LPVOID *out)
 {
-    struct heap *h;
-    struct page *pg;
-    struct root *r;
-    struct chunk *c;
-    uint32_t need;
-    int is_root;
-    char *p;
-    if (UNLIKELY(lppBuffer == NULL))
-        return MAPI_E_INVALID_PARAMETER;
-    if (UNLIKELY((h = heap_get()) == NULL)) {
-        *lppBuffer = NULL;
-        return MAPI_E_NOT_ENOUGH_MEMORY;
-    }
-    busy(h, 1);
-    if (lpObject == NULL) {
-        SCODE sc = root_new(h, cbSize, lppBuffer);
-        busy(h, 0);
-        return sc;
-    }
-    r = tree_of(lpObject, &pg, &is_root);
-    if (UNLIKELY(r == NULL || pg->owner != h)) {
-        /* not built: another thread's tree (a chunk of the caller's own, tagged) */
-        h->misuse_count++;
-        busy(h, 0);
-        *lppBuffer = NULL;
-        return MAPI_E_INVALID_PARAMETER;
-    }
-    (void)is_root;
-    if (UNLIKELY(cbSize > UINT32_MAX - 15 - CHUNK_HEADER)) {
-        busy(h, 0);
-        *lppBuffer = NULL;
-        return MAPI_E_NOT_ENOUGH_MEMORY;
-    }
-    need = ((cbSize | (cbSize == 0)) + 15) & ~(uint32_t)15; /* size 0: still unique */
-    c = (struct chunk *)r->first;
-    if (LIKELY(c != NULL) &&
-        (uint64_t)c->used + need <= (uint64_t)1 << (CHUNK_MIN_SHIFT + ST_CLASS(atomic_load_explicit(&c->state, memory_order_relaxed)))) {
-        p = (char *)c + c->used;
-        c->used += need;
-    } else {
-        if (UNLIKELY((p = child_slow(h, r, need)) == NULL)) {
-            busy(h, 0);
-            *lppBuffer = NULL;
-            return MAPI_E_NOT_ENOUGH_MEMORY;
-        }
-        c = (struct chunk *)(p - CHUNK_HEADER);
-    }
     c->count++;
-    c->bytes += cbSize;
+    c->bytes += cb;
 #ifndef MOCKUP_NO_VALIDATE
     start_bit_set(p);
 #endif
     h->live_children++;
-    count_alloc(h, cbSize);
+    count_alloc(h, cb);
     busy(h, 0);
-    *lppBuffer = p;
+    *out = p;
     return S_OK;
+}
+
+static __attribute__((noinline)) SCODE child_new_chunk(struct heap *h, struct root *r, ULONG cb, LPVOID *out)
+{
+    uint64_t need = (((uint64_t)cb + 15) & ~(uint64_t)15) + (cb == 0) * 16;
+    char *p = chunk_new(h, r, need);
+    if (UNLIKELY(p == NULL)) {
+        busy(h, 0);
+        *out = NULL;
+        return MAPI_E_NOT_ENOUGH_MEMORY;
+    }
+    return child_done(h, (struct chunk *)(p - CHUNK_HEADER), p, cb, out);
+}
+
+/* An unknown parent, or another thread's tree (not built: a chunk of the
+ * caller's own, tagged with the tree and generation). */
+static __attribute__((noinline)) SCODE child_refused(struct heap *h, LPVOID *out)
+{
+    h->misuse_count++;
+    busy(h, 0);
+    *out = NULL;
+    return MAPI_E_INVALID_PARAMETER;
+}
+
+static __attribute__((noinline)) SCODE child_no_heap(LPVOID *out)
+{
+    struct heap *h = heap_new();
+    if (h == NULL) {
+        *out = NULL;
+        return MAPI_E_NOT_ENOUGH_MEMORY;
+    }
+    busy(h, 1);
+    return child_refused(h, out); /* a thread without a heap owns no tree */
+}
+
+EXPORT SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer)
+{
+    struct heap *h = tls_heap;
+    struct page *pg;
+    struct root *r;
+    struct chunk *c;
+    uint64_t need;
+    char *p;
+    if (UNLIKELY(lppBuffer == NULL))
+        return MAPI_E_INVALID_PARAMETER;
+    if (UNLIKELY(lpObject == NULL))
+        return MAPIAllocateBuffer(cbSize, lppBuffer);
+    if (UNLIKELY(h == NULL))
+        return child_no_heap(lppBuffer);
+    busy(h, 1);
+#ifdef MOCKUP_PARENT_CACHE
+    if (LIKELY(lpObject == h->last_parent) &&
+        LIKELY(atomic_load_explicit(&h->last_tree->state, memory_order_relaxed) == h->last_state)) {
+        r = h->last_tree;
+    } else
+#endif
+    {
+        pg = NULL;
+        if ((r = root_of(lpObject, &pg)) == NULL)
+            r = tree_of_child(lpObject, pg); /* chunks are the owner's, as their tree */
+        if (UNLIKELY(r == NULL || pg->owner != h))
+            return child_refused(h, lppBuffer);
+#ifdef MOCKUP_PARENT_CACHE
+        h->last_parent = lpObject, h->last_tree = r;
+        h->last_state = atomic_load_explicit(&r->state, memory_order_relaxed);
+#endif
+    }
+    /* granules: size 0 still takes one, so every child is unique */
+    need = (((uint64_t)cbSize + 15) >> GRANULE_SHIFT) + (cbSize == 0);
+    c = (struct chunk *)r->first;
+    if (UNLIKELY(c == NULL || c->used + need > c->end))
+        return child_new_chunk(h, r, cbSize, lppBuffer);
+    p = (char *)c + ((size_t)c->used << GRANULE_SHIFT);
+    c->used = (uint16_t)(c->used + need);
+    return child_done(h, c, p, cbSize, lppBuffer);
 }
 
 /* ------------------------------------------------------------ free */
 
-EXPORT ULONG MAPIFreeBuffer(LPVOID lpBuffer)
+/* Gives back a dead tree's chunks (their start bits first). */
+static void chunks_free(struct heap *h, uint64_t c)
 {
-    struct heap *h;
-    struct page *pg;
-    struct root *r;
-    uint64_t c, next;
-    int is_root = 0;
-    if (lpBuffer == NULL)
-        return S_OK;
-    if (UNLIKELY((h = heap_get()) == NULL))
-        return S_OK;
-    busy(h, 1);
-    r = tree_of(lpBuffer, &pg, &is_root);
-    if (UNLIKELY(r == NULL || !is_root || pg->owner != h)) {
-        /* a child, freed, interior or foreign pointer: ignored (another
-         * thread's root: the remote kill, not built) */
-        h->misuse_count++;
-        busy(h, 0);
-        return S_OK;
-    }
-    atomic_store_explicit(&r->state, ST_GEN(atomic_load_explicit(&r->state, memory_order_relaxed)) + ST_GEN_STEP,
-                          memory_order_relaxed);
-    for (c = r->first; c != 0; c = next) {
+    uint64_t next;
+    for (; c != 0; c = next) {
         struct chunk *ch = (struct chunk *)(uintptr_t)c;
         next = ch->next;
 #ifndef MOCKUP_NO_VALIDATE
-        start_bits_clear((char *)ch + CHUNK_HEADER, ch->used - CHUNK_HEADER);
+        start_bits_clear((char *)ch + CHUNK_HEADER, ch->used - (CHUNK_HEADER >> GRANULE_SHIFT));
 #endif
         h->live_children -= ch->count;
         h->live_bytes -= ch->bytes;
         slot_free(h, page_of(ch), (char *)ch);
     }
+}
+
+/* MAPIFreeBuffer of a root with children. */
+static __attribute__((noinline)) ULONG tree_free(struct heap *h, struct page *pg, struct root *r)
+{
+    chunks_free(h, r->first);
     h->live_roots--;
     h->live_bytes -= r->size;
     slot_free(h, pg, (char *)r);
+    busy(h, 0);
+    return S_OK;
+}
+
+/* A child, freed, interior or foreign pointer: ignored. Another thread's
+ * root: the remote kill, not built. */
+static __attribute__((noinline)) ULONG free_refused(struct heap *h)
+{
+    if (h == NULL && (h = heap_new()) == NULL)
+        return S_OK;
+    h->misuse_count++;
+    busy(h, 0);
+    return S_OK;
+}
+
+static __attribute__((noinline)) ULONG free_requeue(struct heap *h, struct page *pg)
+{
+    page_requeue(h, pg);
+    busy(h, 0);
+    return S_OK;
+}
+
+EXPORT ULONG MAPIFreeBuffer(LPVOID lpBuffer)
+{
+    struct heap *h = tls_heap;
+    struct page *pg;
+    struct root *r;
+    if (lpBuffer == NULL)
+        return S_OK;
+    if (UNLIKELY(h == NULL))
+        return free_refused(h); /* a thread without a heap owns no tree */
+    busy(h, 1);
+    r = root_of(lpBuffer, &pg);
+    if (UNLIKELY(r == NULL || pg->owner != h))
+        return free_refused(h);
+    atomic_store_explicit(&r->state, ST_GEN(atomic_load_explicit(&r->state, memory_order_relaxed)) + ST_GEN_STEP,
+                          memory_order_relaxed);
+    if (r->first != 0)
+        return tree_free(h, pg, r);
+    h->live_roots--;
+    h->live_bytes -= r->size;
+    *(char **)((char *)r + 8) = pg->free;
+    pg->free = (char *)r;
+    pg->used--;
+    if (UNLIKELY(!pg->queued))
+        return free_requeue(h, pg);
     busy(h, 0);
     return S_OK;
 }
