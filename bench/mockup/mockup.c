@@ -21,6 +21,9 @@
  * 8 times the last instead of 4. -DMOCKUP_PARENT_CACHE remembers the last
  * parent the heap validated (or root it made) with its tree's state word:
  * the same parent again costs one compare and one load of that word.
+ * -DMOCKUP_NO_BUSY and -DMOCKUP_NO_COUNT are no design: they drop the
+ * busy marks, and a child's counting (per chunk and per heap), to show
+ * what each costs.
  *
  * Not built (the mock-up's workloads never reach them): roots or chunks
  * larger than one segment, pages going back to the segment when empty,
@@ -421,8 +424,12 @@ static __attribute__((noinline)) struct heap *heap_new(void)
  * (ordered by membarrier in the real design, hence only a compiler fence). */
 static inline void busy(struct heap *h, uint32_t on)
 {
+#ifndef MOCKUP_NO_BUSY
     atomic_store_explicit(&h->busy, on, memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst);
+#else
+    (void)h, (void)on;
+#endif
 }
 
 static inline void count_alloc(struct heap *h, uint64_t bytes)
@@ -576,13 +583,17 @@ static char *chunk_new(struct heap *h, struct root *r, uint64_t need)
 /* The child p of cb bytes, in chunk c, is handed out. */
 static inline SCODE child_done(struct heap *h, struct chunk *c, char *p, ULONG cb, LPVOID *out)
 {
+#ifndef MOCKUP_NO_COUNT
     c->count++;
     c->bytes += cb;
+    h->live_children++;
+    count_alloc(h, cb);
+#else
+    (void)c, (void)cb;
+#endif
 #ifndef MOCKUP_NO_VALIDATE
     start_bit_set(p);
 #endif
-    h->live_children++;
-    count_alloc(h, cb);
     busy(h, 0);
     *out = p;
     return S_OK;
