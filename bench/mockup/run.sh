@@ -9,10 +9,10 @@
 set -eu
 cd "$(dirname "$0")"
 runs=${1:-3}
-variants="v3 noval chunk64 cache cache256 cache64x8 floor" # the Makefile's VARIANTS
+variants="v3 noval chunk64 cache cache256 cache64x8 lazy floor" # the Makefile's VARIANTS
 make -s all
 ./out/test
-for v in chunk64 cache cache256 cache64x8; do
+for v in chunk64 cache cache256 cache64x8 lazy; do
     LD_LIBRARY_PATH=out/$v ./out/test >/dev/null || { echo "run.sh: test fails under $v" >&2; exit 1; }
 done
 mkdir -p out/runs

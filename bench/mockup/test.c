@@ -36,6 +36,18 @@ int main(void)
     size_t i;
     char local[64];
 
+    /* the counts the bench's variants keep in different ways */
+    MAPIAllocateBuffer(100, &root);
+    MAPIAllocateMore(50, root, &child);
+    MAPIAllocateMore(1000, child, &grand);
+    CHECK("counts: live", stats().live_roots == 1 && stats().live_children == 2 && stats().live_bytes == 1150);
+    CHECK("counts: peak while live", stats().peak_bytes == 1150);
+    MAPIFreeBuffer(root);
+    MAPIAllocateBuffer(10, &root);
+    CHECK("counts: peak after a free", stats().peak_bytes == 1150 && stats().live_bytes == 10);
+    CHECK("counts: total", stats().total_allocations == 4);
+    MAPIFreeBuffer(root);
+
     for (i = 0; i < sizeof sizes / sizeof *sizes; i++) {
         CHECK("root of any size", MAPIAllocateBuffer(sizes[i], &root) == S_OK && root != NULL);
         CHECK("16-byte alignment", ((uintptr_t)root & 15) == 0);
