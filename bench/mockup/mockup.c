@@ -28,8 +28,9 @@
  * busy marks, and a child's counting (per chunk and per heap), to show
  * what each costs.
  *
- * Not built (the mock-up's workloads never reach them): roots or chunks
- * larger than one segment, pages going back to the segment when empty,
+ * Not built (the mock-up's workloads never reach them): children larger
+ * than a 64 KiB chunk, roots larger than a segment, pages going back to the
+ * segment when empty,
  * MADV_DONTNEED, thread exit, fork, valgrind/ASan support.
  */
 #define _GNU_SOURCE
