@@ -100,7 +100,7 @@ REALNAME := $(SONAME).$(word 2,$(version_numbers)).$(word 3,$(version_numbers))
 # install takes what `make` built, rebuilding only when a source is newer:
 # `make && sudo make install` then needs no cargo on root's PATH. (The touch:
 # cargo leaves the library alone when a newer source did not change it.)
-LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock cbindgen.toml
+LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 $(BUILD_LIBDIR)/libmapi32.so: $(LIB_SOURCES)
 	$(MAKE) lib
 	touch $@
