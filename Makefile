@@ -1,6 +1,6 @@
 # libmapi32: the entry point for building, trying and testing.
 #
-#   make          release library (target/release/libmapi32.so, .a) and header
+#   make          release library: build/lib/libmapi32.so and libmapi32.a (see mk/link.mk)
 #   make demo     build the library and run an example MAPI client against it
 #   make test     the whole suite (see "Testing" in README.md)
 #   make header   regenerate include/mapix.h after changing src/scode.rs or src/ffi.rs
@@ -18,14 +18,18 @@ CFLAGS ?= -O2 -g
 STRICT := -Wall -Wextra -Wpedantic -Werror
 
 # Where cargo puts its output; honours CARGO_TARGET_DIR like cargo does.
-# (LIBDIR is the install directory: see mk/packaging.mk.)
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
-BUILD_LIBDIR := $(TARGET_DIR)/release
-# build.rs gives libmapi32.so this SONAME, from the same line of Cargo.toml;
-# programs linked against it look for a file of that name at run time.
+CARGO_LIBDIR := $(TARGET_DIR)/release
+# libmapi32.so has this SONAME (mk/link.mk, and build.rs for cargo's own
+# cdylib), from the same line of Cargo.toml; programs linked against it look
+# for a file of that name at run time.
 ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
 SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
+# The shipped libmapi32.so and libmapi32.a, made from cargo's staticlib
+# (mk/link.mk): what the tests use and `make install` installs. (LIBDIR is
+# the install directory: see mk/packaging.mk.)
+BUILD_LIBDIR := $(BUILD)/lib
 # Link the C programs against the freshly built .so, found at run time by an
 # old-style DT_RPATH, which (unlike DT_RUNPATH) outranks LD_LIBRARY_PATH: the
 # tests must load this build, not another libmapi32.so on the user's path.
@@ -39,11 +43,10 @@ MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,in
 
 all: lib
 
-# cargo decides what to rebuild, so always ask it. The SONAME link lets
-# programs linked against the build tree run from it, as after an install.
+# cargo decides what to rebuild, so always ask it; then link what changed.
 lib:
 	$(CARGO) build --release
-	ln -sf libmapi32.so $(BUILD_LIBDIR)/$(SONAME)
+	@$(MAKE) --no-print-directory shipped-lib
 
 $(BUILD):
 	mkdir -p $(BUILD)

@@ -19,11 +19,10 @@ fn main() {
 /// record that name (DT_NEEDED) and keep working across compatible updates.
 ///
 /// Only on ELF targets, whose linkers (GNU ld, gold, lld, mold) all take
-/// `-soname`. No version script is passed for the exports: rustc already
-/// gives the linker its own, which names every `#[no_mangle]` item global and
-/// hides the rest (Rust's internals included), and a second script's
-/// `local: *` cannot hide a name the first one lists (tried with GNU ld 2.40).
-/// `make exports-check` holds the result to the committed exports.txt instead.
+/// `-soname`. The exports get no version node here: rustc hands the linker
+/// its own anonymous version script, and GNU ld refuses to combine that with
+/// a script of named nodes. `make lib` links the shipped libmapi32.so from
+/// the staticlib instead, with mapi32.map (see mk/link.mk).
 fn set_soname(manifest_dir: &Path) {
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let elf = ["linux", "android", "freebsd", "netbsd", "openbsd", "dragonfly"];

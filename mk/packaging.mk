@@ -5,15 +5,18 @@
 
 PYTHON ?= python3
 
-.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
+.PHONY: exports-check soname-check install-check preload-check version-check cxx-provider python-test dlopen-test
 
-TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
+TEST_STEPS += exports-check soname-check install-check preload-check version-check cxx-provider python-test \
+	dlopen-test
 
-# The ABI is exactly the names in exports.txt (see the script).
+# The ABI is exactly the names in exports.txt, under mapi32.map's version
+# nodes (see the script).
 exports-check: lib
-	sh c_tests/exports_check.sh exports.txt $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h
+	sh c_tests/exports_check.sh exports.txt mapi32.map $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a \
+	    include/mapix.h
 
-# libmapi32.so records the SONAME programs will look for (build.rs sets it).
+# libmapi32.so records the SONAME programs will look for (mk/link.mk sets it).
 soname-check: lib
 	@soname=$$(readelf -d $(BUILD_LIBDIR)/libmapi32.so | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p'); \
 	if [ "$$soname" = "$(SONAME)" ]; then \
@@ -40,6 +43,20 @@ $(PRELOAD)/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/libotherm
 
 preload-check: $(PRELOAD)/client lib
 	sh c_tests/preload_check.sh $(PRELOAD)/client $(BUILD_LIBDIR)/libmapi32.so
+
+# The same, with the stub's exports under version node MAPI32_1 as Kopano's
+# libmapi.so's are (SPEC §6): the preload must take every call, silently.
+$(PRELOAD)/mapi32_1/libothermapi.so: c_tests/preload_stub.c c_tests/mapi32_1_stub.map include/mapix.h
+	mkdir -p $(PRELOAD)/mapi32_1
+	$(CC) -std=c99 $(STRICT) $(CFLAGS) -fPIC -shared $(MAPI_CFLAGS) $< -o $@ \
+	    -Wl,--version-script=c_tests/mapi32_1_stub.map
+
+$(PRELOAD)/mapi32_1/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/mapi32_1/libothermapi.so
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ \
+	    -L$(PRELOAD)/mapi32_1 -lothermapi -Wl,--disable-new-dtags,-rpath,$(abspath $(PRELOAD)/mapi32_1) -ldl
+
+version-check: $(PRELOAD)/mapi32_1/client lib
+	sh c_tests/version_check.sh $(PRELOAD)/mapi32_1/client $(BUILD_LIBDIR)/libmapi32.so
 
 # C++: a service provider given LPALLOCATEBUFFER/LPALLOCATEMORE/LPFREEBUFFER
 # copies property values into a tree; valgrind finds any copy left out of it.
@@ -96,15 +113,6 @@ version_numbers := $(subst ., ,$(firstword $(subst -, ,$(VERSION))))
 REALNAME := $(SONAME).$(word 2,$(version_numbers)).$(word 3,$(version_numbers))
 
 .PHONY: install uninstall
-
-# install takes what `make` built, rebuilding only when a source is newer:
-# `make && sudo make install` then needs no cargo on root's PATH. (The touch:
-# cargo leaves the library alone when a newer source did not change it.)
-LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
-$(BUILD_LIBDIR)/libmapi32.so: $(LIB_SOURCES)
-	$(MAKE) lib
-	touch $@
-$(BUILD_LIBDIR)/libmapi32.a: $(BUILD_LIBDIR)/libmapi32.so
 
 install: $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h mapi32.pc.in | $(BUILD)
 	@case "$(VERSION)" in 0.*) ;; *) echo "install: the library file name assumes a 0.x crate (see mk/packaging.mk)" >&2; exit 1;; esac
