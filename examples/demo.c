@@ -170,7 +170,7 @@ int main(void)
         fprintf(stderr, "demo: building the properties failed: 0x%08X\n", (unsigned)sc);
         return 1;
     }
-    printf("GetProps returned %d properties (1 MAPIAllocateBuffer, 7 MAPIAllocateMore):\n", PROP_COUNT);
+    printf("GetProps returned %d properties (1 MAPIAllocateBuffer, 6 MAPIAllocateMore):\n", PROP_COUNT);
     for (i = 0; i < PROP_COUNT; i++)
         print_prop(&props[i]);
 
@@ -183,7 +183,7 @@ int main(void)
            (unsigned)sc, refused == NULL ? "NULL" : "not NULL");
 
     MAPIFreeBuffer(props);
-    printf("One MAPIFreeBuffer released the array and its 7 children.\n");
+    printf("One MAPIFreeBuffer released the array and its 6 children.\n");
 
     sc = MAPIAllocateMore(16, stale_string, &refused);
     printf("MAPIAllocateMore on a string of the freed tree: 0x%08X; a second free returns %u.\n",
