@@ -12,8 +12,8 @@
 # --gc-sections drops the parts of Rust's standard library nothing reaches.
 #
 # libmapi32.a is cargo's less the LLVM bitcode that Rust's standard library
-# objects carry (.llvmbc, .llvmcmd: two thirds of its 21 MiB, and of no use to
-# a C linker). -C embed-bitcode=no cannot do it: rustc refuses it with LTO,
+# objects carry (.llvmbc, .llvmcmd: 9 of its 21 MiB, and of no use to a C
+# linker). -C embed-bitcode=no cannot do it: rustc refuses it with LTO,
 # and the standard library is precompiled with the bitcode in. Debug info
 # stays in the build tree; `make install` strips it (mk/packaging.mk).
 
