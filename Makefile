@@ -1,12 +1,13 @@
 # libmapi32: the entry point for building, trying and testing.
 #
-#   make          release library (target/release/libmapi32.so, .a) and header
+#   make          release library: build/lib/libmapi32.so and libmapi32.a (see mk/link.mk)
 #   make demo     build the library and run an example MAPI client against it
 #   make test     the whole suite (see "Testing" in README.md), after
 #                 checking what it needs (scripts/prerequisites.txt): as
 #                 root it installs what is missing, otherwise it prints the
 #                 apt-get line and stops
 #   make header   regenerate include/mapix.h after changing src/scode.rs or src/ffi.rs
+#                 (with tools/gen-header, which builds cbindgen once)
 #   make install  install the library, mapix.h and mapi32.pc: PREFIX (/usr/local),
 #                 LIBDIR, INCLUDEDIR and DESTDIR as usual (see mk/packaging.mk)
 #   make uninstall  remove them again (same variables)
@@ -20,14 +21,18 @@ CFLAGS ?= -O2 -g
 STRICT := -Wall -Wextra -Wpedantic -Werror
 
 # Where cargo puts its output; honours CARGO_TARGET_DIR like cargo does.
-# (LIBDIR is the install directory: see mk/packaging.mk.)
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
-BUILD_LIBDIR := $(TARGET_DIR)/release
-# build.rs gives libmapi32.so this SONAME, from the same line of Cargo.toml;
-# programs linked against it look for a file of that name at run time.
+CARGO_LIBDIR := $(TARGET_DIR)/release
+# libmapi32.so has this SONAME (mk/link.mk, and build.rs for cargo's own
+# cdylib), from the same line of Cargo.toml; programs linked against it look
+# for a file of that name at run time.
 ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
 SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
+# The shipped libmapi32.so and libmapi32.a, made from cargo's staticlib
+# (mk/link.mk): what the tests use and `make install` installs. (LIBDIR is
+# the install directory: see mk/packaging.mk.)
+BUILD_LIBDIR := $(BUILD)/lib
 # Link the C programs against the freshly built .so, found at run time by an
 # old-style DT_RPATH, which (unlike DT_RUNPATH) outranks LD_LIBRARY_PATH: the
 # tests must load this build, not another libmapi32.so on the user's path.
@@ -41,11 +46,10 @@ MEMCHECK := $(VALGRIND) -q --leak-check=full --errors-for-leak-kinds=definite,in
 
 all: lib
 
-# cargo decides what to rebuild, so always ask it. The SONAME link lets
-# programs linked against the build tree run from it, as after an install.
+# cargo decides what to rebuild, so always ask it; then link what changed.
 lib:
 	$(CARGO) build --release
-	ln -sf libmapi32.so $(BUILD_LIBDIR)/$(SONAME)
+	@$(MAKE) --no-print-directory shipped-lib
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -108,13 +112,18 @@ cargo-test:
 	$(CARGO) test
 
 # The library still builds, warning-free, and passes its unit tests with
-# Debian 12's rustc 1.63 (needed for mapi32.dll); see the script.
+# Debian 12's rustc 1.63 (needed for mapi32.dll), and Cargo.lock pins no
+# dependency that needs a newer Rust; see the scripts.
 rust-1.63:
 	sh scripts/check-rust-1.63.sh
+	sh tools/check-locked-rust-version.sh $(CARGO)
 
-# The committed header must equal a fresh cbindgen run (tests/header.rs).
-header-check:
-	$(CARGO) test --test header
+# The committed header must equal a fresh run of the generator.
+header-check: | $(BUILD)
+	$(GEN_HEADER) $(BUILD)/mapix.h
+	@diff -u include/mapix.h $(BUILD)/mapix.h || { \
+		echo "header-check: include/mapix.h is stale (- committed, + generated): run make header" >&2; exit 1; }
+	@echo "header-check: include/mapix.h is what tools/gen-header generates"
 
 # SPEC §1: mapix.h compiles cleanly as C99, C11 and C++.
 header-compile: | $(BUILD)
@@ -150,8 +159,13 @@ c-test: $(BUILD)/conformance
 no-panic-check: lib
 	sh scripts/check-no-panic.sh $(BUILD_LIBDIR)/libmapi32.so exports.txt
 
+# tools/gen-header is a crate of its own (cbindgen, pinned), so that the
+# library's build compiles no header generator.
+GEN_HEADER = CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/gen-header $(CARGO) run --quiet --locked \
+	--manifest-path tools/gen-header/Cargo.toml --
+
 header:
-	MAPI32_WRITE_HEADER=1 $(CARGO) build --release
+	$(GEN_HEADER) include/mapix.h
 
 clean:
 	$(CARGO) clean

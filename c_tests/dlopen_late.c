@@ -71,7 +71,7 @@ static void *build_trees(void *unused)
 static void threads_older_than_the_library_use_it(void)
 {
     pthread_t early[EARLY_THREADS];
-    MAPI32_STATS stats;
+    MAPI32_STATS stats = {.cbSize = sizeof stats};
     for (int i = 0; i < EARLY_THREADS; i++)
         REQUIRE(pthread_create(&early[i], NULL, build_trees, NULL) == 0);
     load();
@@ -100,7 +100,7 @@ static void roots_outlive_threads_older_than_the_library(void)
     pthread_t early;
     LPVOID root = NULL, child = NULL;
     void *status;
-    MAPI32_STATS stats;
+    MAPI32_STATS stats = {.cbSize = sizeof stats};
     REQUIRE(pthread_create(&early, NULL, make_one_root, &root) == 0);
     load();
     atomic_store(&loaded, 1);

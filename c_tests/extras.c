@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -21,7 +22,9 @@ static MAPI32_STATS stats_now(void)
 {
     MAPI32_STATS stats;
     memset(&stats, 0xA5, sizeof stats);
+    stats.cbSize = sizeof stats;
     REQUIRE(mapi32_stats(&stats) == S_OK);
+    REQUIRE(stats.cbSize == sizeof stats);
     return stats;
 }
 
@@ -81,6 +84,74 @@ static char sentinel_target;
 static void stats_null_is_invalid(void)
 {
     CHECK(mapi32_stats(NULL) == MAPI_E_INVALID_PARAMETER);
+}
+
+/* The layout C callers are compiled against; changing it breaks them. The
+ * first version is 56 bytes: mapi32_stats refuses any smaller cbSize. */
+static void stats_layout_is_pinned(void)
+{
+    CHECK(sizeof(MAPI32_STATS) == 56);
+    CHECK(sizeof(((MAPI32_STATS *)0)->cbSize) == 4);
+    CHECK(offsetof(MAPI32_STATS, cbSize) == 0);
+    CHECK(offsetof(MAPI32_STATS, ulReserved) == 4);
+    CHECK(offsetof(MAPI32_STATS, live_roots) == 8);
+    CHECK(offsetof(MAPI32_STATS, live_children) == 16);
+    CHECK(offsetof(MAPI32_STATS, live_bytes) == 24);
+    CHECK(offsetof(MAPI32_STATS, peak_bytes) == 32);
+    CHECK(offsetof(MAPI32_STATS, total_allocations) == 40);
+    CHECK(offsetof(MAPI32_STATS, misuse_count) == 48);
+}
+
+/* mapi32_stats on a struct of cb_size bytes at the start of a buffer of
+ * guard bytes; returns the status, and whether every byte from `untouched`
+ * on still holds its guard. */
+#define STATS_GUARD 0xA5
+static SCODE stats_in_buffer(ULONG cb_size, size_t untouched, int *guard_intact, ULONG *cb_after)
+{
+    _Alignas(8) unsigned char buffer[256];
+    memset(buffer, STATS_GUARD, sizeof buffer);
+    memcpy(buffer, &cb_size, sizeof cb_size);
+    SCODE status = mapi32_stats((MAPI32_STATS *)buffer);
+    *guard_intact = 1;
+    for (size_t i = untouched; i < sizeof buffer; i++)
+        if (buffer[i] != STATS_GUARD)
+            *guard_intact = 0;
+    memcpy(cb_after, buffer, sizeof *cb_after);
+    return status;
+}
+
+/* The first version's caller (56 bytes) gets all of it and nothing more. */
+static void stats_never_write_past_cbsize(void)
+{
+    int intact;
+    ULONG after;
+    CHECK(stats_in_buffer(56, 56, &intact, &after) == S_OK && intact && after == 56);
+}
+
+/* A cbSize below the first version's size: refused, nothing written. */
+static void stats_smaller_than_first_version_is_refused(void)
+{
+    const ULONG sizes[] = {0, 8, 48, 55};
+    for (size_t i = 0; i < COUNT(sizes); i++) {
+        int intact;
+        ULONG after;
+        CHECK_MSG(stats_in_buffer(sizes[i], sizeof sizes[i], &intact, &after) == MAPI_E_INVALID_PARAMETER && intact &&
+                      after == sizes[i],
+                  "cbSize %lu", (unsigned long)sizes[i]);
+    }
+}
+
+/* A caller built against a later, larger struct: this library fills what it
+ * has, leaves the rest alone and says in cbSize how much it filled. */
+static void stats_larger_caller_learns_what_was_filled(void)
+{
+    const ULONG sizes[] = {60, 64, 200};
+    for (size_t i = 0; i < COUNT(sizes); i++) {
+        int intact;
+        ULONG after;
+        CHECK_MSG(stats_in_buffer(sizes[i], 56, &intact, &after) == S_OK && intact && after == 56, "cbSize %lu",
+                  (unsigned long)sizes[i]);
+    }
 }
 
 static void stats_count_a_tree(void)
@@ -265,6 +336,10 @@ int main(int argc, char **argv)
 {
     static const struct test_case tests[] = {
         FORKED(stats_null_is_invalid),
+        FORKED(stats_layout_is_pinned),
+        FORKED(stats_never_write_past_cbsize),
+        FORKED(stats_smaller_than_first_version_is_refused),
+        FORKED(stats_larger_caller_learns_what_was_filled),
         FORKED(stats_count_a_tree),
         FORKED(stats_count_misuse),
         FORKED(realloc_null_acts_as_allocate),

@@ -4,7 +4,9 @@
 # mapi32` and run it; link it statically too; then `make uninstall`.
 # PREFIX differs from DESTDIR so that a staging path leaking into mapi32.pc
 # (or a file missing from the stage) is caught; LIBDIR and INCLUDEDIR are
-# not their defaults, so that each is seen to be honoured.
+# not their defaults, so that each is seen to be honoured. The installed
+# libraries must be of a sane size: stripped, and the archive without LLVM
+# bitcode.
 # usage: install_check.sh MAKE CC    (run from the top of the source tree)
 set -eu
 make=$1 cc=$2
@@ -14,6 +16,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 libdir=$stage$prefix/lib/multiarch
 includedir=$stage$prefix/share/include
+docdir=$stage$prefix/share/doc/libmapi32
 failed=0
 fail() { echo "install-check: $*" >&2; failed=1; }
 
@@ -38,6 +41,24 @@ pc=$libdir/pkgconfig/mapi32.pc
 [ -f "$pc" ] && grep -q "$stage" "$pc" && fail "mapi32.pc names the staging directory $stage"
 soname=$(readelf -d "$libdir/libmapi32.so.1" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 [ "$soname" = libmapi32.so.1 ] || fail "the installed library's SONAME is '$soname'"
+for doc in LICENSE-MIT LICENSE-APACHE CHANGELOG.md; do
+    [ "$(mode "$docdir/$doc")" = 644 ] && cmp -s "$doc" "$docdir/$doc" ||
+        fail "PREFIX/share/doc/libmapi32/$doc is not installed with mode 644"
+done
+[ "$failed" = 0 ] || exit 1
+
+# Sizes: debug info and bitcode made them 4.2 MiB and 21 MiB. readelf, not
+# nm or objdump, for the archive (see exports_check.sh).
+size_at_most() { # FILE MAX_BYTES WHAT
+    size=$(stat -L -c %s "$1")
+    [ "$size" -le "$2" ] || fail "$3 is $size bytes, more than $2"
+}
+size_at_most "$libdir/libmapi32.so.1" $((1024 * 1024)) "the installed libmapi32.so"
+size_at_most "$libdir/libmapi32.a" $((8 * 1024 * 1024)) "the installed libmapi32.a"
+readelf -SW "$libdir/libmapi32.so.1" | grep -Eq ' \.(debug_[a-z]+|symtab) ' &&
+    fail "the installed libmapi32.so keeps debug info or its symbol table"
+readelf -SW "$libdir/libmapi32.a" | grep -Eq ' \.(debug_[a-z]+|llvmbc|llvmcmd) ' &&
+    fail "the installed libmapi32.a keeps debug info or LLVM bitcode"
 [ "$failed" = 0 ] || exit 1
 
 # A client built with pkg-config alone. PKG_CONFIG_LIBDIR: only this stage's
@@ -69,4 +90,5 @@ left=$(cd "$stage" && find ./opt -type f -o -type l)
 [ -z "$left" ] || fail "make uninstall left: $(echo $left)"
 
 [ "$failed" = 0 ] || exit 1
-echo "install-check: make install into DESTDIR, a pkg-config client, a static client and make uninstall all work"
+echo "install-check: make install into DESTDIR (stripped, licences in share/doc), a pkg-config client," \
+    "a static client and make uninstall all work"

@@ -33,8 +33,24 @@ typedef void *LPVOID;
 
 /**
  * Counts kept by libmapi32, filled in by `mapi32_stats`.
+ *
+ * Extensible: the caller sets `cbSize` to `sizeof(MAPI32_STATS)`, and a
+ * later version may append counters without breaking an older caller, whose
+ * smaller struct the library never writes past. Every counter sits at the
+ * same multiple of 8 bytes on every target.
  */
 typedef struct MAPI32_STATS {
+  /**
+   * The struct's size in bytes as the caller knows it, set by the caller
+   * to `sizeof(MAPI32_STATS)`. On success the library sets it to the
+   * number of bytes it filled in.
+   */
+  ULONG cbSize;
+  /**
+   * Set to 0 by the library. Keeps the counters 8-byte aligned where C
+   * aligns a 64-bit member to 4 bytes only (32-bit x86).
+   */
+  ULONG ulReserved;
   /**
    * Roots allocated and not yet freed.
    */
@@ -180,11 +196,18 @@ SCODE MAPIReallocateBuffer(LPVOID lpv, ULONG ulSize, LPVOID *lppv);
  * Fills `*lpStats` with the library's counts, for a client's tests to
  * assert that everything was freed (`live_roots == 0`).
  *
- * Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` if `lpStats` is NULL. The
- * counts are a snapshot: other threads may change them at once.
+ * Set `lpStats->cbSize` to `sizeof(MAPI32_STATS)` first. The library fills
+ * in the counters that fit in `cbSize` bytes (all it has when `cbSize` is
+ * larger), writes nothing beyond them, and sets `cbSize` to the number of
+ * bytes filled in: a caller built with a newer mapix.h sees which counters
+ * an older library left alone.
+ *
+ * Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` with nothing written if
+ * `lpStats` is NULL or `cbSize` is below 56, the size of the struct's first
+ * version. The counts are a snapshot: other threads may change them at once.
  *
  * # Safety
- * `lpStats` is NULL or points to writable storage for one `MAPI32_STATS`.
+ * `lpStats` is NULL or points to `lpStats->cbSize` writable bytes.
  */
 SCODE mapi32_stats(struct MAPI32_STATS *lpStats);
 

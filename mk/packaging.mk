@@ -5,15 +5,18 @@
 
 PYTHON ?= python3
 
-.PHONY: exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
+.PHONY: exports-check soname-check install-check preload-check version-check cxx-provider python-test dlopen-test
 
-TEST_STEPS += exports-check soname-check install-check preload-check cxx-provider python-test dlopen-test
+TEST_STEPS += exports-check soname-check install-check preload-check version-check cxx-provider python-test \
+	dlopen-test
 
-# The ABI is exactly the names in exports.txt (see the script).
+# The ABI is exactly the names in exports.txt, under mapi32.map's version
+# nodes (see the script).
 exports-check: lib
-	sh c_tests/exports_check.sh exports.txt $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h
+	sh c_tests/exports_check.sh exports.txt mapi32.map $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a \
+	    include/mapix.h
 
-# libmapi32.so records the SONAME programs will look for (build.rs sets it).
+# libmapi32.so records the SONAME programs will look for (mk/link.mk sets it).
 soname-check: lib
 	@soname=$$(readelf -d $(BUILD_LIBDIR)/libmapi32.so | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p'); \
 	if [ "$$soname" = "$(SONAME)" ]; then \
@@ -41,6 +44,20 @@ $(PRELOAD)/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/libotherm
 preload-check: $(PRELOAD)/client lib
 	sh c_tests/preload_check.sh $(PRELOAD)/client $(BUILD_LIBDIR)/libmapi32.so
 
+# The same, with the stub's exports under version node MAPI32_1 as Kopano's
+# libmapi.so's are (SPEC §6): the preload must take every call, silently.
+$(PRELOAD)/mapi32_1/libothermapi.so: c_tests/preload_stub.c c_tests/mapi32_1_stub.map include/mapix.h
+	mkdir -p $(PRELOAD)/mapi32_1
+	$(CC) -std=c99 $(STRICT) $(CFLAGS) -fPIC -shared $(MAPI_CFLAGS) $< -o $@ \
+	    -Wl,--version-script=c_tests/mapi32_1_stub.map
+
+$(PRELOAD)/mapi32_1/client: c_tests/preload_client.c include/mapix.h $(PRELOAD)/mapi32_1/libothermapi.so
+	$(CC) -std=c11 $(STRICT) $(CFLAGS) $(MAPI_CFLAGS) $< -o $@ \
+	    -L$(PRELOAD)/mapi32_1 -lothermapi -Wl,--disable-new-dtags,-rpath,$(abspath $(PRELOAD)/mapi32_1) -ldl
+
+version-check: $(PRELOAD)/mapi32_1/client lib
+	sh c_tests/version_check.sh $(PRELOAD)/mapi32_1/client $(BUILD_LIBDIR)/libmapi32.so
+
 # C++: a service provider given LPALLOCATEBUFFER/LPALLOCATEMORE/LPFREEBUFFER
 # copies property values into a tree; valgrind finds any copy left out of it.
 $(BUILD)/provider: c_tests/provider.cpp include/mapix.h lib | $(BUILD)
@@ -64,7 +81,8 @@ dlopen-test: $(BUILD)/dlopen_late lib
 # ---- make install / make uninstall -----------------------------------------
 #
 #   make install [PREFIX=/usr/local] [LIBDIR=$(PREFIX)/lib]
-#                [INCLUDEDIR=$(PREFIX)/include] [DESTDIR=/staging/root]
+#                [INCLUDEDIR=$(PREFIX)/include] [DOCDIR=$(PREFIX)/share/doc/libmapi32]
+#                [DESTDIR=/staging/root] [STRIP=strip]
 #
 # installs into $(DESTDIR)$(LIBDIR):
 #   libmapi32.so.1.<minor>.<patch>   the library (SONAME libmapi32.so.1)
@@ -72,11 +90,17 @@ dlopen-test: $(BUILD)/dlopen_late lib
 #   libmapi32.so -> libmapi32.so.1   what `cc ... -lmapi32` links against
 #   libmapi32.a                      for static links
 #   pkgconfig/mapi32.pc              `pkg-config --cflags --libs mapi32`
-# and into $(DESTDIR)$(INCLUDEDIR)/mapi32/: mapix.h. The header gets a
+# into $(DESTDIR)$(INCLUDEDIR)/mapi32/: mapix.h, and into $(DESTDIR)$(DOCDIR):
+# LICENSE-MIT, LICENSE-APACHE and CHANGELOG.md. The header gets a
 # directory of its own because mapix.h is also the MAPI SDK's (and Wine's)
 # name; mapi32.pc's Cflags point there. DESTDIR only stages the files: the
 # paths written into mapi32.pc are PREFIX's. Run ldconfig after installing
 # into a system directory.
+#
+# The installed libraries are stripped of debug info (the .so of its symbol
+# table too): libmapi32.so 0.3 MiB instead of 4.2, libmapi32.a 3.6 MiB
+# instead of 12.5. A distribution that keeps debug info in a package of its
+# own passes STRIP=true and strips with its own tools.
 #
 # Versions: the SONAME's number is the C ABI's major version, abi-major in
 # Cargo.toml, raised only when old callers would break. The file name adds
@@ -88,8 +112,11 @@ PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DOCDIR ?= $(PREFIX)/share/doc/libmapi32
 HEADERDIR = $(INCLUDEDIR)/mapi32
 INSTALL ?= install
+STRIP ?= strip
+DOC_FILES := LICENSE-MIT LICENSE-APACHE CHANGELOG.md
 
 VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 version_numbers := $(subst ., ,$(firstword $(subst -, ,$(VERSION))))
@@ -97,33 +124,29 @@ REALNAME := $(SONAME).$(word 2,$(version_numbers)).$(word 3,$(version_numbers))
 
 .PHONY: install uninstall
 
-# install takes what `make` built, rebuilding only when a source is newer:
-# `make && sudo make install` then needs no cargo on root's PATH. (The touch:
-# cargo leaves the library alone when a newer source did not change it.)
-LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock cbindgen.toml
-$(BUILD_LIBDIR)/libmapi32.so: $(LIB_SOURCES)
-	$(MAKE) lib
-	touch $@
-$(BUILD_LIBDIR)/libmapi32.a: $(BUILD_LIBDIR)/libmapi32.so
-
-install: $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h mapi32.pc.in | $(BUILD)
+install: $(BUILD_LIBDIR)/libmapi32.so $(BUILD_LIBDIR)/libmapi32.a include/mapix.h mapi32.pc.in $(DOC_FILES) | $(BUILD)
 	@case "$(VERSION)" in 0.*) ;; *) echo "install: the library file name assumes a 0.x crate (see mk/packaging.mk)" >&2; exit 1;; esac
 	sed -e 's|@PREFIX@|$(PREFIX)|' \
 	    -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
 	    -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
 	    -e 's|@VERSION@|$(VERSION)|' mapi32.pc.in >$(BUILD)/mapi32.pc
-	$(INSTALL) -d "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(HEADERDIR)" "$(DESTDIR)$(PKGCONFIGDIR)"
+	$(INSTALL) -d "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(HEADERDIR)" "$(DESTDIR)$(PKGCONFIGDIR)" "$(DESTDIR)$(DOCDIR)"
 	$(INSTALL) -m 755 $(BUILD_LIBDIR)/libmapi32.so "$(DESTDIR)$(LIBDIR)/$(REALNAME)"
+	$(STRIP) --strip-unneeded "$(DESTDIR)$(LIBDIR)/$(REALNAME)"
 	ln -sf $(REALNAME) "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	ln -sf $(SONAME) "$(DESTDIR)$(LIBDIR)/libmapi32.so"
 	$(INSTALL) -m 644 $(BUILD_LIBDIR)/libmapi32.a "$(DESTDIR)$(LIBDIR)/libmapi32.a"
+	$(STRIP) --strip-debug "$(DESTDIR)$(LIBDIR)/libmapi32.a"
 	$(INSTALL) -m 644 include/mapix.h "$(DESTDIR)$(HEADERDIR)/mapix.h"
 	$(INSTALL) -m 644 $(BUILD)/mapi32.pc "$(DESTDIR)$(PKGCONFIGDIR)/mapi32.pc"
+	$(INSTALL) -m 644 $(DOC_FILES) "$(DESTDIR)$(DOCDIR)"
 
 # Removes exactly what install put there (an older release's
-# libmapi32.so.1.x.y is its package's to remove), and the header directory
-# if that leaves it empty.
+# libmapi32.so.1.x.y is its package's to remove), and the header and
+# documentation directories if that leaves them empty.
 uninstall:
 	rm -f "$(DESTDIR)$(LIBDIR)/$(REALNAME)" "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/libmapi32.so" \
-	    "$(DESTDIR)$(LIBDIR)/libmapi32.a" "$(DESTDIR)$(HEADERDIR)/mapix.h" "$(DESTDIR)$(PKGCONFIGDIR)/mapi32.pc"
-	if [ -d "$(DESTDIR)$(HEADERDIR)" ]; then rmdir --ignore-fail-on-non-empty "$(DESTDIR)$(HEADERDIR)"; fi
+	    "$(DESTDIR)$(LIBDIR)/libmapi32.a" "$(DESTDIR)$(HEADERDIR)/mapix.h" "$(DESTDIR)$(PKGCONFIGDIR)/mapi32.pc" \
+	    $(foreach file,$(DOC_FILES),"$(DESTDIR)$(DOCDIR)/$(file)")
+	for dir in "$(DESTDIR)$(HEADERDIR)" "$(DESTDIR)$(DOCDIR)"; do \
+		if [ -d "$$dir" ]; then rmdir --ignore-fail-on-non-empty "$$dir"; fi; done

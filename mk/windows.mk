@@ -15,7 +15,7 @@
 # Cargo is not used: rustup's toolchain has no Windows target here, and
 # Debian's rustc builds the crate directly, with libc built from Debian's
 # source the same way as for `make rust-1.63` (scripts/build-libc-1.63.sh).
-# No other crate is needed: the build script (cbindgen) only makes mapix.h.
+# No other crate is needed: the build script only sets the ELF SONAME.
 
 WIN_RUSTC ?= /usr/bin/rustc
 WIN_TARGET := x86_64-pc-windows-gnu

@@ -3,9 +3,9 @@
 # one compiler here with a Windows standard library (for mapi32.dll), so that
 # code needing a newer Rust is caught when it is written.
 #
-# Cargo is not used: Debian's cargo cannot build cbindgen (the build script
-# only makes the header, which the 1.63 build does not need). libc comes from
-# Debian's librust-libc-dev source, built here by hand.
+# Cargo is not used, so that no registry is needed: libc comes from Debian's
+# librust-libc-dev source, built here by hand. (`make rust-1.63` also runs
+# tools/check-locked-rust-version.sh, for the versions Cargo.lock pins.)
 # usage: check-rust-1.63.sh [RUSTC] [LIBC_SOURCE_DIR]
 set -eu
 rustc=${1:-/usr/bin/rustc}

@@ -130,9 +130,21 @@ pub unsafe extern "system" fn MAPIReallocateBuffer(lpv: LPVOID, ulSize: ULONG, l
 }
 
 /// Counts kept by libmapi32, filled in by `mapi32_stats`.
+///
+/// Extensible: the caller sets `cbSize` to `sizeof(MAPI32_STATS)`, and a
+/// later version may append counters without breaking an older caller, whose
+/// smaller struct the library never writes past. Every counter sits at the
+/// same multiple of 8 bytes on every target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MAPI32_STATS {
+    /// The struct's size in bytes as the caller knows it, set by the caller
+    /// to `sizeof(MAPI32_STATS)`. On success the library sets it to the
+    /// number of bytes it filled in.
+    pub cbSize: ULONG,
+    /// Set to 0 by the library. Keeps the counters 8-byte aligned where C
+    /// aligns a 64-bit member to 4 bytes only (32-bit x86).
+    pub ulReserved: ULONG,
     /// Roots allocated and not yet freed.
     pub live_roots: u64,
     /// Children of those roots.
@@ -151,22 +163,47 @@ pub struct MAPI32_STATS {
     pub misuse_count: u64,
 }
 
+/// The size of the first version of `MAPI32_STATS` (libmapi32 0.1): the
+/// smallest `cbSize` that `mapi32_stats` accepts. Never changes.
+const STATS_FIRST_SIZE: usize = 56;
+
+// Fields after the first two are whole 8-byte counters, so rounding a size
+// down to a multiple of 8 keeps exactly the counters that fit in it.
+const _: () = assert!(core::mem::size_of::<MAPI32_STATS>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<MAPI32_STATS>() >= STATS_FIRST_SIZE);
+
 /// Fills `*lpStats` with the library's counts, for a client's tests to
 /// assert that everything was freed (`live_roots == 0`).
 ///
-/// Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` if `lpStats` is NULL. The
-/// counts are a snapshot: other threads may change them at once.
+/// Set `lpStats->cbSize` to `sizeof(MAPI32_STATS)` first. The library fills
+/// in the counters that fit in `cbSize` bytes (all it has when `cbSize` is
+/// larger), writes nothing beyond them, and sets `cbSize` to the number of
+/// bytes filled in: a caller built with a newer mapix.h sees which counters
+/// an older library left alone.
+///
+/// Returns `S_OK`, or `MAPI_E_INVALID_PARAMETER` with nothing written if
+/// `lpStats` is NULL or `cbSize` is below 56, the size of the struct's first
+/// version. The counts are a snapshot: other threads may change them at once.
 ///
 /// # Safety
-/// `lpStats` is NULL or points to writable storage for one `MAPI32_STATS`.
+/// `lpStats` is NULL or points to `lpStats->cbSize` writable bytes.
 #[no_mangle]
 pub unsafe extern "system" fn mapi32_stats(lpStats: *mut MAPI32_STATS) -> SCODE {
     let out = match NonNull::new(lpStats) {
         Some(out) => out,
         None => return Error::InvalidParameter.scode(),
     };
+    // SAFETY: by the caller's contract `out` points to at least its first
+    // field; unaligned, as for the pointers in `report`.
+    let cb_size = unsafe { core::ptr::addr_of!((*out.as_ptr()).cbSize).read_unaligned() } as usize;
+    if cb_size < STATS_FIRST_SIZE {
+        return Error::InvalidParameter.scode();
+    }
+    let filled = cb_size.min(core::mem::size_of::<MAPI32_STATS>()) & !7;
     let counts = registry::stats();
     let stats = MAPI32_STATS {
+        cbSize: filled as ULONG,
+        ulReserved: 0,
         live_roots: counts.live_roots,
         live_children: counts.live_children,
         live_bytes: counts.live_bytes,
@@ -174,9 +211,11 @@ pub unsafe extern "system" fn mapi32_stats(lpStats: *mut MAPI32_STATS) -> SCODE 
         total_allocations: counts.allocations,
         misuse_count: debug::misuse_count(),
     };
-    // SAFETY: by the caller's contract `out` is writable; unaligned, as for
-    // the pointers in `report`.
-    unsafe { out.as_ptr().write_unaligned(stats) };
+    // SAFETY: `filled` is at most the caller's `cbSize`, writable by the
+    // contract, and at most the size of `stats`; byte copies need no alignment.
+    unsafe {
+        core::ptr::copy_nonoverlapping((&stats as *const MAPI32_STATS).cast::<u8>(), out.as_ptr().cast::<u8>(), filled)
+    };
     S_OK
 }
 

@@ -42,6 +42,7 @@
 
 /* libmapi32's statistics call (mapix.h of this project; not in the SDK). */
 typedef struct {
+    ULONG cbSize, ulReserved; /* cbSize: set by the caller to sizeof(MAPI32_STATS) */
     uint64_t live_roots, live_children, live_bytes, peak_bytes, total_allocations, misuse_count;
 } MAPI32_STATS;
 typedef SCODE(WINAPI MAPI32STATS)(MAPI32_STATS *lpStats);
@@ -957,7 +958,7 @@ static void realloc_null_allocates_unknown_refused(void)
 
 static void stats_count_live_blocks(void)
 {
-    MAPI32_STATS before, during, after;
+    MAPI32_STATS before = {.cbSize = sizeof before}, during = before, after = before;
     REQUIRE(mapi32_stats(&before) == S_OK, "stats refused");
     void *root = new_root(100);
     void *child = new_child(20, root);

@@ -19,6 +19,7 @@
 
 /* libmapi32's extension, looked up at run time: only its DLL has it. */
 typedef struct {
+    ULONG cbSize, ulReserved; /* cbSize: set by the caller to sizeof(MAPI32_STATS) */
     uint64_t live_roots, live_children, live_bytes, peak_bytes, total_allocations, misuse_count;
 } MAPI32_STATS;
 typedef SCODE(WINAPI MAPI32STATS)(MAPI32_STATS *lpStats);
@@ -55,7 +56,7 @@ int main(void)
     GetModuleFileNameA(mapi, path, sizeof path);
     printf("%s %s\n", stats ? "libmapi32" : "other", path);
     if (stats != NULL) {
-        MAPI32_STATS counts;
+        MAPI32_STATS counts = {.cbSize = sizeof counts};
         failures += stats(&counts) != S_OK || counts.live_roots != 0 || counts.live_children != 0;
         printf("live roots %llu, children %llu, allocations %llu\n", (unsigned long long)counts.live_roots,
                (unsigned long long)counts.live_children, (unsigned long long)counts.total_allocations);

@@ -37,6 +37,15 @@ ALIGNMENT = 16 if ctypes.sizeof(LPVOID) == 8 else 8
 LIBRARY_PATH = None  # set from the command line
 
 
+class MAPI32_STATS(ctypes.Structure):
+    """mapix.h's MAPI32_STATS: set cbSize to its size before the call."""
+
+    _fields_ = [("cbSize", ULONG), ("ulReserved", ULONG)] + [
+        (name, ctypes.c_uint64)
+        for name in ("live_roots", "live_children", "live_bytes", "peak_bytes", "total_allocations", "misuse_count")
+    ]
+
+
 def load(path):
     mapi = ctypes.CDLL(path)
     mapi.MAPIAllocateBuffer.argtypes = [ULONG, ctypes.POINTER(LPVOID)]
@@ -45,6 +54,8 @@ def load(path):
     mapi.MAPIAllocateMore.restype = SCODE
     mapi.MAPIFreeBuffer.argtypes = [LPVOID]
     mapi.MAPIFreeBuffer.restype = ULONG
+    mapi.mapi32_stats.argtypes = [ctypes.POINTER(MAPI32_STATS)]
+    mapi.mapi32_stats.restype = SCODE
     return mapi
 
 
@@ -66,6 +77,10 @@ class Mapi:
 
     def free(self, block):
         return self.lib.MAPIFreeBuffer(block)
+
+    def stats(self, size=ctypes.sizeof(MAPI32_STATS)):
+        stats = MAPI32_STATS(cbSize=size)
+        return self.lib.mapi32_stats(ctypes.byref(stats)), stats
 
 
 class CallsTest(unittest.TestCase):
@@ -150,6 +165,17 @@ class CallsTest(unittest.TestCase):
         code, root = self.mapi.allocate(32)
         self.assertEqual(self.mapi.free(root), 0)
         self.assertEqual(self.mapi.more(8, root), (MAPI_E_INVALID_PARAMETER, None))
+
+    def test_stats_struct_with_cbsize(self):
+        self.assertEqual(ctypes.sizeof(MAPI32_STATS), 56)
+        self.assertEqual(MAPI32_STATS.live_roots.offset, 8)
+        code, before = self.mapi.stats()
+        self.assertEqual((code, before.cbSize), (S_OK, 56))
+        _, root = self.mapi.allocate(10)
+        code, during = self.mapi.stats()
+        self.assertEqual(during.live_roots, before.live_roots + 1)
+        self.mapi.free(root)
+        self.assertEqual(self.mapi.stats(size=0)[0], MAPI_E_INVALID_PARAMETER)
 
     def test_huge_size_is_refused_not_fatal(self):
         # 4 GiB - 1, the largest ULONG: the C allocator may grant or refuse
