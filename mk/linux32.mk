@@ -57,3 +57,21 @@ test-linux32: linux32-exports $(LINUX32_BUILD)/unit_tests $(LINUX32_BUILD)/confo
 	./$(LINUX32_BUILD)/unit_tests --test-threads=2
 	./$(LINUX32_BUILD)/extras
 	./$(LINUX32_BUILD)/conformance
+
+# Part of `make test` where the tools are installed; skipped with a note
+# elsewhere, but never in CI (CI set), whose .ci/run installs them. It runs
+# no i386 package: gcc-multilib's 32-bit C runtime is Debian's amd64 package.
+TEST_STEPS += linux32-test-if-available
+.PHONY: linux32-test-if-available
+
+LINUX32_MISSING = $(strip $(STD_MISSING) \
+	$(if $(wildcard /usr/lib/gcc/x86_64-linux-gnu/*/32/crtbegin.o),,gcc-multilib))
+
+linux32-test-if-available:
+	@if [ -n "$(LINUX32_MISSING)" ] && [ -n "$$CI" ]; then \
+		echo "test-linux32: not installed: $(LINUX32_MISSING) (.ci/run should have installed them)" >&2; exit 1; \
+	elif [ -n "$(LINUX32_MISSING)" ]; then \
+		echo "test-linux32: skipped, not installed: $(LINUX32_MISSING) (see mk/linux32.mk)"; \
+	else \
+		$(MAKE) --no-print-directory test-linux32; \
+	fi
