@@ -86,4 +86,6 @@ case $target in
     done
     ;;
 esac
+# Cargo's build tree is ~350 MB and each build starts from scratch anyway.
+rm -rf "$dir/target"
 echo "build-std: std for $target in $dir/sysroot"
