@@ -1,7 +1,7 @@
 # Rust's standard library for the 32-bit targets (mk/linux32.mk,
 # mk/windows32.mk), which Debian 12's rustc 1.63 ships none for: built from
 # Debian's rust-src by scripts/build-std-1.63.sh, once per target, into
-# build/std-1.63/TARGET/sysroot (about 4 minutes each on 2 busy cores).
+# build/std-1.63/TARGET/sysroot (1 to 3 minutes each on 2 idle cores, ~120 MB).
 #
 # Needs Debian's rustc, cargo and rust-src, and crates.io for std's own
 # dependencies:

@@ -16,7 +16,7 @@
 # cargo at a directory that joins them to Debian's library/. std's own
 # dependencies (compiler_builtins, hashbrown, libc, ...) come from crates.io
 # by the sparse protocol, into a CARGO_HOME of this build's own (an older
-# cargo's registry cache is better kept apart from rustup's). Takes 3 to 6
+XX
 # minutes on 2 busy cores.
 #
 # Environment: RUSTC (/usr/bin/rustc), DEBIAN_CARGO (/usr/bin/cargo),
