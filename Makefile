@@ -92,7 +92,7 @@ test: prereqs
 	@$(MAKE) --no-print-directory $(TEST_STEPS) c-test
 
 prereqs:
-	@NIGHTLY=$(NIGHTLY) sh scripts/prereqs.sh setup "make test" test --or-skip windows asan
+	@NIGHTLY=$(NIGHTLY) sh scripts/prereqs.sh setup "make test" test --or-skip windows asan win32
 
 # The prereqs step's own behaviour: the install line and a stop as a user,
 # apt-get as root, no skip in CI (on a list of packages that cannot exist).

@@ -9,10 +9,13 @@
 #define MAPIX_H
 
 #include <stdint.h>
-/* 32-bit Windows MAPI is __stdcall, which these declarations do not spell;
- * on every other target MAPI uses the C convention. */
-#if defined(_WIN32) && !defined(_WIN64)
-#error "libmapi32's mapix.h supports 64-bit Windows and non-Windows targets only"
+/* MAPI's calling convention: __stdcall on 32-bit x86 Windows, where native
+ * mapi32.dll's exports and the provider function types are stdcall (Rust's
+ * `extern "system"`); the C convention everywhere else. */
+#if defined(_WIN32) && (defined(_M_IX86) || defined(__i386__))
+#define MAPI32_CALL __stdcall
+#else
+#define MAPI32_CALL
 #endif
 
 /**
@@ -126,7 +129,7 @@ extern "C" {
  * # Safety
  * `lppBuffer` is NULL or points to writable storage for one pointer.
  */
-SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer);
+MAPI32_CALL SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer);
 
 /**
  * Allocates a block of `cbSize` bytes that lives exactly as long as the
@@ -151,7 +154,7 @@ SCODE MAPIAllocateBuffer(ULONG cbSize, LPVOID *lppBuffer);
  * `lppBuffer` is NULL or points to writable storage for one pointer.
  * `lpObject` may be any value.
  */
-SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
+MAPI32_CALL SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
 
 /**
  * Frees a root block and every block allocated onto it.
@@ -167,7 +170,7 @@ SCODE MAPIAllocateMore(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
  * # Safety
  * Any value of `lpBuffer` is accepted.
  */
-ULONG MAPIFreeBuffer(LPVOID lpBuffer);
+MAPI32_CALL ULONG MAPIFreeBuffer(LPVOID lpBuffer);
 
 /**
  * Moves a block's contents into a new block of `ulSize` bytes (Outlook's
@@ -190,7 +193,7 @@ ULONG MAPIFreeBuffer(LPVOID lpBuffer);
  * `lppv` is NULL or points to writable storage for one pointer. `lpv` may
  * be any value.
  */
-SCODE MAPIReallocateBuffer(LPVOID lpv, ULONG ulSize, LPVOID *lppv);
+MAPI32_CALL SCODE MAPIReallocateBuffer(LPVOID lpv, ULONG ulSize, LPVOID *lppv);
 
 /**
  * Fills `*lpStats` with the library's counts, for a client's tests to
@@ -209,7 +212,7 @@ SCODE MAPIReallocateBuffer(LPVOID lpv, ULONG ulSize, LPVOID *lppv);
  * # Safety
  * `lpStats` is NULL or points to `lpStats->cbSize` writable bytes.
  */
-SCODE mapi32_stats(struct MAPI32_STATS *lpStats);
+MAPI32_CALL SCODE mapi32_stats(struct MAPI32_STATS *lpStats);
 
 #ifdef __cplusplus
 }  // extern "C"
@@ -220,9 +223,9 @@ SCODE mapi32_stats(struct MAPI32_STATS *lpStats);
  * SDK (mapix.h, mapispi.h), so that `LPALLOCATEMORE f = MAPIAllocateMore;`
  * compiles. C function types have no Rust spelling, hence written here.
  */
-typedef SCODE (ALLOCATEBUFFER)(ULONG cbSize, LPVOID *lppBuffer);
-typedef SCODE (ALLOCATEMORE)(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
-typedef ULONG (FREEBUFFER)(LPVOID lpBuffer);
+typedef SCODE (MAPI32_CALL ALLOCATEBUFFER)(ULONG cbSize, LPVOID *lppBuffer);
+typedef SCODE (MAPI32_CALL ALLOCATEMORE)(ULONG cbSize, LPVOID lpObject, LPVOID *lppBuffer);
+typedef ULONG (MAPI32_CALL FREEBUFFER)(LPVOID lpBuffer);
 typedef ALLOCATEBUFFER *LPALLOCATEBUFFER;
 typedef ALLOCATEMORE *LPALLOCATEMORE;
 typedef FREEBUFFER *LPFREEBUFFER;

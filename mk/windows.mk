@@ -7,7 +7,8 @@
 #   make test-windows     its exports, the crate's unit tests and the conformance cases,
 #                         under wine64 with mapi32.dll substituted for Wine's builtin
 #   make windows-compare  the same cases against libmapi32's and Wine's builtin mapi32.dll,
-#                         each case in its own wine process, and the table of both
+#                         each case in its own wine process, and the table of both;
+#                         then the 32-bit table where wine32 is installed (mk/windows32.mk)
 #
 # Needs Debian 12's rustc 1.63 with the Windows standard library, the libc
 # source, mingw-w64 (linker and C compiler) and, to test, wine64:
@@ -72,6 +73,7 @@ test-windows: windows-exports windows-programs
 
 windows-compare: windows-programs
 	sh c_tests/windows/run_wine.sh compare $(WIN_BUILD)
+	@$(MAKE) --no-print-directory windows32-compare-if-available
 
 # What test-windows needs is the "windows" group of scripts/prerequisites.txt.
 windows-test-if-available:

@@ -26,10 +26,4 @@ windows-provider-route: $(WIN_BUILD)/mapi32.dll $(WIN_BUILD)/provider_route_clie
 	sh c_tests/windows/provider_route.sh $(WIN_BUILD)
 
 windows-provider-route-if-available:
-	@if [ -n "$(WIN_MISSING)" ] && [ -n "$$CI" ]; then \
-		echo "windows-provider-route: not installed: $(WIN_MISSING) (.ci/run should have installed them)" >&2; exit 1; \
-	elif [ -n "$(WIN_MISSING)" ]; then \
-		echo "windows-provider-route: skipped, not installed: $(WIN_MISSING) (see mk/windows.mk)"; \
-	else \
-		$(MAKE) --no-print-directory windows-provider-route; \
-	fi
+	@sh scripts/prereqs.sh run-or-skip windows-provider-route windows -- $(MAKE) --no-print-directory windows-provider-route

@@ -4,6 +4,8 @@
 # the builds with Debian 12's rustc 1.63 (scripts/check-rust-1.63.sh, and
 # mapi32.dll in mk/windows.mk).
 # usage: build-libc-1.63.sh RUSTC OUT.rlib [TARGET] [LIBC_SOURCE_DIR]
+# RUSTC_SYSROOT, when set, is passed as --sysroot: the 32-bit targets' std
+# is one scripts/build-std-1.63.sh built.
 set -eu
 rustc=$1
 out=$2
@@ -18,5 +20,5 @@ libc_cfgs="--cfg libc_priv_mod_use --cfg libc_union --cfg libc_const_size_of --c
   --cfg libc_non_exhaustive --cfg libc_long_array --cfg libc_ptr_addr_of
   --cfg libc_underscore_const_names --cfg libc_const_extern_fn"
 # shellcheck disable=SC2086
-"$rustc" ${target:+--target "$target"} --edition 2015 --crate-type rlib --crate-name libc $libc_cfgs \
+"$rustc" ${RUSTC_SYSROOT:+--sysroot "$RUSTC_SYSROOT"} ${target:+--target "$target"} --edition 2015 --crate-type rlib --crate-name libc $libc_cfgs \
     --cfg 'feature="std"' -O --cap-lints allow "$libc_dir/src/lib.rs" -o "$out"

@@ -767,7 +767,9 @@ mod tests {
         let block = addr(1);
         map.insert(block, Kind::Root).unwrap();
         let mut probes = vec![0, 1, block + 1, block + BLOCK_ALIGN - 1, block + BLOCK_ALIGN, block - BLOCK_ALIGN];
-        probes.extend([block | 1, block + LEAF_SPAN, block ^ (1 << 40), usize::MAX, usize::MAX - BLOCK_ALIGN + 1]);
+        // block ^ FAR_BIT: far off but inside the radix (bit 40 on 64-bit, 20 on 32-bit).
+        const FAR_BIT: usize = 1 << (usize::BITS * 5 / 8);
+        probes.extend([block | 1, block + LEAF_SPAN, block ^ FAR_BIT, usize::MAX, usize::MAX - BLOCK_ALIGN + 1]);
         probes.extend(beyond());
         for probe in probes {
             assert_eq!(map.get(probe), None, "{probe:#x}");

@@ -261,9 +261,15 @@ mod tests {
     use super::*;
     use crate::sys::fail_allocation_after;
 
+    /// Where the fake addresses start: where a heap may be on each width.
+    #[cfg(target_pointer_width = "64")]
+    const HEAP_BASE: usize = 0x5555_0000_0000;
+    #[cfg(not(target_pointer_width = "64"))]
+    const HEAP_BASE: usize = 0x5555_0000;
+
     /// Fake block addresses: aligned like real ones, spread like heap addresses.
     fn addr(n: usize) -> usize {
-        0x5555_0000_0000_usize.wrapping_add(n.wrapping_mul(48)) & !(BLOCK_ALIGN - 1)
+        HEAP_BASE.wrapping_add(n.wrapping_mul(48)) & !(BLOCK_ALIGN - 1)
     }
 
     #[test]

@@ -1,7 +1,8 @@
 #!/bin/sh
 # mapi32.dll exports exactly what mapi32.def lists, at its ordinals; each
 # stdcall-decorated name is the same function as its plain name; and the
-# plain names are exactly exports.txt's, the ABI of libmapi32.so too.
+# plain names are exactly exports.txt's, the ABI of libmapi32.so too. For a
+# 32-bit x86 DLL, also that every export is stdcall: it pops its arguments.
 # usage: exports_check.sh mapi32.dll mapi32.def exports.txt [OBJDUMP]
 set -eu
 dll=$1
@@ -76,5 +77,29 @@ for decorated in MAPIAllocateBuffer@8 MAPIAllocateMore@12 MAPIFreeBuffer@4 MAPIR
     grep -q " $decorated\$" "$work/dll_names" || fail "$dll lacks $decorated"
 done
 
+# On x86 a stdcall function returns with `ret $N`, N the bytes of its
+# arguments, where a cdecl one leaves them to the caller (plain `ret`): a
+# caller of the other convention then runs with a shifted stack. The DLL's
+# symbol table names each export's code _name@N (mingw's stdcall
+# decoration); every ret in that code must pop N bytes.
+convention=""
+if grep -q 'file format pei-i386' "$work/headers"; then
+    "$objdump" -d --no-show-raw-insn "$dll" | awk '
+        /^[0-9a-f]+ <.*>:$/ { name = substr($2, 2, length($2) - 3); next }
+        /\tret/ { sub(/.*\tret[lw]? */, ""); print name, ($0 == "" ? "none" : $0) }
+    ' >"$work/rets"
+    for name in $(cat "$work/plain"); do
+        symbol=$(awk -v n="$name" 'index($1, "_" n "@") == 1 { print $1; exit }' "$work/rets")
+        if [ -z "$symbol" ]; then
+            fail "$name: no stdcall-decorated code (_$name@N) in $dll's symbols: not stdcall, or the DLL is stripped"
+            continue
+        fi
+        expected=$(printf '$0x%x' "${symbol##*@}")
+        wrong=$(awk -v s="$symbol" -v e="$expected" '$1 == s && $2 != e { print $2 }' "$work/rets" | sort -u)
+        [ -z "$wrong" ] || fail "$symbol returns with ret $(echo $wrong), not ret $expected: not stdcall"
+    done
+    convention=", every one stdcall"
+fi
+
 [ "$failed" -eq 0 ] || exit 1
-echo "exports-check: mapi32.dll exports the $(wc -l <"$work/plain") names of exports.txt and $(($(wc -l <"$work/dll") - $(wc -l <"$work/plain"))) stdcall-decorated aliases, at the ordinals of mapi32.def"
+echo "exports-check: mapi32.dll exports the $(wc -l <"$work/plain") names of exports.txt and $(($(wc -l <"$work/dll") - $(wc -l <"$work/plain"))) stdcall-decorated aliases, at the ordinals of mapi32.def$convention"

@@ -13,9 +13,14 @@
 # the builtin); the builtin's with the programs alone, run with mapi32=b.
 # Either way `conformance_win.exe --which` must name the expected DLL.
 #
+# The DLL's machine picks the Wine: wine64 and a win64 prefix for an x86-64
+# mapi32.dll; for an i386 one (mk/windows32.mk) the 32-bit loader of
+# Debian's wine32 and a win32 prefix, so that Wine's builtin mapi32.dll
+# compared with it is the 32-bit one too.
+#
 # A private WINEPREFIX is made in a temporary directory and removed at the
-# end, with its wineserver. Environment: WINE (the wine64 loader), WINESERVER,
-# CASE_TIMEOUT (seconds a case may take, default 20).
+# end, with its wineserver. Environment: WINE (the loader: wine64, or the
+# 32-bit wine), WINESERVER, CASE_TIMEOUT (seconds a case may take, default 20).
 set -eu
 
 mode=${1:-}
@@ -25,11 +30,29 @@ for file in mapi32.dll conformance_win.exe sdk_client.exe unit_tests.exe; do
     [ -f "$dir/$file" ] || { echo "run_wine: $dir/$file not found (make windows-programs)" >&2; exit 2; }
 done
 
+# The PE header's machine field (at the offset stored at 0x3c, plus 4).
+pe_offset=$(od -An -tu4 -j60 -N4 "$dir/mapi32.dll" | tr -d ' ')
+machine=$(od -An -tx2 -j$((pe_offset + 4)) -N2 "$dir/mapi32.dll" | tr -d ' ')
+case "$machine" in
+8664) arch=win64 ;;
+014c) arch=win32 ;;
+*) echo "run_wine: $dir/mapi32.dll is for machine 0x$machine, neither x86-64 nor i386" >&2; exit 2 ;;
+esac
+
+# Debian's wine64 has no 32-bit side: that is wine32's /usr/lib/wine/wine,
+# which `wine` alone does not promise (it may be wine64 under that name).
 find_wine() {
-    for candidate in "${WINE:-}" wine64 /usr/lib/wine/wine64 wine; do
-        [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
+    if [ "$arch" = win64 ]; then
+        candidates="${WINE:-} wine64 /usr/lib/wine/wine64 wine"
+        missing="no wine64 found (apt-get install wine64)"
+    else
+        candidates="${WINE:-} /usr/lib/wine/wine"
+        missing="no 32-bit wine found (dpkg --add-architecture i386; apt-get update; apt-get install wine32)"
+    fi
+    for candidate in $candidates; do
+        command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
     done
-    echo "run_wine: no wine64 found (apt-get install wine64)" >&2
+    echo "run_wine: $missing" >&2
     exit 2
 }
 wine=$(find_wine)
@@ -46,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-export WINEPREFIX="$work/prefix" WINEDEBUG=-all WINEARCH=win64
+export WINEPREFIX="$work/prefix" WINEDEBUG=-all WINEARCH=$arch
 unset DISPLAY WAYLAND_DISPLAY MAPI32_DEBUG WINEDLLOVERRIDES || true
 
 now() { date +%s.%N; }
@@ -62,7 +85,7 @@ WINEDLLOVERRIDES="mscoree,mshtml=" timeout 300 "$wine" wineboot -i >"$work/wineb
 }
 # Keep one wineserver for the whole run rather than one per case.
 timeout 30 "$wineserver" -p >/dev/null 2>&1 || true
-echo "run_wine: $("$wine" --version 2>/dev/null || echo wine), prefix made in $(elapsed "$started") s"
+echo "run_wine: $("$wine" --version 2>/dev/null || echo wine), $arch prefix made in $(elapsed "$started") s"
 
 mkdir "$work/libmapi32" "$work/builtin"
 for side in libmapi32 builtin; do
