@@ -1,8 +1,8 @@
 # Regression tests for the issue "Nothing a real process does may abort, leak
 # or deadlock libmapi32" (SPEC §3): one program per defect, and a sweep that
 # fails any C-allocator request of the process. Included by the main
-# Makefile. Not in TEST_STEPS until the fixes land: each fails on the library
-# that has the defect.
+# Makefile. Each program failed on the library that had its defect (the
+# per-thread registry of 2026-11) and passes since the fixes of 2026-12.
 #
 #   make defect-tests         the six defect programs; all run, then the step
 #                             fails if any did
@@ -11,6 +11,8 @@
 #                             growth and the client's blocks
 #
 # Each test that could abort or hang runs in a forked child with a deadline.
+
+TEST_STEPS += defect-tests fault-sweep-process
 
 DEFECTS := $(BUILD)/defects
 DEFECT_CFLAGS := -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) -Ic_tests

@@ -73,6 +73,7 @@ static int one_cycle(void)
         pthread_join(threads[i], NULL);
     MAPI32_STATS stats;
     memset(&stats, 0, sizeof stats);
+    stats.cbSize = sizeof stats;
     int clean = mapi.stats(&stats) == S_OK && stats.live_roots == 0 && stats.live_children == 0;
     return dlclose(mapi.handle) == 0 && clean;
 }

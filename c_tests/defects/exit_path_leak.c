@@ -119,6 +119,7 @@ static void check_threads_keep_nothing(void *(*body)(void *))
               rss_growth / THREADS);
     MAPI32_STATS stats;
     memset(&stats, 0, sizeof stats);
+    stats.cbSize = sizeof stats;
     CHECK(mapi32_stats(&stats) == S_OK);
     CHECK(stats.live_roots == 0 && stats.live_children == 0);
 }

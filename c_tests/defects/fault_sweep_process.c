@@ -113,6 +113,7 @@ static void check_nothing_live(void)
 {
     MAPI32_STATS stats;
     memset(&stats, 0, sizeof stats);
+    stats.cbSize = sizeof stats;
     if (mapi32_stats(&stats) != S_OK || stats.live_roots != 0 || stats.live_children != 0) {
         printf("    %llu roots and %llu children still live after everything was freed\n",
                (unsigned long long)stats.live_roots, (unsigned long long)stats.live_children);

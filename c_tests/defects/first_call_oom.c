@@ -109,6 +109,7 @@ static int one_attempt(void *argument)
     MAPIFreeBuffer(root);
     MAPI32_STATS stats;
     memset(&stats, 0, sizeof stats);
+    stats.cbSize = sizeof stats;
     if (mapi32_stats(&stats) != S_OK || stats.live_roots != 0 || stats.live_children != 0) {
         printf("  %s, request %lu failing: %llu roots and %llu children still live\n", call_names[attempt->call],
                attempt->nth, (unsigned long long)stats.live_roots, (unsigned long long)stats.live_children);

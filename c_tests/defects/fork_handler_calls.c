@@ -70,6 +70,7 @@ static int nothing_live(void)
 {
     MAPI32_STATS stats;
     memset(&stats, 0, sizeof stats);
+    stats.cbSize = sizeof stats;
     return mapi.stats(&stats) == S_OK && stats.live_roots == 0 && stats.live_children == 0;
 }
 
