@@ -1,20 +1,30 @@
 //! libmapi32: the MAPI memory functions `MAPIAllocateBuffer`,
 //! `MAPIAllocateMore` and `MAPIFreeBuffer` as a C-ABI library.
 //!
-//! Where each rule of SPEC.md lives:
-//! - `scode`: the C types and status codes, and errors → `SCODE`.
-//! - `ffi`: the exports; out-pointers are checked there, parents and
-//!   pointers to free are looked up in the registry.
-//! - `debug`: `MAPI32_DEBUG` (warn, abort, leaks) and the misuse count.
-//! - `tree`: the three operations in safe Rust.
-//! - `registry`: which blocks are live, root–child chains, threads and fork.
-//! - `blockmap`: the radix bitmap of block starts behind each registry heap.
-//! - `table`: the hash set `blockmap` keeps for addresses beyond its radix.
-//! - `block`: block layout, alignment and size arithmetic.
-//! - `sys`: the C allocator underneath everything.
+//! Where each rule of the contract lives, and what tests it:
+//! - Types, status codes (§1): `scode`; `c_tests/header_compiles.c`, the
+//!   compile-time size checks here.
+//! - The exports, out-pointers, errors → `SCODE` (§1–2): `ffi`; the C suite
+//!   `c_tests/conformance.c` (one check per rule), `tests/model.rs`.
+//! - Roots, children, child-as-parent, NULL parent, free-all, realloc (§2,
+//!   §5): `tree` over `registry`; `tree`'s unit tests, the C suite, the model.
+//! - Which blocks are live, lookups that read nothing at the pointer (§2):
+//!   `registry` (`mod.rs`), `blockmap` and its fallback `table`; their unit
+//!   tests, `c_tests/conformance.c`'s foreign, interior and unmapped cases.
+//! - Threads, exclusion without `membarrier` (§3): `registry/mod.rs` (the
+//!   owner/guest handshake; `owner_and_guests_are_never_inside_together`),
+//!   `c_tests/defects/membarrier_refused.c`, `c_tests/stress.c`.
+//! - Thread exit, unloading, no abort at a thread's start (§3):
+//!   `registry/thread.rs`; `c_tests/defects/{first_call_oom,exit_path_leak,
+//!   dlclose_cycles}.c`, `make fault-sweep-process`.
+//! - `fork()` (§3): `registry/fork.rs`; `c_tests/defects/{fork_malloc_lock,
+//!   fork_handler_calls}.c`, the C suite's fork cases, `c_tests/stress.c`.
+//! - Out of memory anywhere (§3): `sys` (every allocation goes through it)
+//!   and `fault_hook` (tests only: fail the Nth); `c_tests/fault_sweep.c`.
+//! - Block layout, alignment, size arithmetic (§2): `block`.
+//! - Diagnostics and statistics (§4): `debug`, `ffi::mapi32_stats`;
+//!   `c_tests/debug_check.sh`, `c_tests/extras.c`, `tests/stats_abi.rs`.
 //! - `lock`: the spin lock the registry heaps use.
-//! - `fault_hook`: tests only (feature `fault-injection`): make the Nth
-//!   allocation fail.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
