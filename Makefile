@@ -29,6 +29,8 @@ CARGO_LIBDIR := $(TARGET_DIR)/release
 ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
 SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
+# Every Rust source of the library, for the builds that do not go through cargo.
+RUST_SOURCES := $(wildcard src/*.rs src/*/*.rs)
 # The shipped libmapi32.so and libmapi32.a, made from cargo's staticlib
 # (mk/link.mk): what the tests use and `make install` installs. (LIBDIR is
 # the install directory: see mk/packaging.mk.)

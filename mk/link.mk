@@ -44,7 +44,7 @@ $(BUILD_LIBDIR)/libmapi32.a: $(CARGO_LIBDIR)/libmapi32.a
 # cargo's staticlib, rebuilt only when a source is newer: `make && sudo make
 # install` then needs no cargo on root's PATH. (The touch: cargo leaves the
 # archive alone when a newer source did not change it.)
-LIB_SOURCES := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
+LIB_SOURCES := $(RUST_SOURCES) build.rs Cargo.toml Cargo.lock
 $(CARGO_LIBDIR)/libmapi32.a: $(LIB_SOURCES)
 	$(CARGO) build --release
 	touch $@

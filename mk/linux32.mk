@@ -27,15 +27,20 @@ $(LINUX32_BUILD)/liblibc.rlib: scripts/build-libc-1.63.sh $(LINUX32_SYSROOT)/bui
 	@mkdir -p $(LINUX32_BUILD)
 	RUSTC_SYSROOT=$(LINUX32_SYSROOT) sh scripts/build-libc-1.63.sh $(RUSTC_163) $@ $(LINUX32_TARGET)
 
-# The SONAME build.rs gives the 64-bit build, passed here by hand (no cargo).
-$(LINUX32_BUILD)/libmapi32.so: $(wildcard src/*.rs) $(LINUX32_BUILD)/liblibc.rlib
-	$(LINUX32_RUSTC) $(LINUX32_RUSTFLAGS) --crate-type cdylib --crate-type staticlib --crate-name mapi32 \
-	    --extern libc=$(LINUX32_BUILD)/liblibc.rlib -L $(LINUX32_BUILD) \
-	    -C link-arg=-Wl,-soname,$(SONAME) src/lib.rs --out-dir $(LINUX32_BUILD)
-	ln -sf libmapi32.so $(LINUX32_BUILD)/$(SONAME)
-$(LINUX32_BUILD)/libmapi32.a: $(LINUX32_BUILD)/libmapi32.so
+# The staticlib from rustc, then the .so linked from it as mk/link.mk links
+# the 64-bit one: the SONAME and mapi32.map's version nodes.
+$(LINUX32_BUILD)/libmapi32.a: $(RUST_SOURCES) $(LINUX32_BUILD)/liblibc.rlib
+	$(LINUX32_RUSTC) $(LINUX32_RUSTFLAGS) --crate-type staticlib --crate-name mapi32 \
+	    --extern libc=$(LINUX32_BUILD)/liblibc.rlib -L $(LINUX32_BUILD) src/lib.rs --out-dir $(LINUX32_BUILD)
 
-$(LINUX32_BUILD)/unit_tests: $(wildcard src/*.rs) $(LINUX32_BUILD)/liblibc.rlib
+$(LINUX32_BUILD)/libmapi32.so: $(LINUX32_BUILD)/libmapi32.a mapi32.map exports.txt
+	$(LINUX32_CC) -shared -o $@ -Wl,-soname,$(SONAME) -Wl,--version-script=mapi32.map \
+	    $(addprefix -Wl$(comma)--require-defined=,$(EXPORTED_NAMES)) \
+	    -Wl,--gc-sections -Wl,--as-needed -Wl,--no-undefined -Wl,-z,relro,-z,now -Wl,-z,noexecstack \
+	    $< $(RUST_NATIVE_LIBS)
+	ln -sf libmapi32.so $(LINUX32_BUILD)/$(SONAME)
+
+$(LINUX32_BUILD)/unit_tests: $(RUST_SOURCES) $(LINUX32_BUILD)/liblibc.rlib
 	$(LINUX32_RUSTC) --test --crate-name mapi32 --extern libc=$(LINUX32_BUILD)/liblibc.rlib -L $(LINUX32_BUILD) \
 	    src/lib.rs -o $@
 
@@ -47,7 +52,7 @@ $(LINUX32_BUILD)/extras: c_tests/extras.c c_tests/harness.h include/mapix.h $(LI
 	$(LINUX32_CC) -std=c11 $(STRICT) $(CFLAGS) -pthread $(MAPI_CFLAGS) $< -o $@ $(LINUX32_LIBS)
 
 linux32-exports: $(LINUX32_BUILD)/libmapi32.so
-	sh c_tests/exports_check.sh exports.txt $< $(LINUX32_BUILD)/libmapi32.a include/mapix.h
+	sh c_tests/exports_check.sh exports.txt mapi32.map $< $(LINUX32_BUILD)/libmapi32.a include/mapix.h
 
 # The library must really be 32-bit x86, or the rest proves nothing new.
 test-linux32: linux32-exports $(LINUX32_BUILD)/unit_tests $(LINUX32_BUILD)/conformance $(LINUX32_BUILD)/extras

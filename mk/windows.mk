@@ -28,7 +28,7 @@ WIN_BUILD := $(BUILD)/windows
 # of no use to Windows debuggers, and it would make the DLL 10x larger.
 WIN_RUSTFLAGS := --edition 2021 -C panic=abort -C opt-level=3 -C codegen-units=1 -C lto -C strip=debuginfo -D warnings
 WIN_CFLAGS := -std=c11 $(STRICT) -O2
-WIN_SOURCES := $(wildcard src/*.rs) mapi32.def
+WIN_SOURCES := $(RUST_SOURCES) mapi32.def
 
 .PHONY: windows windows-exports windows-programs test-windows windows-compare windows-test-if-available
 
