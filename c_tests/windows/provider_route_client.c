@@ -30,6 +30,7 @@
 /* libmapi32's extension (include/mapix.h), declared here because this
  * program compiles against the SDK's <mapix.h>, not libmapi32's. */
 typedef struct {
+    ULONG cbSize, ulReserved; /* cbSize: set by the caller to sizeof(MAPI32_STATS) */
     uint64_t live_roots, live_children, live_bytes, peak_bytes, total_allocations, misuse_count;
 } MAPI32_STATS;
 typedef SCODE(WINAPI MAPI32STATS)(MAPI32_STATS *lpStats);
@@ -63,7 +64,7 @@ static int check(int ok, const char *what, int line)
 
 static MAPI32_STATS stats(void)
 {
-    MAPI32_STATS counts = { 0 };
+    MAPI32_STATS counts = { .cbSize = sizeof counts };
     if (stats_of_ours == NULL || stats_of_ours(&counts) != S_OK)
         memset(&counts, 0xff, sizeof counts); /* matches no expected count */
     return counts;
