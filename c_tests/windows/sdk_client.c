@@ -46,9 +46,14 @@ int main(void)
     }
     for (int i = 0; i < 3; i++)
         failures += strcmp(props[i].Value.lpszA, names[i]) != 0;
-    LPVOID refused = props;
-    failures += MAPIAllocateMore(8, NULL, &refused) != MAPI_E_INVALID_PARAMETER;
+    /* No parent makes a root, as Kopano's MAPI does (a copy "onto no base"). */
+    LPVOID copy = NULL;
+    failures += MAPIAllocateMore(8, NULL, &copy) != S_OK || copy == NULL;
+    MAPIFreeBuffer(copy);
     MAPIFreeBuffer(props);
+    /* A freed root is no parent any more (nothing was allocated since). */
+    LPVOID refused = props;
+    failures += MAPIAllocateMore(8, props, &refused) != MAPI_E_INVALID_PARAMETER || refused != NULL;
 
     HMODULE mapi = GetModuleHandleA("mapi32.dll");
     MAPI32STATS *stats = (MAPI32STATS *)(uintptr_t)GetProcAddress(mapi, "mapi32_stats");
