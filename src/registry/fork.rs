@@ -11,8 +11,9 @@
 //! - **`prepare` never waits on the C allocator.** A malloc whose own fork
 //!   handlers were registered after ours takes its lock before our `prepare`
 //!   runs; waiting there for a thread that is inside a heap and calling that
-//!   malloc would never end. So every call into the C allocator made from
-//!   inside a heap (a child's block, the block map's nodes) *parks* the heap:
+//!   malloc would never end. Blocks are allocated outside any heap, and the
+//!   few calls into the C allocator made inside (the block map's nodes)
+//!   *park* the heap:
 //!   the records are consistent across the call, `prepare` need not wait for
 //!   it, and on its way out the caller waits, still parked, for the fork to
 //!   be over before it goes on ([`while_parked`]).

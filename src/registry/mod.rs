@@ -15,9 +15,10 @@
 //!   Any other thread is a *guest*: it takes the heap's lock, says so, fences,
 //!   and waits for the owner to step out (Dekker's handshake, both sides
 //!   fenced: nothing here relies on a facility that can be withdrawn).
-//! - A call into the C allocator made from inside a heap *parks* it: the
-//!   records are consistent across the call, so `fork` need not wait for it
-//!   (a malloc's own fork handlers may hold that malloc's lock).
+//! - Blocks are allocated before their heap is entered and released after
+//!   it is left; the block map's rare node allocations inside *park* the
+//!   heap: the records are consistent across the call, so `fork` need not
+//!   wait for it (a malloc's own fork handlers may hold that malloc's lock).
 //! - Thread binding, exit and unloading live in `thread`; `fork()` in `fork`.
 //!
 //! At most one heap is held at a time by any thread, except by the fork
@@ -353,24 +354,35 @@ pub fn insert_root(block: Block) -> Result<(), Error> {
 
 /// Allocates a block of `size` bytes and records it as a child, chained
 /// right after `parent`, if `parent` is a live root or child; else
-/// `InvalidParameter`, with nothing allocated. The block is allocated only
-/// once `parent` has been found, with its heap held, so a concurrent free
-/// cannot slip in between. On `Err` nothing has changed.
+/// `InvalidParameter`, with nothing left allocated (a bad parent outranks a
+/// size the C allocator refuses). The block is allocated before the parent's
+/// heap is entered and, if unused, released after it is left: a `malloc`
+/// inside the heap would have to park it, which costs a fence (`fork`), on
+/// the call that builds every tree. On `Err` nothing has changed.
 pub fn allocate_child(parent: usize, size: usize) -> Result<Block, Error> {
-    in_heap_of(|records| {
+    let fresh = Block::allocate(size);
+    let linked = in_heap_of(|records| {
         records.table.get(parent)?;
-        Some(Block::allocate(size).and_then(|child| link_child(records, parent, child)))
+        Some(fresh.and_then(|child| link_child(records, parent, child)))
     })
-    .unwrap_or(Err(Error::InvalidParameter))
+    .unwrap_or(Err(Error::InvalidParameter));
+    release_unused(fresh, &linked);
+    linked
 }
 
-/// Records `child` and splices it in after `parent`; on failure releases it.
-fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Block, Error> {
-    if let Err(error) = records.insert(child, Kind::Child) {
-        // SAFETY: the block is fresh and was never recorded or shared.
-        unsafe { child.release() };
-        return Err(error);
+/// Releases a block allocated ahead of a heap visit that did not keep it.
+fn release_unused<T>(fresh: Result<Block, Error>, outcome: &Result<T, Error>) {
+    if let (Ok(unused), Err(_)) = (fresh, outcome) {
+        // SAFETY: the block is fresh and was never recorded or shared; the
+        // visit that refused it is over.
+        unsafe { unused.release() };
     }
+}
+
+/// Records the fresh `child` and splices it in after `parent`; on `Err`
+/// nothing has changed and `child` is still the caller's.
+fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Block, Error> {
+    records.insert(child, Kind::Child)?;
     // SAFETY: `parent` is live and its heap is held, which guards the chain;
     // `child` is fresh and not yet shared.
     unsafe {
@@ -440,14 +452,16 @@ pub struct Reallocated {
 /// A block of `size` bytes holding the bytes of the live block at `addr` (as
 /// many as fit): for a root, a new root that takes over its children, the
 /// old root leaving the registry; for a child, a new child of the same root.
-/// `InvalidParameter` for any other `addr`, with nothing allocated; on `Err`
-/// nothing has changed.
+/// `InvalidParameter` for any other `addr`, with nothing left allocated; on
+/// `Err` nothing has changed. The block is allocated ahead, as in
+/// [`allocate_child`].
 pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
-    in_heap_of(|records| {
+    let fresh = Block::allocate(size);
+    let outcome = in_heap_of(|records| {
         let kind = records.table.get(addr)?;
         // SAFETY: `addr` is a live block of this heap, which is held.
         let old = unsafe { Block::from_addr(addr) };
-        Some(Block::allocate(size).and_then(|block| {
+        Some(fresh.and_then(|block| {
             // SAFETY: both blocks are live and ours; they do not overlap.
             unsafe { block.copy_from(old) };
             match kind {
@@ -456,18 +470,16 @@ pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
             }
         }))
     })
-    .unwrap_or(Err(Error::InvalidParameter))
+    .unwrap_or(Err(Error::InvalidParameter));
+    release_unused(fresh, &outcome);
+    outcome
 }
 
 /// Puts the fresh `block` in the place of the live root `old`, children and
-/// all; on failure releases `block`.
+/// all; on `Err` nothing has changed and `block` is still the caller's.
 fn replace_root(records: &mut Records, old: Block, block: Block) -> Result<Reallocated, Error> {
     // Record the new root first: if that fails, nothing has changed.
-    if let Err(error) = records.insert(block, Kind::Root) {
-        // SAFETY: the block is fresh and was never recorded or shared.
-        unsafe { block.release() };
-        return Err(error);
-    }
+    records.insert(block, Kind::Root)?;
     // Cannot fail: `old` was found in these records during this visit.
     let _ = records.remove(old.addr(), Kind::Root);
     // SAFETY: the heap is held, which guards the chain; `old` has left the
