@@ -20,7 +20,7 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 
 /// A new child of `size` bytes that lives as long as the root of `parent`
 /// (`MAPIAllocateMore`). `parent` is only ever looked up, never read, and a
-/// bad parent is refused before anything is allocated, whatever the size.
+/// bad parent is refused whatever the size, with nothing left allocated.
 /// No parent (0) makes a new root, as Kopano's mapi4linux does and provider
 /// code relies on ("copy onto a base, if there is one"): SPEC §2.
 pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
