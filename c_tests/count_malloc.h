@@ -29,15 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* glibc documents which functions a replacement malloc must provide; these
- * forward to its own. */
-extern void *__libc_malloc(size_t size);
-extern void *__libc_calloc(size_t count, size_t size);
-extern void *__libc_realloc(void *block, size_t size);
-extern void *__libc_memalign(size_t alignment, size_t size);
-extern void *__libc_valloc(size_t size);
-extern void *__libc_pvalloc(size_t size);
-extern void __libc_free(void *block);
+#include "libc_malloc.h"
 
 static atomic_long c_blocks_alive;
 

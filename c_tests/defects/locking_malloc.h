@@ -22,13 +22,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-extern void *__libc_malloc(size_t size);
-extern void *__libc_calloc(size_t count, size_t size);
-extern void *__libc_realloc(void *block, size_t size);
-extern void *__libc_memalign(size_t alignment, size_t size);
-extern void *__libc_valloc(size_t size);
-extern void *__libc_pvalloc(size_t size);
-extern void __libc_free(void *block);
+#include "libc_malloc.h"
 
 static pthread_mutex_t wrapper_lock = PTHREAD_MUTEX_INITIALIZER;
 
