@@ -7,7 +7,7 @@
 //!   abort: on POSIX systems a `pthread_key` made when the library is loaded,
 //!   whose destructor also runs for a thread whose first call comes from
 //!   another thread-exit path (another key's destructor, a C++ or Rust
-//!   thread-local's); on Windows a thread-local with a destructor.
+//!   thread-local's); on Windows a TLS callback, reading a `TlsAlloc` slot.
 //! - Heaps are reused, never freed while the library is loaded; the first
 //!   ones come from a static pool, so that `dlclose` takes them along.
 
@@ -109,8 +109,101 @@ mod slot {
         tls_slot!(inside, set_inside, "mapi32_inside_heap");
     }
 
-    /// Elsewhere, `thread_local!`s with no destructor, so no state to check.
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    /// On Windows, one TLS index of the system's (`TlsAlloc`), made when the
+    /// DLL is loaded: reading and writing it allocates nothing, where Rust
+    /// 1.63's `thread_local!` on `windows-gnu` boxes each variable on a
+    /// thread's first use and aborts if that allocation fails. The "inside"
+    /// slot serves `fork` only, which Windows does not have. With no index
+    /// (none left, or the DLL being unloaded) every thread reads [`GONE`] and
+    /// is served by the shared heap.
+    #[cfg(windows)]
+    pub(in crate::registry) mod imp {
+        use super::Heap;
+        use core::ffi::c_void;
+        use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+        #[link(name = "kernel32")]
+        extern "system" {
+            fn TlsAlloc() -> u32;
+            fn TlsFree(index: u32) -> i32;
+            fn TlsGetValue(index: u32) -> *mut c_void;
+            fn TlsSetValue(index: u32, value: *mut c_void) -> i32;
+        }
+
+        const NO_INDEX: u32 = 0xFFFF_FFFF; // TLS_OUT_OF_INDEXES
+        /// Claimed by the first `init`, so that racing ones make one index.
+        const MAKING: u32 = 0xFFFF_FFFE;
+
+        static INDEX: AtomicU32 = AtomicU32::new(NO_INDEX);
+        static TRIED: AtomicBool = AtomicBool::new(false);
+
+        /// Makes the index, once: when the DLL is loaded (or, where no
+        /// loader runs our initialiser, at a thread's first claim).
+        pub(in crate::registry) fn init() {
+            if TRIED.swap(true, Ordering::AcqRel) {
+                while INDEX.load(Ordering::Acquire) == MAKING {
+                    core::hint::spin_loop();
+                }
+                return;
+            }
+            INDEX.store(MAKING, Ordering::Relaxed);
+            // SAFETY: takes no arguments; a refusal is TLS_OUT_OF_INDEXES.
+            INDEX.store(unsafe { TlsAlloc() }, Ordering::Release);
+        }
+
+        fn index() -> Option<u32> {
+            match INDEX.load(Ordering::Acquire) {
+                NO_INDEX | MAKING => None,
+                index => Some(index),
+            }
+        }
+
+        #[inline]
+        pub(in crate::registry) fn current() -> *const Heap {
+            match index() {
+                Some(index) => {
+                    // SAFETY: our index; an unset slot reads as NULL.
+                    let value = unsafe { TlsGetValue(index) };
+                    value as *const Heap
+                }
+                None => super::super::GONE,
+            }
+        }
+
+        /// Whether the slot took the value: setting one of the indexes past
+        /// the first 64 allocates the thread's expansion slots at its first
+        /// set, which can be refused (later sets on that thread cannot).
+        pub(in crate::registry) fn try_set_current(heap: *const Heap) -> bool {
+            // SAFETY: our index; the value is only ever read back by us.
+            index().map_or(false, |index| unsafe { TlsSetValue(index, heap as *mut c_void) } != 0)
+        }
+
+        #[inline]
+        pub(in crate::registry) fn set_current(heap: *const Heap) {
+            try_set_current(heap);
+        }
+
+        /// Frees the index as the DLL is unloaded: no thread can call in after.
+        pub(in crate::registry) fn shutdown() {
+            let index = INDEX.swap(NO_INDEX, Ordering::AcqRel);
+            if index != NO_INDEX && index != MAKING {
+                // SAFETY: our index, freed once (the swap above).
+                unsafe { TlsFree(index) };
+            }
+        }
+
+        #[inline]
+        pub(in crate::registry) fn inside() -> *const Heap {
+            core::ptr::null()
+        }
+
+        #[inline]
+        pub(in crate::registry) fn set_inside(_heap: *const Heap) {}
+    }
+
+    /// Elsewhere (32-bit Linux, other POSIX systems), `thread_local!`s with
+    /// no destructor, so no state to check.
+    #[cfg(not(any(all(target_os = "linux", target_arch = "x86_64"), windows)))]
     mod imp {
         use super::Heap;
         use core::cell::Cell;
@@ -339,31 +432,57 @@ mod exit_hook {
     }
 }
 
-/// The thread-exit hook elsewhere (Windows): a thread-local whose destructor
-/// gives the heap up. Rust 1.63's Windows thread-locals allocate a small block
-/// on a thread's first use, which aborts if memory has run out (README).
-#[cfg(not(unix))]
+/// The thread-exit hook on Windows: a TLS callback, which the loader calls
+/// at every thread's exit (`DLL_THREAD_DETACH`) while the DLL is loaded,
+/// after the Rust and C++ thread-local destructors of this module. Nothing
+/// is registered per thread, so nothing can fail or allocate beyond the
+/// slot itself. A thread whose first call comes from a later detach (another
+/// DLL's) keeps its (empty) heap owned, as a last-round key destructor's
+/// does on POSIX systems.
+#[cfg(windows)]
 mod exit_hook {
-    use super::Heap;
+    use super::{slot, Heap, GONE};
     use crate::scode::Error;
-    use core::cell::Cell;
+    use core::ffi::c_void;
 
-    struct ExitGuard(Cell<*const Heap>);
+    const DLL_PROCESS_DETACH: u32 = 0;
+    const DLL_THREAD_DETACH: u32 = 3;
 
-    impl Drop for ExitGuard {
-        fn drop(&mut self) {
-            super::on_thread_exit(self.0.get());
+    #[used]
+    #[link_section = ".CRT$XLD"]
+    static ON_DETACH: unsafe extern "system" fn(*mut c_void, u32, *mut c_void) = on_detach;
+
+    unsafe extern "system" fn on_detach(_module: *mut c_void, reason: u32, _reserved: *mut c_void) {
+        match reason {
+            DLL_THREAD_DETACH => {
+                let heap = slot::current();
+                if heap != GONE {
+                    // Also for a thread with no heap yet: its later calls,
+                    // from other DLLs' detach code, use the shared heap.
+                    super::on_thread_exit(heap);
+                }
+            }
+            // Unloaded by FreeLibrary (at process exit there is nothing to
+            // give back): no thread can call in any more.
+            DLL_PROCESS_DETACH if !super::process_is_exiting() => slot::imp::shutdown(),
+            _ => {}
         }
     }
 
-    thread_local! {
-        static EXIT_GUARD: ExitGuard = const { ExitGuard(Cell::new(core::ptr::null())) };
+    pub(in crate::registry) fn init() {
+        slot::imp::init();
     }
 
-    pub(in crate::registry) fn init() {}
-
+    /// Arranges for `heap` to be given up when this thread exits, which is
+    /// storing it in the slot the callback reads.
     pub(in crate::registry) fn register(heap: &Heap) -> Result<bool, Error> {
-        Ok(EXIT_GUARD.try_with(|guard| guard.0.set(heap)).is_ok())
+        if slot::imp::try_set_current(heap) {
+            Ok(true)
+        } else if slot::current() == GONE {
+            Ok(false)
+        } else {
+            Err(Error::NoMemory)
+        }
     }
 }
 
