@@ -21,9 +21,12 @@ bench-prereqs:
 
 # talloc's flags are asked for in the recipe: the prereqs steps of make test
 # and make bench see that it is installed before this is built.
-$(BUILD)/bench: bench/bench.c include/mapix.h lib | $(BUILD)
-	$(CC) -std=c11 $(STRICT) $(BENCH_CFLAGS) -pthread $(MAPI_CFLAGS) $$(pkg-config --cflags talloc) $< -o $@ \
-		$(MAPI_LIBS) $$(pkg-config --libs talloc)
+# One program: main and the single-thread rows in bench.c, each further family
+# of rows in a file of its own (bench/bench.h lists them).
+BENCH_SOURCES := bench/bench.c bench/stats.c bench/table.c bench/trace.c
+$(BUILD)/bench: $(BENCH_SOURCES) bench/bench.h include/mapix.h lib | $(BUILD)
+	$(CC) -std=c11 $(STRICT) $(BENCH_CFLAGS) -pthread $(MAPI_CFLAGS) $$(pkg-config --cflags talloc) \
+		$(BENCH_SOURCES) -o $@ $(MAPI_LIBS) $$(pkg-config --libs talloc)
 
 # The prerequisites, then the build: nothing is built before they are there.
 bench: bench-prereqs
