@@ -23,7 +23,8 @@ bench-prereqs:
 # and make bench see that it is installed before this is built.
 # One program: main and the single-thread rows in bench.c, each further family
 # of rows in a file of its own (bench/bench.h lists them).
-BENCH_SOURCES := bench/bench.c bench/stats.c bench/table.c bench/trace.c bench/crossthread.c
+BENCH_SOURCES := bench/bench.c bench/stats.c bench/table.c bench/trace.c bench/crossthread.c \
+	bench/idle_heaps.c
 $(BUILD)/bench: $(BENCH_SOURCES) bench/bench.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(BENCH_CFLAGS) -pthread $(MAPI_CFLAGS) $$(pkg-config --cflags talloc) \
 		$(BENCH_SOURCES) -o $@ $(MAPI_LIBS) $$(pkg-config --libs talloc)
