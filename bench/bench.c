@@ -629,6 +629,7 @@ int main(int argc, char **argv)
     /* The rows issue "Registry v3" asked for, each family in a file of its own. */
     crossthread_rows(sc);
     idle_heap_rows(sc);
+    kopano_rows(sc);
     printf("load average at the end: %s; bench: done in %.1f s\n", loadavg(), (now_ns() - started) / 1e9);
     return 0;
 }
