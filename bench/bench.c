@@ -14,6 +14,8 @@
  *         bench --smoke    tiny counts, every row, meaningless numbers (make test)
  *         bench --rss SIDE roots|children N
  *                          internal: one memory measurement in a fresh process
+ *         bench --burst SIDE roots|children N
+ *                          internal: resident memory around a burst (burst_rss.c)
  *
  * Performance is reported, never asserted: the "met?" column is for reading,
  * and the program exits 0 whatever it measured.
@@ -519,6 +521,8 @@ int main(int argc, char **argv)
         self_path = argv[0];
     if (argc == 5 && strcmp(argv[1], "--rss") == 0)
         return rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
+    if (argc == 5 && strcmp(argv[1], "--burst") == 0)
+        return burst_rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
     if (quick != NULL && *quick != '\0' && strcmp(quick, "0") != 0)
         sc = &QUICK;
     for (i = 1; i < argc; i++) {
@@ -630,6 +634,7 @@ int main(int argc, char **argv)
     crossthread_rows(sc);
     idle_heap_rows(sc);
     kopano_rows(sc);
+    burst_rss_rows(sc);
     printf("load average at the end: %s; bench: done in %.1f s\n", loadavg(), (now_ns() - started) / 1e9);
     return 0;
 }

@@ -24,7 +24,7 @@ bench-prereqs:
 # One program: main and the single-thread rows in bench.c, each further family
 # of rows in a file of its own (bench/bench.h lists them).
 BENCH_SOURCES := bench/bench.c bench/stats.c bench/table.c bench/trace.c bench/crossthread.c \
-	bench/idle_heaps.c bench/kopano_baseline.c
+	bench/idle_heaps.c bench/kopano_baseline.c bench/burst_rss.c
 $(BUILD)/bench: $(BENCH_SOURCES) bench/bench.h include/mapix.h lib | $(BUILD)
 	$(CC) -std=c11 $(STRICT) $(BENCH_CFLAGS) -pthread $(MAPI_CFLAGS) $$(pkg-config --cflags talloc) \
 		$(BENCH_SOURCES) -o $@ $(MAPI_LIBS) $$(pkg-config --libs talloc)
