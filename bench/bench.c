@@ -12,10 +12,14 @@
  * Usage:  bench            full run (make bench)
  *         bench --quick    shorter run, fewer rounds (BENCH_QUICK=1 also works)
  *         bench --smoke    tiny counts, every row, meaningless numbers (make test)
+ *         bench --only main,crossthread,idle,kopano,burst
+ *                          only those families of rows (with any of the above)
  *         bench --rss SIDE roots|children N
  *                          internal: one memory measurement in a fresh process
  *         bench --burst SIDE roots|children N
  *                          internal: resident memory around a burst (burst_rss.c)
+ *         bench --xt-cell SCALE SIDE CALL THREADS, bench --idle-round SCALE ORDER
+ *                          internal: one cell of crossthread.c, one round of idle_heaps.c
  *
  * Performance is reported, never asserted: the "met?" column is for reading,
  * and the program exits 0 whatever it measured.
@@ -49,6 +53,17 @@ static const struct scale QUICK = {"quick", 3, 200000, 10000, 100000, 40000, 300
                                    1, 0.5, 500, 1024, 300, 300000, 1000000};
 static const struct scale SMOKE = {"smoke", 1, 1000, 100, 20000, 4000, 100, 10000, 10000,
                                    1, 0.05, 20, 1024, 10, 4000, 10000};
+
+/* A scale by name, for the cells run in a fresh process. */
+static const struct scale *scale_named(const char *name)
+{
+    static const struct scale *const all[] = {&FULL, &QUICK, &SMOKE};
+    size_t i;
+    for (i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(all[i]->name, name) == 0)
+            return all[i];
+    die("no scale named %s", name);
+}
 
 /* ---------------------------------------------------------------- pair64 */
 
@@ -388,8 +403,10 @@ const char *self_path = "/proc/self/exe";
 /* Runs `bench --rss SIDE KIND N` as a new process, so that no heap mixes. */
 static double rss_per_block(enum side side, const char *kind, long n)
 {
-    char buf[64];
-    run_self("--rss", side_name[side], kind, n, buf, sizeof buf);
+    char buf[64], count[32];
+    const char *args[] = {"--rss", side_name[side], kind, count, NULL};
+    snprintf(count, sizeof count, "%ld", n);
+    run_self(args, buf, sizeof buf);
     return strtod(buf, NULL);
 }
 
@@ -512,33 +529,13 @@ static void print_machine(const struct scale *sc)
            sc->rounds, sc->rounds == 1 ? "" : "s");
 }
 
-int main(int argc, char **argv)
+/* The single-thread, two-thread and memory-per-block rows: libmapi32, malloc
+ * and talloc side by side. */
+static void main_rows(const struct scale *sc)
 {
-    const struct scale *sc = &FULL;
-    const char *quick = getenv("BENCH_QUICK");
-    double started = now_ns(), mem[2][SIDES], cpu_up;
+    double mem[2][SIDES], cpu_up;
     char b[8][48], label[64];
-    int i, s, r, rounds;
-
-    if (strchr(argv[0], '/') != NULL)
-        self_path = argv[0];
-    if (argc == 5 && strcmp(argv[1], "--rss") == 0)
-        return rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
-    if (argc == 5 && strcmp(argv[1], "--burst") == 0)
-        return burst_rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
-    if (quick != NULL && *quick != '\0' && strcmp(quick, "0") != 0)
-        sc = &QUICK;
-    for (i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0)
-            sc = &QUICK;
-        else if (strcmp(argv[i], "--smoke") == 0)
-            sc = &SMOKE;
-        else
-            die("usage: bench [--quick | --smoke]");
-    }
-    rounds = sc->rounds;
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    print_machine(sc);
+    int i, s, r, rounds = sc->rounds;
 
     /* Memory first, each side in a process of its own. */
     for (s = 0; s < SIDES; s++) {
@@ -634,11 +631,80 @@ int main(int argc, char **argv)
     printf("threads: a loop touching no memory ran %.2f× as fast on 2 threads as on 1 (2.00 on idle cores).\n",
            cpu_up);
 
+}
+
+/* Which families of rows to run: all by default, or those --only names. */
+enum {
+    ONLY_MAIN = 1,
+    ONLY_CROSSTHREAD = 2,
+    ONLY_IDLE = 4,
+    ONLY_KOPANO = 8,
+    ONLY_BURST = 16,
+    ONLY_ALL = 31
+};
+
+static unsigned only_families(const char *list)
+{
+    static const char *const names[] = {"main", "crossthread", "idle", "kopano", "burst"};
+    unsigned only = 0, i;
+    const char *p = list;
+    while (*p != '\0') {
+        size_t len = strcspn(p, ",");
+        for (i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i]) == len && strncmp(p, names[i], len) == 0)
+                break;
+        if (i == sizeof names / sizeof names[0])
+            die("--only: unknown family \"%.*s\" (main, crossthread, idle, kopano, burst)", (int)len, p);
+        only |= 1u << i;
+        p += len + (p[len] == ',');
+    }
+    return only;
+}
+
+int main(int argc, char **argv)
+{
+    const struct scale *sc = &FULL;
+    const char *quick = getenv("BENCH_QUICK");
+    double started = now_ns();
+    unsigned only = ONLY_ALL;
+    int i;
+
+    if (strchr(argv[0], '/') != NULL)
+        self_path = argv[0];
+    if (argc == 5 && strcmp(argv[1], "--rss") == 0)
+        return rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
+    if (argc == 5 && strcmp(argv[1], "--burst") == 0)
+        return burst_rss_child(argv[2], argv[3], strtol(argv[4], NULL, 10));
+    if (argc == 6 && strcmp(argv[1], "--xt-cell") == 0)
+        return crossthread_child(scale_named(argv[2]), argv[3], argv[4], argv[5]);
+    if (argc == 4 && strcmp(argv[1], "--idle-round") == 0)
+        return idle_heap_child(scale_named(argv[2]), argv[3]);
+    if (quick != NULL && *quick != '\0' && strcmp(quick, "0") != 0)
+        sc = &QUICK;
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            sc = &QUICK;
+        else if (strcmp(argv[i], "--smoke") == 0)
+            sc = &SMOKE;
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+            only = only_families(argv[++i]);
+        else
+            die("usage: bench [--quick | --smoke] [--only main,crossthread,idle,kopano,burst]");
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    print_machine(sc);
+
+    if (only & ONLY_MAIN)
+        main_rows(sc);
     /* The rows issue "Registry v3" asked for, each family in a file of its own. */
-    crossthread_rows(sc);
-    idle_heap_rows(sc);
-    kopano_rows(sc);
-    burst_rss_rows(sc);
+    if (only & ONLY_CROSSTHREAD)
+        crossthread_rows(sc);
+    if (only & ONLY_IDLE)
+        idle_heap_rows(sc);
+    if (only & ONLY_KOPANO)
+        kopano_rows(sc);
+    if (only & ONLY_BURST)
+        burst_rss_rows(sc);
     printf("load average at the end: %s; bench: done in %.1f s\n", loadavg(), (now_ns() - started) / 1e9);
     return 0;
 }

@@ -168,9 +168,10 @@ double noise(const double *v, int n);
 long resident_bytes(void);
 /* /proc/loadavg's first three fields, for the header and the last line. */
 const char *loadavg(void);
-/* Runs `bench MODE SIDE KIND N` in a fresh process, so that no heap mixes
- * with this one's, and puts what it printed in `out`. */
-void run_self(const char *mode, const char *side, const char *kind, long n, char *out, size_t size);
+/* Runs this program with `args` (NULL-terminated) in a fresh process, so that
+ * no heap, and no bookkeeping of threads gone, mixes with this one's; puts
+ * what it printed in `out`. */
+void run_self(const char *const *args, char *out, size_t size);
 
 /* ------------------------------------------------ the table (table.c) */
 
@@ -212,8 +213,15 @@ void trace_describe(const struct trace *t);
 
 /* ------------------------------------------------ the families of rows */
 
+/* The cross-thread and idle-heap rows run each cell (or round) in a fresh
+ * process, as `bench --xt-cell SCALE SIDE CALL THREADS` and `bench
+ * --idle-round SCALE ORDER`: today's registry keeps a cost for every thread
+ * that ever allocated, even once it has exited, so cells run one after the
+ * other in one process would measure the threads of the cells before. */
 void crossthread_rows(const struct scale *sc);  /* crossthread.c */
+int crossthread_child(const struct scale *sc, const char *side, const char *call, const char *threads);
 void idle_heap_rows(const struct scale *sc);    /* idle_heaps.c */
+int idle_heap_child(const struct scale *sc, const char *order);
 void kopano_rows(const struct scale *sc);       /* kopano_baseline.c */
 void burst_rss_rows(const struct scale *sc);    /* burst_rss.c */
 int burst_rss_child(const char *side, const char *kind, long n); /* bench --burst */

@@ -60,12 +60,14 @@ void burst_rss_rows(const struct scale *sc)
     static const char *const kinds[2] = {"roots", "children"};
     long rss[2][2][3]; /* [kind][0 mapi, 1 malloc][before, peak, after] */
     struct table t;
-    char c[6][TABLE_CELL], out[128], row[96];
+    char c[6][TABLE_CELL], out[128], row[96], count[32];
     int k, s;
 
     for (k = 0; k < 2; k++)
         for (s = 0; s < 2; s++) {
-            run_self("--burst", s == 0 ? "mapi" : "malloc", kinds[k], sc->burst_blocks, out, sizeof out);
+            const char *args[] = {"--burst", s == 0 ? "mapi" : "malloc", kinds[k], count, NULL};
+            snprintf(count, sizeof count, "%ld", sc->burst_blocks);
+            run_self(args, out, sizeof out);
             if (sscanf(out, "%ld %ld %ld", &rss[k][s][0], &rss[k][s][1], &rss[k][s][2]) != 3)
                 die("bad output from bench --burst: %s", out);
         }

@@ -45,6 +45,7 @@
 enum call { FREE_TREE, FOREIGN, DOUBLE, CHILD, CALLS };
 static const char *const call_name[CALLS] = {"cross-thread free", "foreign-pointer free", "double free",
                                              "child free"};
+static const char *const call_key[CALLS] = {"free", "foreign", "double", "child"};
 
 struct handed {
     void *root, *child;
@@ -264,16 +265,30 @@ struct pool {
     int rounds;
 };
 
-static void pool_add(struct pool *p, const struct run *r, enum call c, int time_capped)
+/* Runs one cell in a fresh process and adds what it timed to the pool. The
+ * child prints "N CUT" and then the N times, in nanoseconds. */
+static void cell_in_child(const struct scale *sc, enum side side, enum call c, int threads, struct pool *p)
 {
-    double *round = c_alloc((size_t)(r->n[c] > 0 ? r->n[c] : 1) * sizeof *round);
-    memcpy(p->ns + p->n, r->ns[c], (size_t)r->n[c] * sizeof *p->ns);
-    memcpy(round, r->ns[c], (size_t)r->n[c] * sizeof *round);
-    p->round_median[p->rounds++] = quantile_sorted(round, r->n[c], 0.5);
-    free(round);
-    p->n += r->n[c];
-    p->cut += r->cut[c];
-    p->capped_by_time += time_capped;
+    static char out[1 << 16];
+    char count[16], *at, *end;
+    const char *args[] = {"--xt-cell", sc->name, side_name[side], call_key[c], count, NULL};
+    long n, cut, i;
+    snprintf(count, sizeof count, "%d", threads);
+    run_self(args, out, sizeof out);
+    n = strtol(out, &at, 10);
+    cut = strtol(at, &at, 10);
+    if (n < 0 || n > sc->xt_frees || cut < 0 || cut > n)
+        die("bad output from bench --xt-cell: %.40s", out);
+    for (i = 0; i < n; i++) {
+        p->ns[p->n + i] = strtod(at, &end);
+        if (end == at)
+            die("bench --xt-cell printed %ld times of %ld", i, n);
+        at = end;
+    }
+    p->round_median[p->rounds++] = n > 0 ? quantile_sorted(p->ns + p->n, n, 0.5) : 0;
+    p->n += n;
+    p->cut += cut;
+    p->capped_by_time += n < sc->xt_frees;
 }
 
 struct summary {
@@ -332,27 +347,26 @@ static void cap_note(char *line, size_t size, const char *row, const char *side,
         snprintf(line + used, size - used, ", %ld cut short by the cap", p->cut);
 }
 
-static void run_alloc(struct run *r, long cap)
+int crossthread_child(const struct scale *sc, const char *side, const char *call, const char *threads)
 {
-    int c;
-    for (c = 0; c < CALLS; c++) {
-        r->ns[c] = c_alloc((size_t)cap * sizeof *r->ns[c]);
-        r->n[c] = r->cut[c] = 0;
-    }
-}
-
-static void run_reset(struct run *r)
-{
-    int c;
-    for (c = 0; c < CALLS; c++)
-        r->n[c] = r->cut[c] = 0;
-}
-
-static void run_release(struct run *r)
-{
-    int c;
-    for (c = 0; c < CALLS; c++)
-        free(r->ns[c]);
+    struct run r;
+    int c, t = (int)strtol(threads, NULL, 10);
+    long i;
+    memset(&r, 0, sizeof r);
+    r.side = strcmp(side, "mapi") == 0 ? MAPI : strcmp(side, "malloc") == 0 ? MALLOC : SIDES;
+    for (c = 0; c < CALLS && strcmp(call, call_key[c]) != 0; c++)
+        ;
+    if (r.side == SIDES || c == CALLS || t < 1 || t > MAX_THREADS || (c != FREE_TREE && r.side != MAPI))
+        die("bad --xt-cell arguments");
+    r.call = (enum call)c;
+    r.max_calls = sc->xt_frees;
+    r.ns[c] = c_alloc((size_t)sc->xt_frees * sizeof *r.ns[c]);
+    run_cell(&r, t, sc);
+    printf("%ld %ld\n", r.n[c], r.cut[c]);
+    for (i = 0; i < r.n[c]; i++)
+        printf("%.0f\n", r.ns[c][i]);
+    free(r.ns[c]);
+    return 0;
 }
 
 void crossthread_rows(const struct scale *sc)
@@ -360,18 +374,14 @@ void crossthread_rows(const struct scale *sc)
     static const int busy_threads[] = {2, 8, 16, 64};
     enum { ROWS = sizeof busy_threads / sizeof busy_threads[0] };
     struct pool pools[ROWS][2], misuse[CALLS];
-    struct run r;
     struct table t;
     char b[12][TABLE_CELL], spread[2048] = "", caps[2048] = "", row[64];
     int rounds = sc->xt_rounds < MAX_ROUNDS ? sc->xt_rounds : MAX_ROUNDS, round, i, k, c;
     long total = (long)rounds * sc->xt_frees;
     double started = now_ns();
 
-    memset(&r, 0, sizeof r);
     memset(pools, 0, sizeof pools);
     memset(misuse, 0, sizeof misuse);
-    run_alloc(&r, sc->xt_frees);
-    r.max_calls = sc->xt_frees;
     for (i = 0; i < ROWS; i++)
         for (k = 0; k < 2; k++)
             pools[i][k].ns = c_alloc((size_t)total * sizeof(double));
@@ -383,19 +393,10 @@ void crossthread_rows(const struct scale *sc)
             for (k = 0; k < 2; k++) {
                 /* k = 0 is libmapi32 in even rounds, malloc in odd ones. */
                 int side_k = (k + round) % 2;
-                run_reset(&r);
-                r.side = side_k == 0 ? MAPI : MALLOC;
-                r.call = FREE_TREE;
-                run_cell(&r, busy_threads[i], sc);
-                pool_add(&pools[i][side_k], &r, FREE_TREE, r.n[FREE_TREE] < sc->xt_frees);
+                cell_in_child(sc, side_k == 0 ? MAPI : MALLOC, FREE_TREE, busy_threads[i], &pools[i][side_k]);
             }
-        for (c = FOREIGN; c < CALLS; c++) {
-            run_reset(&r);
-            r.side = MAPI;
-            r.call = (enum call)c;
-            run_cell(&r, 8, sc);
-            pool_add(&misuse[c], &r, (enum call)c, r.n[c] < sc->xt_frees);
-        }
+        for (c = FOREIGN; c < CALLS; c++)
+            cell_in_child(sc, MAPI, (enum call)c, 8, &misuse[c]);
     }
 
     printf("\n### Cross-thread frees among busy threads\n\n");
@@ -450,5 +451,4 @@ void crossthread_rows(const struct scale *sc)
             free(pools[i][k].ns);
     for (c = 0; c < CALLS; c++)
         free(misuse[c].ns);
-    run_release(&r);
 }

@@ -151,23 +151,22 @@ static void cell(struct builder *b, enum side side, long k, double ns[OPS])
 
 /* ------------------------------------------------------------ the rows */
 
-void idle_heap_rows(const struct scale *sc)
+/* One round in a fresh process: the builder, "none idle" with both
+ * allocators, then N idle threads and both again. Prints the 12 times,
+ * ns[cond][side][op] with side 0 libmapi32, 1 malloc. */
+int idle_heap_child(const struct scale *sc, const char *order)
 {
-    static const char *const op_name[OPS] = {"cross-thread free of an older thread's tree",
-                                             "MAPIAllocateMore on an older thread's tree", "foreign-pointer free"};
-    static const double max_vs_malloc[OPS] = {3, 5, 0};
-    int rounds = sc->xt_rounds < MAX_ROUNDS ? sc->xt_rounds : MAX_ROUNDS, n = sc->idle_threads;
-    double ns[CONDS][2][OPS][MAX_ROUNDS], one[OPS], med[CONDS][2][OPS];
+    int n = sc->idle_threads, mapi_first = strcmp(order, "mapi-first") == 0, cond, k, i, op;
+    double ns[CONDS][2][OPS];
     struct builder b;
     struct idle w;
     pthread_t builder_tid, *idle_tid = c_alloc((size_t)n * sizeof *idle_tid);
     pthread_attr_t attr;
-    struct table t;
-    char c[8][TABLE_CELL], row[96], target[64], noise_line[512] = "";
-    double started = now_ns();
-    int round, cond, k, i, op;
 
+    if (!mapi_first && strcmp(order, "malloc-first") != 0)
+        die("bad --idle-round arguments");
     memset(&b, 0, sizeof b);
+    memset(&w, 0, sizeof w);
     b.trees = c_alloc((size_t)(2 * sc->idle_samples) * sizeof *b.trees);
     if (pthread_mutex_init(&b.lock, NULL) != 0 || pthread_cond_init(&b.wake, NULL) != 0 ||
         pthread_mutex_init(&w.lock, NULL) != 0 || pthread_cond_init(&w.wake, NULL) != 0 ||
@@ -176,40 +175,70 @@ void idle_heap_rows(const struct scale *sc)
     if (pthread_create(&builder_tid, NULL, builder_thread, &b) != 0)
         die("pthread_create failed");
 
-    for (round = 0; round < rounds; round++) {
-        for (cond = NO_IDLE; cond < CONDS; cond++) {
-            if (cond == IDLE) {
-                w.ready = w.release = 0;
-                for (i = 0; i < n; i++)
-                    if (pthread_create(&idle_tid[i], &attr, idle_thread, &w) != 0)
-                        die("pthread_create of idle thread %d failed", i);
-                pthread_mutex_lock(&w.lock);
-                while (w.ready < n)
-                    pthread_cond_wait(&w.wake, &w.lock);
-                pthread_mutex_unlock(&w.lock);
-            }
-            for (k = 0; k < 2; k++) {
-                int side_k = (k + round) % 2; /* 0: libmapi32 */
-                cell(&b, side_k == 0 ? MAPI : MALLOC, sc->idle_samples, one);
-                for (op = 0; op < OPS; op++)
-                    ns[cond][side_k][op][round] = one[op];
-            }
-            if (cond == IDLE) {
-                pthread_mutex_lock(&w.lock);
-                w.release = 1;
-                pthread_cond_broadcast(&w.wake);
-                pthread_mutex_unlock(&w.lock);
-                for (i = 0; i < n; i++)
-                    pthread_join(idle_tid[i], NULL);
-            }
+    for (cond = NO_IDLE; cond < CONDS; cond++) {
+        if (cond == IDLE) {
+            for (i = 0; i < n; i++)
+                if (pthread_create(&idle_tid[i], &attr, idle_thread, &w) != 0)
+                    die("pthread_create of idle thread %d failed", i);
+            pthread_mutex_lock(&w.lock);
+            while (w.ready < n)
+                pthread_cond_wait(&w.wake, &w.lock);
+            pthread_mutex_unlock(&w.lock);
+        }
+        for (k = 0; k < 2; k++) {
+            int side_k = mapi_first ? k : 1 - k; /* 0: libmapi32 */
+            cell(&b, side_k == 0 ? MAPI : MALLOC, sc->idle_samples, ns[cond][side_k]);
         }
     }
+    pthread_mutex_lock(&w.lock);
+    w.release = 1;
+    pthread_cond_broadcast(&w.wake);
+    pthread_mutex_unlock(&w.lock);
+    for (i = 0; i < n; i++)
+        pthread_join(idle_tid[i], NULL);
     pthread_mutex_lock(&b.lock);
     b.quit = 1;
     pthread_cond_broadcast(&b.wake);
     pthread_mutex_unlock(&b.lock);
     pthread_join(builder_tid, NULL);
 
+    for (cond = 0; cond < CONDS; cond++)
+        for (k = 0; k < 2; k++)
+            for (op = 0; op < OPS; op++)
+                printf("%.3f\n", ns[cond][k][op]);
+    pthread_attr_destroy(&attr);
+    free(b.trees);
+    free(idle_tid);
+    return 0;
+}
+
+void idle_heap_rows(const struct scale *sc)
+{
+    static const char *const op_name[OPS] = {"cross-thread free of an older thread's tree",
+                                             "MAPIAllocateMore on an older thread's tree", "foreign-pointer free"};
+    static const double max_vs_malloc[OPS] = {3, 5, 0};
+    int rounds = sc->xt_rounds < MAX_ROUNDS ? sc->xt_rounds : MAX_ROUNDS, n = sc->idle_threads;
+    double ns[CONDS][2][OPS][MAX_ROUNDS], med[CONDS][2][OPS];
+    struct table t;
+    char c[8][TABLE_CELL], row[96], target[64], noise_line[1024] = "", out[512], *at, *end;
+    double started = now_ns();
+    int round, cond, k, op;
+
+    /* Alternating rounds, each in a process of its own: libmapi32 first in
+     * even rounds, malloc in odd ones. */
+    for (round = 0; round < rounds; round++) {
+        const char *args[] = {"--idle-round", sc->name, round % 2 ? "malloc-first" : "mapi-first", NULL};
+        run_self(args, out, sizeof out);
+        at = out;
+        for (cond = 0; cond < CONDS; cond++)
+            for (k = 0; k < 2; k++)
+                for (op = 0; op < OPS; op++) {
+                    ns[cond][k][op][round] = strtod(at, &end);
+                    if (end == at)
+                        die("bad output from bench --idle-round");
+                    at = end;
+                }
+    }
     for (cond = 0; cond < CONDS; cond++)
         for (k = 0; k < 2; k++)
             for (op = 0; op < OPS; op++)
@@ -234,17 +263,15 @@ void idle_heap_rows(const struct scale *sc)
         table_row(&t, row, op == FOREIGN ? "—" : cellf(c[2], "%.1f", c0), op == FOREIGN ? "—" : cellf(c[3], "%.1f", c1),
                   cellf(c[4], "%.1f", m0), cellf(c[5], "%.1f", m1), cellf(c[6], "%.2f", growth),
                   op == FOREIGN ? "—" : cellf(c[7], "%.2f", ratio), target, ok ? "yes" : "no");
-        if (rounds >= 2) {
-            double lo = ns[IDLE][0][op][0], hi = lo;
+        for (cond = 0; cond < CONDS && rounds >= 2; cond++) {
             size_t used = strlen(noise_line);
-            for (round = 1; round < rounds; round++) {
-                if (ns[IDLE][0][op][round] < lo)
-                    lo = ns[IDLE][0][op][round];
-                if (ns[IDLE][0][op][round] > hi)
-                    hi = ns[IDLE][0][op][round];
+            snprintf(noise_line + used, sizeof noise_line - used, "%s%s, %s:", used ? "; " : "",
+                     op == FREE_TREE ? "free" : op == MORE ? "AllocateMore" : "foreign",
+                     cond == IDLE ? "idle" : "none idle");
+            for (round = 0; round < rounds; round++) {
+                used = strlen(noise_line);
+                snprintf(noise_line + used, sizeof noise_line - used, " %.0f", ns[cond][0][op][round]);
             }
-            snprintf(noise_line + used, sizeof noise_line - used, "%s%s %.0f–%.0f", used ? "; " : "",
-                     op == FREE_TREE ? "free" : op == MORE ? "AllocateMore" : "foreign", lo, hi);
         }
     }
     table_print(&t);
@@ -252,9 +279,6 @@ void idle_heap_rows(const struct scale *sc)
            "each allocated and freed once with both allocators and wait on a condition variable.\n",
            sc->idle_samples, rounds, rounds == 1 ? "" : "s");
     if (noise_line[0] != '\0')
-        printf("spread, libmapi32 with %d idle threads, the rounds' ns: %s.\n", n, noise_line);
+        printf("libmapi32, each round's ns in turn: %s.\n", noise_line);
     printf("idle-heap rows: %.1f s\n", (now_ns() - started) / 1e9);
-    pthread_attr_destroy(&attr);
-    free(b.trees);
-    free(idle_tid);
 }
