@@ -26,7 +26,8 @@
  * then finishes once they are gone, and its time, cut short by the cap, is a
  * lower bound (the table marks every statistic that includes one with ≥).
  * Rounds alternate libmapi32 and malloc, mapi first in even rounds, malloc
- * first in odd ones.
+ * first in odd ones. Each cell runs in a fresh process (bench --xt-cell),
+ * so that it meets only its own threads' bookkeeping (see bench.h).
  */
 #define _GNU_SOURCE
 #include <errno.h>
