@@ -51,6 +51,7 @@ int burst_rss_child(const char *side_arg, const char *kind, long n)
         }
     }
     after = resident_bytes();
+    free(keep);
     printf("%ld %ld %ld\n", before, peak, after);
     return 0;
 }
