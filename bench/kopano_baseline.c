@@ -21,7 +21,6 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdalign.h>
-#include <string.h>
 
 #include "bench.h"
 
