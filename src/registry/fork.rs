@@ -19,7 +19,7 @@
 //!   be over before it goes on ([`while_parked`]).
 
 #[cfg(unix)]
-use super::{heaps, HEAP_LIST};
+use super::directory::{self, HEAP_LIST};
 use super::{lock, thread, Heap};
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
@@ -95,7 +95,7 @@ extern "C" fn prepare() {
     FORK_PENDING.store(true, Ordering::Relaxed);
     fence(Ordering::SeqCst);
     HEAP_LIST.acquire();
-    for heap in heaps() {
+    for heap in directory::all() {
         // A guest that is parked keeps its lock over the fork.
         let took = loop {
             if heap.guest.try_acquire() {
@@ -113,7 +113,7 @@ extern "C" fn prepare() {
     }
     // One fence for all heaps, then wait for every owner to step out or park.
     fence(Ordering::SeqCst);
-    for heap in heaps() {
+    for heap in directory::all() {
         lock::wait_until(|| {
             !(heap.owned.load(Ordering::Relaxed) && heap.owner_busy.load(Ordering::Acquire))
                 || heap.parked.load(Ordering::Acquire)
@@ -129,7 +129,7 @@ extern "C" fn prepare() {
 #[cfg(unix)]
 fn release_all(in_child: bool) {
     FORKING_THREAD.store(0, Ordering::Relaxed);
-    for heap in heaps() {
+    for heap in directory::all() {
         if heap.fork_took_lock.load(Ordering::Relaxed) || in_child {
             heap.guest_waiting.store(false, Ordering::Release);
             // SAFETY: `prepare` took this lock on this thread just before
@@ -152,7 +152,7 @@ extern "C" fn in_parent() {
 #[cfg(unix)]
 extern "C" fn in_child() {
     let mine = thread::current_raw();
-    for heap in heaps() {
+    for heap in directory::all() {
         if !core::ptr::eq(heap, mine) {
             // Its owner thread did not come along; a parked caller's records
             // are consistent, so the heap is as good as any orphan.

@@ -25,7 +25,9 @@
 //! handlers, which take every guest lock in list order; so no two threads can
 //! wait on each other.
 
+mod directory;
 mod fork;
+mod regions;
 mod thread;
 
 use crate::block::Block;
@@ -34,7 +36,8 @@ use crate::lock::{self, SpinGuard, SpinLock};
 use crate::scode::Error;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{fence, AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use regions::Regions;
 
 #[cfg(unix)]
 pub use thread::shutdown;
@@ -59,8 +62,8 @@ struct Heap {
     /// Serialises every access that is not the owner's fast path.
     guest: SpinLock<()>,
     records: UnsafeCell<Records>,
-    /// The next heap in the list of all heaps; set before the heap is published.
-    next: AtomicPtr<Heap>,
+    /// Its number in the `directory`, set before it is published.
+    number: AtomicUsize,
     _pad_back: [u8; 64],
 }
 
@@ -80,7 +83,7 @@ impl Heap {
             fork_took_lock: AtomicBool::new(false),
             guest: SpinLock::new(()),
             records: UnsafeCell::new(Records::new()),
-            next: AtomicPtr::new(ptr::null_mut()),
+            number: AtomicUsize::new(0),
             _pad_back: [0; 64],
         }
     }
@@ -161,9 +164,11 @@ impl Records {
         Records { table: BlockMap::new(), counts: Counts::ZERO }
     }
 
-    /// Records a fresh block; on `Err` nothing has changed.
+    /// Records a fresh block; on `Err` nothing has changed (but `regions`
+    /// may cover one region more, which costs a lookup a visit at most).
     #[inline(always)]
-    fn insert(&mut self, block: Block, kind: Kind) -> Result<(), Error> {
+    fn insert(&mut self, regions: &Regions, block: Block, kind: Kind) -> Result<(), Error> {
+        regions.cover(block.addr());
         self.table.insert(block.addr(), kind)?;
         // SAFETY: the block is fresh and ours.
         self.counts.allocated(kind, unsafe { block.requested_size() });
@@ -173,11 +178,14 @@ impl Records {
     /// Forgets a live block of `kind` whose memory is still ours; `Err` as
     /// for `BlockMap::remove_if`.
     #[inline]
-    fn remove(&mut self, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
+    fn remove(&mut self, regions: &Regions, addr: usize, kind: Kind) -> Result<(), Option<Kind>> {
         self.table.remove_if(addr, kind)?;
         // SAFETY: `addr` was a live block of this heap, which the caller
         // holds; its memory is not released yet.
         self.counts.freed(kind, unsafe { Block::from_addr(addr).requested_size() });
+        if self.counts.live_roots == 0 && self.counts.live_children == 0 {
+            regions.clear();
+        }
         Ok(())
     }
 }
@@ -288,49 +296,36 @@ impl Drop for HeapAccess<'_> {
 /// orphan from the start, entered as a guest.
 static SHARED: Heap = Heap::new(false);
 
-/// The list of all heaps, newest first; heaps are never freed while the
-/// library is loaded, only reused.
-static HEAPS: AtomicPtr<Heap> = AtomicPtr::new(&SHARED as *const Heap as *mut Heap);
-
-/// Held to add a heap to the list, and by the fork handlers.
-static HEAP_LIST: SpinLock<()> = SpinLock::new(());
-
-fn heaps() -> impl Iterator<Item = &'static Heap> {
-    // SAFETY: every pointer in the list is a published heap, never freed.
-    let first = unsafe { HEAPS.load(Ordering::Acquire).as_ref() };
-    core::iter::successors(first, |heap| unsafe { heap.next.load(Ordering::Acquire).as_ref() })
-}
-
-/// Adds a fresh, unpublished heap to the list.
-fn publish(heap: &'static Heap) {
-    let _list = if fork::is_forking_thread() { None } else { Some(HEAP_LIST.lock()) };
-    heap.next.store(HEAPS.load(Ordering::Relaxed), Ordering::Relaxed);
-    HEAPS.store(heap as *const Heap as *mut Heap, Ordering::Release);
-}
-
-/// Runs `attempt` on each heap's records in turn, with exclusive access,
-/// until one answers `Some`: this thread's own heap first (the usual case, on
-/// the owner's fast path), then every other heap as a guest. `attempt`
-/// answers `None` when its block is not in the records it is given.
+/// Runs `attempt` on the records of each heap that may hold `addr`, in turn,
+/// with exclusive access, until one answers `Some`: this thread's own heap
+/// first (the usual case, on the owner's fast path), then the others as a
+/// guest. `attempt` answers `None` when `addr` is not in the records it is
+/// given, and records what it adds or removes under the heap's `Regions`.
 #[inline]
-fn in_heap_of<R>(mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R> {
+fn in_heap_of<R>(addr: usize, mut attempt: impl FnMut(&mut Records, &Regions) -> Option<R>) -> Option<R> {
     let mine = thread::current_heap();
     if let Some(heap) = mine {
         if !fork::must_pass_by(heap) {
-            if let Some(answer) = attempt(heap.enter_as_owner().records()) {
+            if let Some(answer) = attempt(heap.enter_as_owner().records(), directory::regions_of(heap)) {
                 return Some(answer);
             }
         }
     }
-    in_other_heaps(mine, attempt)
+    in_other_heaps(mine, addr, attempt)
 }
 
 /// The rest of [`in_heap_of`]: a block of another thread's tree, or none.
+/// Heaps whose regions cannot hold `addr` are passed by without entering
+/// them, so a foreign pointer or an idle thread's heap costs a load.
 #[inline(never)]
-fn in_other_heaps<R>(mine: Option<&Heap>, mut attempt: impl FnMut(&mut Records) -> Option<R>) -> Option<R> {
-    heaps()
-        .filter(|heap| !mine.map_or(false, |mine| core::ptr::eq(mine, *heap)) && !fork::must_pass_by(heap))
-        .find_map(|heap| attempt(heap.enter_as_guest().records()))
+fn in_other_heaps<R>(
+    mine: Option<&Heap>,
+    addr: usize,
+    mut attempt: impl FnMut(&mut Records, &Regions) -> Option<R>,
+) -> Option<R> {
+    directory::may_hold(addr, mine)
+        .filter(|heap| !fork::must_pass_by(heap))
+        .find_map(|heap| attempt(heap.enter_as_guest().records(), directory::regions_of(heap)))
 }
 
 /// Why `MAPIFreeBuffer` left a pointer alone.
@@ -346,9 +341,11 @@ pub enum NotARoot {
 #[inline(always)]
 pub fn insert_root(block: Block) -> Result<(), Error> {
     match thread::home_heap()? {
-        Some(heap) if !fork::must_pass_by(heap) => heap.enter_as_owner().records().insert(block, Kind::Root),
+        Some(heap) if !fork::must_pass_by(heap) => {
+            heap.enter_as_owner().records().insert(directory::regions_of(heap), block, Kind::Root)
+        }
         _ if fork::must_pass_by(&SHARED) => Err(Error::NoMemory),
-        _ => SHARED.enter_as_guest().records().insert(block, Kind::Root),
+        _ => SHARED.enter_as_guest().records().insert(directory::regions_of(&SHARED), block, Kind::Root),
     }
 }
 
@@ -361,9 +358,9 @@ pub fn insert_root(block: Block) -> Result<(), Error> {
 /// the call that builds every tree. On `Err` nothing has changed.
 pub fn allocate_child(parent: usize, size: usize) -> Result<Block, Error> {
     let fresh = Block::allocate(size);
-    let linked = in_heap_of(|records| {
+    let linked = in_heap_of(parent, |records, regions| {
         records.table.get(parent)?;
-        Some(fresh.and_then(|child| link_child(records, parent, child)))
+        Some(fresh.and_then(|child| link_child(records, regions, parent, child)))
     })
     .unwrap_or(Err(Error::InvalidParameter));
     release_unused(fresh, &linked);
@@ -381,8 +378,8 @@ fn release_unused<T>(fresh: Result<Block, Error>, outcome: &Result<T, Error>) {
 
 /// Records the fresh `child` and splices it in after `parent`; on `Err`
 /// nothing has changed and `child` is still the caller's.
-fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Block, Error> {
-    records.insert(child, Kind::Child)?;
+fn link_child(records: &mut Records, regions: &Regions, parent: usize, child: Block) -> Result<Block, Error> {
+    records.insert(regions, child, Kind::Child)?;
     // SAFETY: `parent` is live and its heap is held, which guards the chain;
     // `child` is fresh and not yet shared.
     unsafe {
@@ -397,7 +394,7 @@ fn link_child(records: &mut Records, parent: usize, child: Block) -> Result<Bloc
 /// returns them for the caller to release.
 #[inline]
 pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
-    in_heap_of(|records| match records.remove(addr, Kind::Root) {
+    in_heap_of(addr, |records, regions| match records.remove(regions, addr, Kind::Root) {
         Err(None) => None,
         Err(Some(_)) => Some(Err(NotARoot::Child)),
         Ok(()) => {
@@ -406,7 +403,7 @@ pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
             unsafe {
                 let root = Block::from_addr(addr);
                 if root.next() != 0 {
-                    remove_children(records, root);
+                    remove_children(records, regions, root);
                 }
             }
             Some(Ok(Chain { next: addr }))
@@ -420,14 +417,14 @@ pub fn remove_root(addr: usize) -> Result<Chain, NotARoot> {
 /// # Safety
 /// `root` was just removed from `records`, whose heap the caller holds.
 #[inline(never)]
-unsafe fn remove_children(records: &mut Records, root: Block) {
+unsafe fn remove_children(records: &mut Records, regions: &Regions, root: Block) {
     let mut last = root;
     // SAFETY: each block reached is a live child of this tree until removed
     // here; the held heap guards every link.
     unsafe {
         while last.next() != 0 {
             let child = last.next();
-            if records.remove(child, Kind::Child).is_err() {
+            if records.remove(regions, child, Kind::Child).is_err() {
                 // Every chained block is a recorded child, so this cannot
                 // happen; if it did, stopping here leaks memory where going
                 // on could free someone else's.
@@ -457,7 +454,7 @@ pub struct Reallocated {
 /// [`allocate_child`].
 pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
     let fresh = Block::allocate(size);
-    let outcome = in_heap_of(|records| {
+    let outcome = in_heap_of(addr, |records, regions| {
         let kind = records.table.get(addr)?;
         // SAFETY: `addr` is a live block of this heap, which is held.
         let old = unsafe { Block::from_addr(addr) };
@@ -465,8 +462,10 @@ pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
             // SAFETY: both blocks are live and ours; they do not overlap.
             unsafe { block.copy_from(old) };
             match kind {
-                Kind::Child => link_child(records, addr, block).map(|block| Reallocated { block, replaced_root: None }),
-                Kind::Root => replace_root(records, old, block),
+                Kind::Child => {
+                    link_child(records, regions, addr, block).map(|block| Reallocated { block, replaced_root: None })
+                }
+                Kind::Root => replace_root(records, regions, old, block),
             }
         }))
     })
@@ -477,11 +476,12 @@ pub fn reallocate(addr: usize, size: usize) -> Result<Reallocated, Error> {
 
 /// Puts the fresh `block` in the place of the live root `old`, children and
 /// all; on `Err` nothing has changed and `block` is still the caller's.
-fn replace_root(records: &mut Records, old: Block, block: Block) -> Result<Reallocated, Error> {
-    // Record the new root first: if that fails, nothing has changed.
-    records.insert(block, Kind::Root)?;
+fn replace_root(records: &mut Records, regions: &Regions, old: Block, block: Block) -> Result<Reallocated, Error> {
+    // Record the new root first: if that fails, nothing has changed (and the
+    // heap is never empty in between, which would clear its regions).
+    records.insert(regions, block, Kind::Root)?;
     // Cannot fail: `old` was found in these records during this visit.
-    let _ = records.remove(old.addr(), Kind::Root);
+    let _ = records.remove(regions, old.addr(), Kind::Root);
     // SAFETY: the heap is held, which guards the chain; `old` has left the
     // registry but its memory is still ours.
     unsafe { block.set_next(old.next()) };
@@ -493,7 +493,7 @@ fn replace_root(records: &mut Records, old: Block, block: Block) -> Result<Reall
 /// peak: exact when one thread roots every tree, an upper bound otherwise.
 pub fn stats() -> Counts {
     let mut total = Counts::ZERO;
-    for heap in heaps().filter(|heap| !fork::must_pass_by(heap)) {
+    for heap in directory::all().filter(|heap| !fork::must_pass_by(heap)) {
         total.add(heap.enter_as_guest().records().counts);
     }
     total
@@ -506,7 +506,7 @@ pub fn stats() -> Counts {
 pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) -> usize {
     let exiting = thread::process_is_exiting();
     let mut left_out = 0;
-    for heap in heaps() {
+    for heap in directory::all() {
         let entered =
             if exiting || fork::must_pass_by(heap) { heap.enter_at_exit() } else { Some(heap.enter_as_guest()) };
         let mut access = match entered {
@@ -596,5 +596,42 @@ mod tests {
             (0..ROUNDS).for_each(|_| bump(heap.enter_as_owner()));
         });
         assert_eq!(heap.enter_as_guest().records().counts.allocations, (GUESTS + 1) * ROUNDS);
+    }
+
+    /// SPEC §3, no call waits on an unrelated thread: while a heap's owner
+    /// is held inside it, as if descheduled in the middle of a call, a free
+    /// of a foreign pointer on another thread returns without waiting for it.
+    /// (With every heap entered, as before `Regions`, the free waits until
+    /// the owner is let go, and the test fails after 5 s.)
+    #[test]
+    fn a_foreign_free_passes_by_a_heap_whose_owner_is_mid_call() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let (parked, is_parked) = mpsc::channel();
+        let (let_go, is_let_go) = mpsc::channel::<()>();
+        let owner = std::thread::spawn(move || {
+            let root = Block::allocate(64).expect("memory");
+            insert_root(root).expect("recorded");
+            let heap = thread::current_heap().expect("a heap of its own");
+            let mid_call = heap.enter_as_owner();
+            parked.send(directory::regions_of(heap)).expect("test thread");
+            is_let_go.recv().expect("test thread");
+            drop(mid_call);
+            for block in remove_root(root.addr()).expect("a live root") {
+                // SAFETY: the chain's blocks are ours to release.
+                unsafe { block.release() };
+            }
+        });
+        let regions = is_parked.recv().expect("owner");
+        // An address in a region the held heap has no block in; never mapped,
+        // which the lookup must not care about, since it reads nothing there.
+        let foreign = (1..64usize).map(|k| (k << 26) | 0x10).find(|&addr| !regions.may_hold(addr)).expect("a free bit");
+        let (answered, answer) = mpsc::channel();
+        let freer = std::thread::spawn(move || answered.send(remove_root(foreign).map(|_| ())));
+        let waited = answer.recv_timeout(Duration::from_secs(5));
+        let_go.send(()).expect("owner");
+        owner.join().expect("owner");
+        freer.join().expect("freer");
+        assert_eq!(waited, Ok(Err(NotARoot::Unknown)), "the free waited for the busy owner (or found a block)");
     }
 }

@@ -11,7 +11,7 @@
 //! - Heaps are reused, never freed while the library is loaded; the first
 //!   ones come from a static pool, so that `dlclose` takes them along.
 
-use super::{heaps, publish, Heap, SHARED};
+use super::{directory, Heap, SHARED};
 use crate::scode::Error;
 use crate::sys;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -275,7 +275,14 @@ fn first_home_heap() -> Result<Option<&'static Heap>, Error> {
     if slot::current() == GONE {
         return Ok(None);
     }
-    let heap = claim_heap()?;
+    let heap = match claim_heap()? {
+        Some(heap) => heap,
+        None => {
+            // The directory is full: the shared heap serves this thread.
+            slot::set_current(GONE);
+            return Ok(None);
+        }
+    };
     match exit_hook::register(heap) {
         Ok(true) => {
             slot::set_current(heap);
@@ -293,21 +300,30 @@ fn first_home_heap() -> Result<Option<&'static Heap>, Error> {
     }
 }
 
-/// Adopts an orphan heap, or takes a new one and publishes it.
-fn claim_heap() -> Result<&'static Heap, Error> {
-    for heap in heaps() {
+/// Adopts an orphan heap, or takes a new one and publishes it; `None` when
+/// the directory has no room for another.
+fn claim_heap() -> Result<Option<&'static Heap>, Error> {
+    for heap in directory::all() {
         if core::ptr::eq(heap, &SHARED) || heap.owned.load(Ordering::Relaxed) {
             continue;
         }
         let _guard = if super::fork::is_forking_thread() { None } else { Some(heap.guest.lock()) };
         if !heap.owned.load(Ordering::Relaxed) {
             heap.owned.store(true, Ordering::Relaxed);
-            return Ok(heap);
+            return Ok(Some(heap));
         }
     }
     let heap = new_heap()?;
-    publish(heap);
-    Ok(heap)
+    if directory::publish(heap) {
+        return Ok(Some(heap));
+    }
+    // Only past the pool: a heap from the C allocator, seen by nobody yet.
+    if !POOL.as_ptr_range().contains(&(heap as *const Heap)) {
+        // SAFETY: `new_heap` took it from `sys::alloc_aligned` just now, and
+        // it was never published.
+        unsafe { sys::release(heap as *const Heap as *mut u8) };
+    }
+    Ok(None)
 }
 
 /// A fresh, owned, unpublished heap: from the pool while it lasts.
