@@ -14,6 +14,10 @@
 //! - Threads, exclusion without `membarrier` (§3): `registry/mod.rs` (the
 //!   owner/guest handshake; `owner_and_guests_are_never_inside_together`),
 //!   `c_tests/defects/membarrier_refused.c`, `c_tests/stress.c`.
+//! - No waiting on unrelated threads, cost flat in the number of threads
+//!   (§3), as far as today's registry goes: `registry/regions.rs`,
+//!   `registry/directory.rs`; `a_foreign_free_passes_by_a_heap_whose_owner_
+//!   is_mid_call`, `make bench`'s cross-thread and idle-thread rows.
 //! - Thread exit, unloading, no abort at a thread's start (§3):
 //!   `registry/thread.rs`; `c_tests/defects/{first_call_oom,exit_path_leak,
 //!   dlclose_cycles}.c`, `make fault-sweep-process`.
