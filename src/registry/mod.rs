@@ -627,7 +627,10 @@ mod tests {
         // which the lookup must not care about, since it reads nothing there.
         let foreign = (1..64usize).map(|k| (k << 26) | 0x10).find(|&addr| !regions.may_hold(addr)).expect("a free bit");
         let (answered, answer) = mpsc::channel();
-        let freer = std::thread::spawn(move || answered.send(remove_root(foreign).map(|_| ())));
+        let freer = std::thread::spawn(move || {
+            // The receiver outlives this thread (joined below).
+            let _ = answered.send(remove_root(foreign).map(|_| ()));
+        });
         let waited = answer.recv_timeout(Duration::from_secs(5));
         let_go.send(()).expect("owner");
         owner.join().expect("owner");
