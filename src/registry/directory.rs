@@ -40,6 +40,14 @@ static COUNT: AtomicUsize = AtomicUsize::new(1);
 /// Held to publish a heap, and by the fork handlers.
 pub(super) static HEAP_LIST: SpinLock<()> = SpinLock::new(());
 
+/// `index` as an index into the arrays: a no-op on heap numbers, which are
+/// below MAX_HEAPS, that lets the compiler drop the bounds check (so no
+/// panic is reachable from C).
+#[inline(always)]
+fn slot(index: usize) -> usize {
+    index & (MAX_HEAPS - 1)
+}
+
 /// The heap numbered `index`, which is below the count.
 fn heap_at(index: usize) -> &'static Heap {
     if index == 0 {
@@ -48,7 +56,7 @@ fn heap_at(index: usize) -> &'static Heap {
     // SAFETY: every entry below the count was set to a heap, never freed,
     // before the count was raised over it (Release in `publish`, Acquire in
     // the caller's read of the count).
-    unsafe { &*HEAPS[index].load(Ordering::Relaxed) }
+    unsafe { &*HEAPS[slot(index)].load(Ordering::Relaxed) }
 }
 
 /// Every published heap, the shared one first.
@@ -60,8 +68,9 @@ pub(super) fn all() -> impl Iterator<Item = &'static Heap> {
 #[inline]
 pub(super) fn may_hold(addr: usize, except: Option<&Heap>) -> impl Iterator<Item = &'static Heap> + '_ {
     let count = COUNT.load(Ordering::Acquire);
-    REGIONS[..count]
+    REGIONS
         .iter()
+        .take(count)
         .enumerate()
         .filter(move |(_, regions)| regions.may_hold(addr))
         .map(|(index, _)| heap_at(index))
@@ -73,7 +82,7 @@ pub(super) fn may_hold(addr: usize, except: Option<&Heap>) -> impl Iterator<Item
 pub(super) fn regions_of(heap: &Heap) -> &'static Regions {
     // The number is set before the heap is published; a heap is only
     // entered after that, by the thread that published it or through `all`.
-    &REGIONS[heap.number.load(Ordering::Relaxed)]
+    &REGIONS[slot(heap.number.load(Ordering::Relaxed))]
 }
 
 /// Gives a fresh heap a number; `false` when every number is taken.
@@ -84,7 +93,7 @@ pub(super) fn publish(heap: &'static Heap) -> bool {
         return false;
     }
     heap.number.store(index, Ordering::Relaxed);
-    HEAPS[index].store(heap as *const Heap as *mut Heap, Ordering::Relaxed);
+    HEAPS[slot(index)].store(heap as *const Heap as *mut Heap, Ordering::Relaxed);
     COUNT.store(index + 1, Ordering::Release);
     true
 }
