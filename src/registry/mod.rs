@@ -131,6 +131,26 @@ impl Heap {
         HeapAccess::new(self, Way::Guest { _lock: guard })
     }
 
+    /// The owner's way in, unless this is the forking thread and another
+    /// thread left the heap parked mid-call (see `fork::must_pass_by`).
+    #[inline(always)]
+    fn try_enter_as_owner(&self) -> Option<HeapAccess<'_>> {
+        if fork::must_pass_by(self) {
+            None
+        } else {
+            Some(self.enter_as_owner())
+        }
+    }
+
+    /// A guest's way in, with the same exception.
+    fn try_enter_as_guest(&self) -> Option<HeapAccess<'_>> {
+        if fork::must_pass_by(self) {
+            None
+        } else {
+            Some(self.enter_as_guest())
+        }
+    }
+
     /// A guest's way in while the process exits on Windows, when the other
     /// threads have been ended wherever they were: `None` if one of them
     /// was inside this heap (its lock held, or its owner busy), whose
@@ -259,6 +279,12 @@ impl<'a> HeapAccess<'a> {
         HeapAccess { heap, way }
     }
 
+    /// Where the held heap's blocks lie: written only by whoever holds the
+    /// heap, read by any lookup (see `regions`).
+    fn regions(&self) -> &'static Regions {
+        directory::regions_of(self.heap)
+    }
+
     fn records(&mut self) -> &mut Records {
         // SAFETY: the owner/guest protocol admits one `HeapAccess` per heap at
         // a time, and `&mut self` makes this the only borrow through it.
@@ -304,11 +330,10 @@ static SHARED: Heap = Heap::new(false);
 #[inline]
 fn in_heap_of<R>(addr: usize, mut attempt: impl FnMut(&mut Records, &Regions) -> Option<R>) -> Option<R> {
     let mine = thread::current_heap();
-    if let Some(heap) = mine {
-        if !fork::must_pass_by(heap) {
-            if let Some(answer) = attempt(heap.enter_as_owner().records(), directory::regions_of(heap)) {
-                return Some(answer);
-            }
+    if let Some(mut access) = mine.and_then(Heap::try_enter_as_owner) {
+        let regions = access.regions();
+        if let Some(answer) = attempt(access.records(), regions) {
+            return Some(answer);
         }
     }
     in_other_heaps(mine, addr, attempt)
@@ -323,9 +348,10 @@ fn in_other_heaps<R>(
     addr: usize,
     mut attempt: impl FnMut(&mut Records, &Regions) -> Option<R>,
 ) -> Option<R> {
-    directory::may_hold(addr, mine)
-        .filter(|heap| !fork::must_pass_by(heap))
-        .find_map(|heap| attempt(heap.enter_as_guest().records(), directory::regions_of(heap)))
+    directory::may_hold(addr, mine).filter_map(Heap::try_enter_as_guest).find_map(|mut access| {
+        let regions = access.regions();
+        attempt(access.records(), regions)
+    })
 }
 
 /// Why `MAPIFreeBuffer` left a pointer alone.
@@ -340,13 +366,12 @@ pub enum NotARoot {
 /// Records a fresh block as a root, in this thread's heap.
 #[inline(always)]
 pub fn insert_root(block: Block) -> Result<(), Error> {
-    match thread::home_heap()? {
-        Some(heap) if !fork::must_pass_by(heap) => {
-            heap.enter_as_owner().records().insert(directory::regions_of(heap), block, Kind::Root)
-        }
-        _ if fork::must_pass_by(&SHARED) => Err(Error::NoMemory),
-        _ => SHARED.enter_as_guest().records().insert(directory::regions_of(&SHARED), block, Kind::Root),
-    }
+    let mut access = match thread::home_heap()?.and_then(Heap::try_enter_as_owner) {
+        Some(access) => access,
+        None => SHARED.try_enter_as_guest().ok_or(Error::NoMemory)?,
+    };
+    let regions = access.regions();
+    access.records().insert(regions, block, Kind::Root)
 }
 
 /// Allocates a block of `size` bytes and records it as a child, chained
@@ -493,8 +518,8 @@ fn replace_root(records: &mut Records, regions: &Regions, old: Block, block: Blo
 /// peak: exact when one thread roots every tree, an upper bound otherwise.
 pub fn stats() -> Counts {
     let mut total = Counts::ZERO;
-    for heap in directory::all().filter(|heap| !fork::must_pass_by(heap)) {
-        total.add(heap.enter_as_guest().records().counts);
+    for mut access in directory::all().filter_map(Heap::try_enter_as_guest) {
+        total.add(access.records().counts);
     }
     total
 }
@@ -508,7 +533,7 @@ pub fn for_each_root(mut visit: impl FnMut(usize, usize, u64)) -> usize {
     let mut left_out = 0;
     for heap in directory::all() {
         let entered =
-            if exiting || fork::must_pass_by(heap) { heap.enter_at_exit() } else { Some(heap.enter_as_guest()) };
+            if exiting { heap.enter_at_exit() } else { heap.try_enter_as_guest().or_else(|| heap.enter_at_exit()) };
         let mut access = match entered {
             Some(access) => access,
             None => {
