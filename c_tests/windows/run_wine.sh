@@ -30,14 +30,7 @@ for file in mapi32.dll conformance_win.exe sdk_client.exe unit_tests.exe; do
     [ -f "$dir/$file" ] || { echo "run_wine: $dir/$file not found (make windows-programs)" >&2; exit 2; }
 done
 
-# The PE header's machine field (at the offset stored at 0x3c, plus 4).
-pe_offset=$(od -An -tu4 -j60 -N4 "$dir/mapi32.dll" | tr -d ' ')
-machine=$(od -An -tx2 -j$((pe_offset + 4)) -N2 "$dir/mapi32.dll" | tr -d ' ')
-case "$machine" in
-8664) arch=win64 ;;
-014c) arch=win32 ;;
-*) echo "run_wine: $dir/mapi32.dll is for machine 0x$machine, neither x86-64 nor i386" >&2; exit 2 ;;
-esac
+arch=$(sh "$(dirname "$0")/pe_arch.sh" "$dir/mapi32.dll")
 
 # Debian's wine64 has no 32-bit side: that is wine32's /usr/lib/wine/wine,
 # which `wine` alone does not promise (it may be wine64 under that name).
