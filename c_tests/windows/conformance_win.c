@@ -40,6 +40,13 @@
 
 #define COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
+/* SPEC §2's alignment (patterns.h's MAPI_ALIGNMENT), in the failure labels. */
+#if defined(_WIN64)
+#define ALIGNMENT_TEXT "16-byte"
+#else
+#define ALIGNMENT_TEXT "8-byte"
+#endif
+
 /* libmapi32's statistics call (mapix.h of this project; not in the SDK). */
 typedef struct {
     ULONG cbSize, ulReserved; /* cbSize: set by the caller to sizeof(MAPI32_STATS) */
@@ -670,7 +677,7 @@ static void alloc_roots_are_aligned(void)
     void *blocks[80];
     for (ULONG size = 0; size < COUNT(blocks); size++) {
         blocks[size] = new_root(size);
-        CHECKF(is_aligned(blocks[size]), "root not 16-byte aligned", "%lu bytes at %p", (unsigned long)size,
+        CHECKF(is_aligned(blocks[size]), "root not " ALIGNMENT_TEXT " aligned", "%lu bytes at %p", (unsigned long)size,
                blocks[size]);
     }
     for (size_t i = 0; i < COUNT(blocks); i++)
@@ -745,7 +752,7 @@ static void more_children_are_aligned(void)
     void *root = new_root(8);
     for (ULONG size = 0; size < 80; size++) {
         void *child = new_child(size, root);
-        CHECKF(is_aligned(child), "child not 16-byte aligned", "%lu bytes at %p", (unsigned long)size, child);
+        CHECKF(is_aligned(child), "child not " ALIGNMENT_TEXT " aligned", "%lu bytes at %p", (unsigned long)size, child);
     }
     free_root(root);
     CHECK_LIVE(base, "children not freed with their root");
@@ -789,7 +796,7 @@ static void more_null_parent_allocates_a_root(void)
     long long base = blocks_live();
     struct call copy = call_allocate_more(22, NULL);
     REQUIREF(succeeded(copy), "NULL parent refused", "status 0x%08lx", (unsigned long)copy.status);
-    CHECKF(is_aligned(copy.out), "root not 16-byte aligned", "at %p", copy.out);
+    CHECKF(is_aligned(copy.out), "root not " ALIGNMENT_TEXT " aligned", "at %p", copy.out);
     fill(copy.out, 22, 3);
     void *child = new_child(64, copy.out);
     fill(child, 64, 4);
