@@ -6,17 +6,21 @@
 #   make windows32         build/windows32/mapi32.dll (and libmapi32.dll.a)
 #   make windows32-exports the plain and stdcall-decorated names at mapi32.def's ordinals
 #   make test-win32        its exports, the unit tests and the conformance cases under
-#                          32-bit Wine with mapi32.dll substituted for Wine's builtin
+#                          32-bit Wine with mapi32.dll substituted for Wine's builtin,
+#                          then the provider route for a 32-bit client (mk/wine-route.mk)
 #   make header-compile-windows  mapix.h compiled by mingw-w64 for both widths,
 #                          and the 32-bit declarations checked to be stdcall
 # `make windows-compare` adds the 32-bit table when wine32 is installed.
 #
 # Needs, beyond mk/build-std.mk's: gcc-mingw-w64-i686 and g++-mingw-w64-i686
-# (g++-mingw-w64-x86-64 for the 64-bit header check) and, to test, wine32:
+# (g++-mingw-w64-x86-64 for the 64-bit header check) and, to test, wine32
+# (with wine64, for the provider route's 64-bit prefix):
 #   dpkg --add-architecture i386 && apt-get update && apt-get install wine32
-# wine32 needs Debian's i386 package index, which a mirror can leave broken
-# for days, so test-win32 is not in `make test`; what needs no Wine is:
+# test-win32 is not in `make test`, which has what needs no Wine:
 # header-compile-windows, windows32-exports and the 32-bit programs' build.
+# wine32 would add a foreign architecture to the machine, 168 MB of
+# downloads (60 amd64 packages upgraded with it) and 732 MB of disk, and
+# depends on the mirror's i386 index: see docs/WINDOWS.md for the numbers.
 
 WIN32_TARGET := i686-pc-windows-gnu
 WIN32_CC ?= i686-w64-mingw32-gcc
@@ -64,6 +68,7 @@ windows32-exports: $(WIN32_BUILD)/mapi32.dll
 
 test-win32: windows32-exports windows32-programs
 	sh c_tests/windows/run_wine.sh test $(WIN32_BUILD)
+	@$(MAKE) --no-print-directory windows32-provider-route
 
 # windows-compare (mk/windows.mk) runs this after its 64-bit table.
 .PHONY: windows32-compare-if-available

@@ -9,8 +9,12 @@
 #                                prefix and prove the builtin's blocks are
 #                                libmapi32's; then unregister it and watch the
 #                                same client fail
+#   make windows32-provider-route  the same for a 32-bit client and
+#                                build/windows32/mapi32.dll (mk/windows32.mk),
+#                                registered in the 32-bit view of a 64-bit
+#                                prefix; needs wine32 as well as wine64
 
-.PHONY: windows-provider-route windows-provider-route-if-available
+.PHONY: windows-provider-route windows-provider-route-if-available windows32-provider-route
 
 # Part of `make test` where test-windows is: the same tools, the same rule
 # for CI.
@@ -27,3 +31,10 @@ windows-provider-route: $(WIN_BUILD)/mapi32.dll $(WIN_BUILD)/provider_route_clie
 
 windows-provider-route-if-available:
 	@sh scripts/prereqs.sh run-or-skip windows-provider-route windows -- $(MAKE) --no-print-directory windows-provider-route
+
+$(WIN32_BUILD)/provider_route_client.exe: c_tests/windows/provider_route_client.c
+	@mkdir -p $(WIN32_BUILD)
+	$(WIN32_CC) $(WIN_CFLAGS) $< -o $@ -lmapi32
+
+windows32-provider-route: $(WIN32_BUILD)/mapi32.dll $(WIN32_BUILD)/provider_route_client.exe
+	sh c_tests/windows/provider_route.sh $(WIN32_BUILD)

@@ -12,9 +12,17 @@
 #   unregistered  after register_provider.sh remove (checked: the value and
 #                 the file are gone) and with the DLL put back unregistered,
 #                 the same client must fail, its one probe block being
-#                 Wine's own (8 bytes off 16-byte alignment, not counted by
+#                 Wine's own (one pointer off SPEC §2's alignment: 8 bytes
+#                 off 16 on 64-bit, 4 off 8 on 32-bit; not counted by
 #                 libmapi32): the checks see the route, not something that
 #                 passes anyway
+#
+# DIR's DLL and client are 64-bit (mk/wine-route.mk) or 32-bit
+# (mk/windows32.mk). Either way the prefix is a 64-bit one, the kind wine64
+# makes by default and the one 32-bit MAPI programs mostly run in: a 32-bit
+# client there runs under WoW64 with a registry view of its own, which
+# register_provider.sh writes (/reg:32). A 32-bit run needs wine32 (Debian's
+# wine64 alone runs no 32-bit program).
 #
 # A private WINEPREFIX is made in a temporary directory and removed at the
 # end, with its wineserver. Environment: WINE (the wine64 loader),
@@ -26,6 +34,9 @@ for file in mapi32.dll provider_route_client.exe; do
     [ -f "$dir/$file" ] || { echo "provider_route: $dir/$file not found (make windows)" >&2; exit 2; }
 done
 here=$(cd "$(dirname "$0")" && pwd)
+arch=$(sh "$here/pe_arch.sh" "$dir/mapi32.dll")
+[ "$(sh "$here/pe_arch.sh" "$dir/provider_route_client.exe")" = "$arch" ] ||
+    { echo "provider_route: $dir's mapi32.dll and provider_route_client.exe differ in width" >&2; exit 2; }
 
 find_wine() {
     for candidate in "${WINE:-}" wine64 /usr/lib/wine/wine64 wine; do
@@ -35,6 +46,12 @@ find_wine() {
     exit 2
 }
 wine=$(find_wine)
+# wine64 hands a 32-bit program to the 32-bit loader beside it.
+if [ "$arch" = win32 ] && [ ! -x "$(dirname "$wine")/wine" ]; then
+    echo "provider_route: no 32-bit wine next to $wine" \
+        "(dpkg --add-architecture i386; apt-get update; apt-get install wine32)" >&2
+    exit 2
+fi
 wineserver=${WINESERVER:-$(dirname "$wine")/wineserver}
 [ -x "$wineserver" ] || wineserver=$(command -v wineserver || true)
 [ -n "$wineserver" ] || { echo "provider_route: no wineserver found next to $wine" >&2; exit 2; }
@@ -60,11 +77,15 @@ WINEDLLOVERRIDES="mscoree,mshtml=" timeout 300 "$wine" wineboot -i >"$work/wineb
     exit 1
 }
 timeout 30 "$wineserver" -p >/dev/null 2>&1 || true
-echo "provider_route: $("$wine" --version 2>/dev/null || echo wine), prefix made"
+echo "provider_route: $("$wine" --version 2>/dev/null || echo wine), win64 prefix made, a $arch client"
 
 # The path register_provider.sh registers: the client is told it, and
 # checks that the DLL loaded is that file.
-dll_win='C:\Program Files\libmapi32\libmapi32.dll'
+dll_win=$(sh "$here/register_provider.sh" path "$dir/mapi32.dll")
+case "$arch" in
+win64) view=/reg:64 wine_alignment='% 16 = 8' ;;
+win32) view=/reg:32 wine_alignment='% 8 = 4' ;;
+esac
 mkdir "$work/run"
 cp "$dir/provider_route_client.exe" "$work/run/"
 
@@ -106,8 +127,10 @@ grep '^libmapi32 counted' "$work/registered" | sed 's/^/provider_route: /' || tr
 verdict provider_route_registered "$result" "$work/registered"
 
 sh "$here/register_provider.sh" remove
-if WINEDEBUG=-all "$wine" reg query 'HKLM\Software\Clients\Mail' /s /reg:64 2>/dev/null | grep -q DLLPathEx ||
-    [ -e "$WINEPREFIX/drive_c/Program Files/libmapi32/libmapi32.dll" ]; then
+# The DLL's place inside the prefix, from its Windows path.
+dll_unix="$WINEPREFIX/drive_c/$(printf '%s\n' "${dll_win#C:\\}" | tr '\\' /)"
+if WINEDEBUG=-all "$wine" reg query 'HKLM\Software\Clients\Mail' /s "$view" 2>/dev/null | grep -q DLLPathEx ||
+    [ -e "$dll_unix" ]; then
     result="DLLPathEx or the DLL is still there"
 else
     result=pass
@@ -115,10 +138,10 @@ fi
 verdict provider_route_removed "$result" /dev/null
 # The DLL back in its place, unregistered: the client can still read its
 # counters, and must see that nothing reaches them.
-mkdir -p "$WINEPREFIX/drive_c/Program Files/libmapi32"
-cp "$dir/mapi32.dll" "$WINEPREFIX/drive_c/Program Files/libmapi32/libmapi32.dll"
+mkdir -p "$(dirname "$dll_unix")"
+cp "$dir/mapi32.dll" "$dll_unix"
 client "$work/unregistered"
-probe='^  a block from the builtin: address % 16 = 8, libmapi32.s live roots +0$'
+probe="^  a block from the builtin: address $wine_alignment, libmapi32.s live roots +0\$"
 if [ "$status" -ne 1 ] || ! grep -q '^FAIL provider_route' "$work/unregistered"; then
     result="the client did not fail as it should (exit status $status)"
 elif ! grep -q "$probe" "$work/unregistered"; then
@@ -128,5 +151,5 @@ else
 fi
 verdict provider_route_fails_unregistered "$result" "$work/unregistered"
 
-echo "provider_route: $((3 - failed)) passed, $failed failed"
+echo "provider_route ($arch): $((3 - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

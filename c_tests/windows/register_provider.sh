@@ -4,7 +4,8 @@
 #
 # usage: register_provider.sh add DLL   copy DLL (libmapi32's mapi32.dll) into
 #                                       the prefix as libmapi32.dll, register it
-#        register_provider.sh remove    undo `add`
+#        register_provider.sh path DLL  the Windows path `add` copies DLL to
+#        register_provider.sh remove    undo `add`, for either width
 #
 # Wine's mapi32.dll, when a process loads it, reads the default value of
 # HKLM\Software\Clients\Mail (the default mail client), loads the library
@@ -21,12 +22,19 @@
 # registered by that full path: a bare name is looked for only next to the
 # program, in system32 and on PATH.
 #
-# Environment: WINEPREFIX (default ~/.wine), WINE (the wine64 loader).
+# The DLL's width decides the rest: a 32-bit mapi32.dll (a 32-bit program's)
+# loads only a 32-bit DLLPathEx, and reads the 32-bit registry view, which in
+# a 64-bit prefix is a tree of its own (Software\Wow6432Node): a 64-bit DLL
+# is registered with reg.exe's /reg:64, a 32-bit one with /reg:32 and copied
+# to C:\Program Files (x86) where the prefix has one.
+#
+# Environment: WINEPREFIX (default ~/.wine), WINE (the wine loader: wine64
+# for a 64-bit prefix, whatever the DLL).
 set -eu
 
 key='HKLM\Software\Clients\Mail'
-dll_win='C:\Program Files\libmapi32\libmapi32.dll'
 own_client=libmapi32
+here=$(cd "$(dirname "$0")" && pwd)
 
 find_wine() {
     for candidate in "${WINE:-}" wine64 /usr/lib/wine/wine64 wine; do
@@ -37,12 +45,23 @@ find_wine() {
 }
 wine=$(find_wine)
 prefix=${WINEPREFIX:-$HOME/.wine}
-dll_dir="$prefix/drive_c/Program Files/libmapi32"
 
-# reg.exe, 64-bit registry view: the one a 64-bit mapi32.dll reads.
-# Quiet unless it fails.
+# use_width win64|win32: sets the registry view and where the DLL goes.
+use_width() {
+    case "$1" in
+    win64) view=/reg:64 program_files='Program Files' ;;
+    win32)
+        view=/reg:32 program_files='Program Files'
+        [ -d "$prefix/drive_c/Program Files (x86)" ] && program_files='Program Files (x86)'
+        ;;
+    esac
+    dll_win="C:\\$program_files\\libmapi32\\libmapi32.dll"
+    dll_dir="$prefix/drive_c/$program_files/libmapi32"
+}
+
+# reg.exe in the view of use_width. Quiet unless it fails.
 reg() {
-    if ! out=$(WINEDEBUG=-all "$wine" reg "$@" /reg:64 2>&1); then
+    if ! out=$(WINEDEBUG=-all "$wine" reg "$@" "$view" 2>&1); then
         printf 'register_provider: reg %s failed:\n%s\n' "$*" "$out" >&2
         return 1
     fi
@@ -55,15 +74,20 @@ reg() {
 query() {
     query_key=$1
     shift
-    LC_ALL=C WINEDEBUG=-all "$wine" reg query "$query_key" "$@" /reg:64 2>/dev/null | tr -d '\r' |
+    LC_ALL=C WINEDEBUG=-all "$wine" reg query "$query_key" "$@" "$view" 2>/dev/null | tr -d '\r' |
         sed -n 's/^    .*    REG_\(EXPAND_\)\{0,1\}SZ    //p' | sed '/^(value not set)$/d' | head -n 1
 }
 
 case "${1:-}" in
-add)
+add | path)
     dll=${2:-}
     [ -f "$dll" ] || { echo "register_provider: no DLL at '$dll' (make windows)" >&2; exit 2; }
     [ -d "$prefix/drive_c" ] || { echo "register_provider: no Wine prefix at $prefix (run wineboot)" >&2; exit 2; }
+    use_width "$(sh "$here/pe_arch.sh" "$dll")"
+    if [ "$1" = path ]; then
+        printf '%s\n' "$dll_win"
+        exit 0
+    fi
     mkdir -p "$dll_dir"
     cp "$dll" "$dll_dir/libmapi32.dll"
     client=$(query "$key" /ve)
@@ -72,27 +96,31 @@ add)
         reg add "$key" /ve /t REG_SZ /d "$client" /f
     fi
     reg add "$key\\$client" /v DLLPathEx /t REG_SZ /d "$dll_win" /f
-    echo "register_provider: $dll_win is DLLPathEx of mail client '$client' in $prefix"
+    echo "register_provider: $dll_win is DLLPathEx of mail client '$client' ($view) in $prefix"
     ;;
 remove)
-    client=$(query "$key" /ve)
-    # Only a registration of ours is taken out; another client's DLLPathEx stays.
-    if [ -n "$client" ] && [ "$(query "$key\\$client" /v DLLPathEx)" = "$dll_win" ]; then
-        if [ "$client" = "$own_client" ]; then
-            reg delete "$key\\$client" /f
-            reg delete "$key" /ve /f
-        else
-            reg delete "$key\\$client" /v DLLPathEx /f
+    removed=no
+    for width in win64 win32; do
+        use_width $width
+        client=$(query "$key" /ve)
+        # Only a registration of ours is taken out; another client's DLLPathEx stays.
+        if [ -n "$client" ] && [ "$(query "$key\\$client" /v DLLPathEx)" = "$dll_win" ]; then
+            if [ "$client" = "$own_client" ]; then
+                reg delete "$key\\$client" /f
+                reg delete "$key" /ve /f
+            else
+                reg delete "$key\\$client" /v DLLPathEx /f
+            fi
+            echo "register_provider: DLLPathEx of mail client '$client' ($view) removed in $prefix"
+            removed=yes
         fi
-        echo "register_provider: DLLPathEx of mail client '$client' removed in $prefix"
-    else
-        echo "register_provider: libmapi32 was not registered in $prefix"
-    fi
-    rm -f "$dll_dir/libmapi32.dll"
-    rmdir "$dll_dir" 2>/dev/null || true
+        rm -f "$dll_dir/libmapi32.dll"
+        rmdir "$dll_dir" 2>/dev/null || true
+    done
+    [ "$removed" = yes ] || echo "register_provider: libmapi32 was not registered in $prefix"
     ;;
 *)
-    echo "usage: $0 add DLL | remove" >&2
+    echo "usage: $0 add DLL | path DLL | remove" >&2
     exit 2
     ;;
 esac

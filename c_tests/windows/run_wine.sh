@@ -20,7 +20,9 @@
 #
 # A private WINEPREFIX is made in a temporary directory and removed at the
 # end, with its wineserver. Environment: WINE (the loader: wine64, or the
-# 32-bit wine), WINESERVER, CASE_TIMEOUT (seconds a case may take, default 20).
+# 32-bit wine), WINESERVER, CASE_TIMEOUT (seconds a case may take, default
+# 20), UNIT_TIMEOUT (seconds for all the unit tests, one process: default
+# 120; 4 s on 2 idle cores, over 20 on 2 cores shared by four builds).
 set -eu
 
 mode=${1:-}
@@ -30,14 +32,7 @@ for file in mapi32.dll conformance_win.exe sdk_client.exe unit_tests.exe; do
     [ -f "$dir/$file" ] || { echo "run_wine: $dir/$file not found (make windows-programs)" >&2; exit 2; }
 done
 
-# The PE header's machine field (at the offset stored at 0x3c, plus 4).
-pe_offset=$(od -An -tu4 -j60 -N4 "$dir/mapi32.dll" | tr -d ' ')
-machine=$(od -An -tx2 -j$((pe_offset + 4)) -N2 "$dir/mapi32.dll" | tr -d ' ')
-case "$machine" in
-8664) arch=win64 ;;
-014c) arch=win32 ;;
-*) echo "run_wine: $dir/mapi32.dll is for machine 0x$machine, neither x86-64 nor i386" >&2; exit 2 ;;
-esac
+arch=$(sh "$(dirname "$0")/pe_arch.sh" "$dir/mapi32.dll")
 
 # Debian's wine64 has no 32-bit side: that is wine32's /usr/lib/wine/wine,
 # which `wine` alone does not promise (it may be wine64 under that name).
@@ -60,6 +55,7 @@ wineserver=${WINESERVER:-$(dirname "$wine")/wineserver}
 [ -x "$wineserver" ] || wineserver=$(command -v wineserver || true)
 [ -n "$wineserver" ] || { echo "run_wine: no wineserver found next to $wine" >&2; exit 2; }
 case_timeout=${CASE_TIMEOUT:-20}
+unit_timeout=${UNIT_TIMEOUT:-120}
 
 work=$(mktemp -d)
 cleanup() {
@@ -116,7 +112,7 @@ run() {
 run_once() {
     status=0
     (cd "$work/$side" && WINEDLLOVERRIDES=$(override "$side") \
-        timeout -k 5 "$case_timeout" "$wine" "$@") >"$output.raw" 2>&1 || status=$?
+        timeout -k 5 "${run_timeout:-$case_timeout}" "$wine" "$@") >"$output.raw" 2>&1 || status=$?
     tr -d '\r' <"$output.raw" >"$output"
 }
 
@@ -197,7 +193,9 @@ run_case() {
 
 # The crate's unit tests, on Windows' threads, TLS and C runtime.
 case_started=$(now)
+run_timeout=$unit_timeout
 run libmapi32 "$work/unit" unit_tests.exe --test-threads=2
+run_timeout=
 unit_summary=$(grep '^test result:' "$work/unit" || echo "no result line")
 if [ "$status" -eq 0 ] && grep -q '^test result: ok\.' "$work/unit"; then
     printf 'PASS rust_unit_tests: %s (%s s)\n' "$unit_summary" "$(elapsed "$case_started")"
