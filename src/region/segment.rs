@@ -1,0 +1,177 @@
+//! A segment: `SEGMENT_SIZE` bytes (or a whole number of them, for one
+//! block bigger than a segment), aligned to that size, so the metadata of
+//! any address in it is found by masking the address. Its first page is
+//! this header: the owning heap, a descriptor per page, the start bits.
+//!
+//! A segment is mapped once, published in `segmap` after its header is
+//! written, and never unmapped while the library is loaded: any thread that
+//! sees its bit may read its `owner` word at any time. Everything else in
+//! it belongs to the owning heap alone.
+
+use super::heap::Heap;
+use super::page::{Kind, Page};
+use super::start_bits::StartBits;
+use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
+use crate::os;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+const START_WORDS: usize = (SEGMENT_SIZE >> GRANULE_SHIFT) / usize::BITS as usize;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Segment {
+    /// The heap that owns every page of it. Written before the segment is
+    /// published; the only field other threads read.
+    owner: AtomicPtr<Heap>,
+    /// How many `SEGMENT_SIZE` units it spans: 1, or more for one huge block.
+    units: Cell<usize>,
+    /// Pages from here on were never handed out.
+    next_page: Cell<usize>,
+    /// The next freed huge segment on its heap's list.
+    next: Cell<*const Segment>,
+    pages: [Page; PAGES],
+    starts: StartBits<START_WORDS>,
+}
+
+// The header fits its page, and the zeroes the OS maps are a valid header:
+// every field is a number, a null pointer or `Kind::Unused` (0) when zero.
+const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
+const _: () = assert!(StartBits::<START_WORDS>::GRANULES == SEGMENT_SIZE >> GRANULE_SHIFT);
+
+impl Segment {
+    /// A new segment of `units` units owned by `owner`, published; `None`
+    /// when the OS refuses or places it where `segmap` cannot reach.
+    pub fn create(owner: *const Heap, units: usize) -> Option<&'static Segment> {
+        let size = units.checked_mul(SEGMENT_SIZE)?;
+        let start = os::map_aligned(size, SEGMENT_SIZE);
+        if start.is_null() {
+            return None;
+        }
+        // SAFETY: a fresh, aligned, zeroed mapping of at least a page, which
+        // is a valid `Segment` (see the assertions above); it is ours alone
+        // until published below, and never unmapped after.
+        let segment = unsafe { &*start.cast::<Segment>() };
+        segment.owner.store(owner as *mut Heap, Ordering::Relaxed);
+        segment.units.set(units);
+        segment.next_page.set(1);
+        if !segmap::publish(start as usize) {
+            os::unmap(start, size);
+            return None;
+        }
+        Some(segment)
+    }
+
+    /// The segment whose first unit holds `addr`.
+    ///
+    /// # Safety
+    /// `segmap::contains(addr)`: the segment is published, so mapped for good.
+    #[inline(always)]
+    pub unsafe fn of(addr: usize) -> &'static Segment {
+        // SAFETY: by the caller's contract a published segment's header is at
+        // the start of `addr`'s unit, initialised before it was published.
+        unsafe { &*((addr & !(SEGMENT_SIZE - 1)) as *const Segment) }
+    }
+
+    #[inline(always)]
+    pub fn owner(&self) -> *const Heap {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) -> usize {
+        self as *const Segment as usize
+    }
+
+    pub fn units(&self) -> usize {
+        self.units.get()
+    }
+
+    pub fn next(&self) -> *const Segment {
+        self.next.get()
+    }
+
+    pub fn set_next(&self, next: *const Segment) {
+        self.next.set(next)
+    }
+
+    /// The link to the next freed huge segment, to unlink the one after.
+    pub fn next_link(&self) -> &Cell<*const Segment> {
+        &self.next
+    }
+
+    /// The descriptor of the page holding `addr`; for a span's later page,
+    /// its first page's. `addr` lies in this segment's first unit.
+    #[inline(always)]
+    pub fn page_of(&self, addr: usize) -> &Page {
+        let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
+        let page = &self.pages[index];
+        if page.kind() == Kind::Tail {
+            return &self.pages[index.saturating_sub(page.back())];
+        }
+        page
+    }
+
+    /// How many pages are left to hand out.
+    pub fn pages_left(&self) -> usize {
+        PAGES - self.next_page.get()
+    }
+
+    /// The next `count` pages never handed out, as an unused span; `None`
+    /// when fewer are left.
+    pub fn take_pages(&self, count: usize) -> Option<&Page> {
+        let first = self.next_page.get();
+        if count == 0 || count > PAGES - first {
+            return None;
+        }
+        self.next_page.set(first + count);
+        let page = &self.pages[first];
+        page.init_unused(self.start() + first * PAGE_SIZE, count);
+        Some(page)
+    }
+
+    /// A huge segment's one span: every page after the header.
+    pub fn whole_span(&self) -> &Page {
+        let page = &self.pages[1];
+        page.init_unused(self.start() + PAGE_SIZE, self.units.get() * PAGES - 1);
+        page
+    }
+
+    /// Makes `span` (a page of this segment from `take_pages` or a freed
+    /// span) hold slots of `slot_size` bytes of `kind` and `class`.
+    pub fn start_span(&self, span: &Page, kind: Kind, class: usize, slot_size: usize) {
+        let first = (span.base() as usize - self.start()) >> PAGE_SHIFT;
+        let count = span.span();
+        for back in 1..count.min(PAGES - first) {
+            self.pages[first + back].init_tail(back);
+        }
+        span.init(kind, class, slot_size, count, span.base());
+    }
+
+    /// The granule `addr` starts, in the start bits.
+    #[inline(always)]
+    fn granule(addr: usize) -> usize {
+        (addr & (SEGMENT_SIZE - 1)) >> GRANULE_SHIFT
+    }
+
+    #[inline(always)]
+    pub fn mark_start(&self, addr: usize) {
+        self.starts.set(Self::granule(addr))
+    }
+
+    #[inline(always)]
+    pub fn is_start(&self, addr: usize) -> bool {
+        self.starts.test(Self::granule(addr))
+    }
+
+    /// Clears the start bits of the `granules` granules from `addr` on.
+    #[inline]
+    pub fn clear_starts(&self, addr: usize, granules: usize) {
+        self.starts.clear(Self::granule(addr), granules)
+    }
+
+    /// The address of the next start after `addr`, or `end` if none is before.
+    pub fn next_start(&self, addr: usize, end: usize) -> usize {
+        let (from, to) = (Self::granule(addr) + 1, Self::granule(end - 1) + 1);
+        addr + ((self.starts.next_set(from, to) - Self::granule(addr)) << GRANULE_SHIFT)
+    }
+}
