@@ -52,6 +52,9 @@ mod start_bits;
 mod thread;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 pub use alloc::{allocate_child, allocate_root, reallocate};
 pub use counts::stats;
 pub use free::free_root;
