@@ -68,7 +68,7 @@ pub fn chunk_class_for(bytes: usize) -> Option<usize> {
 /// `off / 2^32 < 1 / slot_size` while `off * slot_size < 2^32`
 /// (64 KiB × 64 KiB at most). 0 for a page holding a single slot.
 pub const fn reciprocal(slot_size: usize, slots: usize) -> u32 {
-    if slots <= 1 {
+    if slots <= 1 || slot_size == 0 {
         return 0;
     }
     (((1u64 << 32) + slot_size as u64 - 1) / slot_size as u64) as u32

@@ -54,8 +54,10 @@ impl Queue {
 
 /// The last parent `MAPIAllocateMore` validated (or root made), with its
 /// tree and the tree's state word then. Sound with no invalidation: every
-/// free of the tree changes that word (its generation), and a slot is only
-/// reused by a root of a later generation.
+/// free of the tree changes that word (its generation), a slot is only
+/// reused by a root of a later generation, and the memory of a dead tree is
+/// only reused by an allocation, which replaces the cache before anything
+/// is read through it again.
 #[derive(Debug)]
 pub struct ParentCache {
     parent: Cell<usize>,
@@ -183,7 +185,11 @@ impl Heap {
     fn slot_slow(&self, queue: &Queue, kind: Kind, class: usize, slot_size: usize) -> *mut u8 {
         // SAFETY (both): pages on a queue are pages of this heap's segments.
         if let Some(full) = unsafe { queue.current.get().as_ref() } {
-            full.set_queued(false); // a free into it queues it again
+            // Off the queue: a free into it queues it again. And no longer
+            // current, even if no page can be had below, or that free would
+            // put it on `with_room` too, and it would be reclaimed twice.
+            full.set_queued(false);
+            queue.current.set(ptr::null());
         }
         while let Some(page) = unsafe { queue.with_room.get().as_ref() } {
             queue.with_room.set(page.next());
@@ -230,28 +236,76 @@ impl Heap {
         }
     }
 
-    /// An unused span of `count` pages (fewer than a segment's).
+    /// An unused span of `count` pages (fewer than a segment's): a freed
+    /// one of that length, else the newest segment's next pages, else, once
+    /// that segment is used up, the class pages emptied since, else a new
+    /// segment.
     fn span(&self, count: usize) -> Option<&'static Page> {
-        let list = self.spans.get(count)?;
-        // SAFETY: the list holds retired first pages of this heap's spans.
-        if let Some(page) = unsafe { list.get().as_ref() } {
-            list.set(page.next());
+        if let Some(page) = self.freed_span(count) {
             return Some(page);
         }
         // SAFETY: `segment` is null or a segment of this heap, mapped for good.
-        let mut segment = unsafe { self.segment.get().as_ref() };
-        if segment.map_or(true, |segment| segment.pages_left() < count) {
-            if let Some(old) = segment {
-                // What is left of the old segment is a free span like any other.
-                if let Some(rest) = old.take_pages(old.pages_left()) {
-                    self.keep_span(rest);
+        let segment = unsafe { self.segment.get().as_ref() };
+        if let Some(page) = segment.and_then(|segment| segment.take_pages(count)) {
+            return Some(page);
+        }
+        if self.reclaim_empty_pages() {
+            if let Some(page) = self.freed_span(count) {
+                return Some(page);
+            }
+        }
+        if let Some(old) = segment {
+            // What is left of the old segment is a free span like any other.
+            if let Some(rest) = old.take_pages(old.pages_left()) {
+                self.keep_span(rest);
+            }
+        }
+        let fresh = Segment::create(self, 1)?;
+        self.segment.set(fresh);
+        fresh.take_pages(count)
+    }
+
+    fn freed_span(&self, count: usize) -> Option<&'static Page> {
+        let list = self.spans.get(count)?;
+        // SAFETY: the list holds retired first pages of this heap's spans.
+        let page = unsafe { list.get().as_ref() }?;
+        list.set(page.next());
+        Some(page)
+    }
+
+    /// Takes every class page with no slot in use off its queue, gives its
+    /// memory back and keeps it as a free one-page span, for any class or
+    /// block to use. Run when a segment is used up: a heap whose blocks all
+    /// went back can serve new ones of other sizes without a new segment.
+    #[cold]
+    fn reclaim_empty_pages(&self) -> bool {
+        let mut reclaimed = false;
+        for queue in self.roots.iter().chain(self.chunks.iter()) {
+            let mut link = &queue.with_room;
+            // SAFETY (both): pages on a queue are pages of this heap's segments.
+            while let Some(page) = unsafe { link.get().as_ref() } {
+                if page.is_empty() {
+                    link.set(page.next());
+                    self.give_back(page);
+                    reclaimed = true;
+                } else {
+                    link = page.next_link();
                 }
             }
-            let fresh = Segment::create(self, 1)?;
-            self.segment.set(fresh);
-            segment = Some(fresh);
+            if let Some(page) = unsafe { queue.current.get().as_ref() } {
+                if page.is_empty() {
+                    queue.current.set(ptr::null());
+                    self.give_back(page);
+                    reclaimed = true;
+                }
+            }
         }
-        segment?.take_pages(count)
+        reclaimed
+    }
+
+    fn give_back(&self, page: &Page) {
+        os::discard(page.base(), page.span() * PAGE_SIZE);
+        self.keep_span(page);
     }
 
     fn keep_span(&self, page: &Page) {

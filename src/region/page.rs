@@ -61,7 +61,7 @@ impl Page {
     /// Makes this unused page (at `base`) the first of `span` pages holding
     /// slots of `slot_size` bytes of `kind` and `class`.
     pub fn init(&self, kind: Kind, class: usize, slot_size: usize, span: usize, base: *mut u8) {
-        let slots = span * PAGE_SIZE / slot_size;
+        let slots = (span * PAGE_SIZE).checked_div(slot_size).unwrap_or(0);
         self.class.set(class as u8);
         self.queued.set(true);
         self.back.set(0);
@@ -142,6 +142,16 @@ impl Page {
 
     pub fn set_next(&self, next: *const Page) {
         self.next.set(next)
+    }
+
+    /// Whether no slot is in use.
+    pub fn is_empty(&self) -> bool {
+        self.used.get() == 0
+    }
+
+    /// The link to the next page on a list, to unlink the one after.
+    pub fn next_link(&self) -> &Cell<*const Page> {
+        &self.next
     }
 
     /// Whether a slot can be had without a new page.

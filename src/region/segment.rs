@@ -123,8 +123,8 @@ impl Segment {
         if count == 0 || count > PAGES - first {
             return None;
         }
+        let page = self.pages.get(first)?;
         self.next_page.set(first + count);
-        let page = &self.pages[first];
         page.init_unused(self.start() + first * PAGE_SIZE, count);
         Some(page)
     }
@@ -141,8 +141,8 @@ impl Segment {
     pub fn start_span(&self, span: &Page, kind: Kind, class: usize, slot_size: usize) {
         let first = (span.base() as usize - self.start()) >> PAGE_SHIFT;
         let count = span.span();
-        for back in 1..count.min(PAGES - first) {
-            self.pages[first + back].init_tail(back);
+        for (back, tail) in self.pages.iter().skip(first).take(count).enumerate().skip(1) {
+            tail.init_tail(back);
         }
         span.init(kind, class, slot_size, count, span.base());
     }

@@ -255,6 +255,24 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
     for addr in made {
         assert_eq!(free_root(addr), Ok(1));
     }
+    // The emptied pages serve other classes, each page once: blocks of two
+    // classes, filled, keep their bytes.
+    // Every page, until the OS would have to be asked.
+    let mut blocks = Vec::new();
+    loop {
+        let size = 100 + blocks.len() as u32 % 2 * 100;
+        crate::sys::fail_allocation_after(Some(0));
+        match allocate_root(size) {
+            Ok(block) => blocks.push((block.addr(), size)),
+            Err(_) => break,
+        }
+    }
+    assert!(blocks.len() > 10_000, "the emptied pages were used: {}", blocks.len());
+    for (n, &(addr, size)) in blocks.iter().enumerate() {
+        fill(addr, size as usize, n as u8);
+    }
+    assert!(blocks.iter().enumerate().all(|(n, &(addr, size))| holds(addr, size as usize, n as u8)), "no page twice");
+    crate::sys::fail_allocation_after(None);
 }
 
 /// Not built in this step (see `region`): another thread's tree is
@@ -270,4 +288,35 @@ fn another_threads_tree_is_left_alone_in_this_step() {
     let _mine = root(8);
     assert_eq!(free_root(r), Err(NotARoot::Unknown));
     assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter));
+}
+
+/// Once every block went back, blocks of other sizes need no new segment:
+/// the emptied class pages serve them (the C suite's `oom_never_aborts`
+/// shape, with the OS refusing every new mapping).
+#[test]
+fn emptied_pages_serve_other_classes_without_a_new_segment() {
+    let first = root(16);
+    let mut roots = vec![first];
+    for _ in 0..200_000 {
+        roots.push(root(16));
+    }
+    for _ in 0..100_000 {
+        child(first, 0);
+    }
+    for &r in roots.iter().rev() {
+        assert!(free_root(r).is_ok());
+    }
+    crate::sys::fail_allocation_after(Some(0));
+    for seed in 0..50u32 {
+        let mut blocks = vec![root(seed % 500)];
+        for k in 1..=64u32 {
+            let size = (seed + k * 37) % 500;
+            let parent = blocks[(k as usize - 1) / 2];
+            let block = allocate_child(parent, size).unwrap_or_else(|e| panic!("seed {seed}, block {k}: {e:?}"));
+            fill(block.addr(), size as usize, k as u8);
+            blocks.push(block.addr());
+        }
+        assert_eq!(free_root(blocks[0]), Ok(65));
+    }
+    assert_eq!(crate::sys::fail_allocation_after(None), Some(0), "no new mapping was needed");
 }
