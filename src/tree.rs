@@ -86,7 +86,7 @@ fn client_size(size: ULONG) -> Result<usize, Error> {
 /// The counts `mapi32_stats` reports.
 #[cfg(not(feature = "registry-v3"))]
 pub fn stats() -> Counts {
-    crate::stats()
+    crate::registry::stats()
 }
 
 /// The operations on the library's own pages (`region`), for the calling
