@@ -14,6 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 struct Counter(AtomicU64);
 
 impl Counter {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     const ZERO: Counter = Counter(AtomicU64::new(0));
 
     #[inline(always)]
@@ -48,6 +49,7 @@ pub struct HeapCounts {
 }
 
 impl HeapCounts {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     pub const ZERO: HeapCounts = HeapCounts {
         live_roots: Counter::ZERO,
         live_children: Counter::ZERO,

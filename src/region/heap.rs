@@ -38,6 +38,7 @@ struct Queue {
 }
 
 impl Queue {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     const EMPTY: Queue = Queue { current: Cell::new(ptr::null()), with_room: Cell::new(ptr::null()) };
 
     /// A slot from the current page, if it has one: the fast path.
@@ -66,6 +67,7 @@ pub struct ParentCache {
 }
 
 impl ParentCache {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     const EMPTY: ParentCache = ParentCache { parent: Cell::new(0), tree: Cell::new(ptr::null()), state: Cell::new(0) };
 
     /// The tree of `parent`, if it is the parent remembered and its tree is
@@ -111,7 +113,9 @@ pub struct Heap {
 }
 
 impl Heap {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     const EMPTY_SPANS: Cell<*const Page> = Cell::new(ptr::null());
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     const EMPTY: Heap = Heap {
         roots: [Queue::EMPTY; ROOT_CLASSES],
         chunks: [Queue::EMPTY; CHUNK_CLASSES],

@@ -19,6 +19,7 @@ pub const ADDRESS_BITS: u32 = if cfg!(target_pointer_width = "64") { 47 } else {
 const UNITS: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
 const WORD_BITS: usize = usize::BITS as usize;
 
+#[allow(clippy::declare_interior_mutable_const)] // the array's initialiser, copied
 const CLEAR: AtomicUsize = AtomicUsize::new(0);
 static MAP: [AtomicUsize; UNITS / WORD_BITS] = [CLEAR; UNITS / WORD_BITS];
 

@@ -24,7 +24,7 @@ fn own_segment(heap: &Heap, addr: usize) -> Option<&'static Segment> {
     }
     // SAFETY: the segment map says `addr`'s unit starts a published segment.
     let segment = unsafe { Segment::of(addr) };
-    if segment.owner() != heap as *const Heap {
+    if !core::ptr::eq(segment.owner(), heap) {
         return None; // another thread's: not built in this step
     }
     Some(segment)
