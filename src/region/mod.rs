@@ -33,10 +33,10 @@
 //! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
 //! (`MAPIFreeBuffer`) as if the pointer were foreign: cross-thread frees,
 //! remote children, thread exit and heap adoption (a thread's heap and
-//! segments are kept when it exits), fork, valgrind/ASan client requests,
-//! the `leaks` report, empty class pages going back to their segment, and
-//! `VirtualAlloc` (on Windows every allocation is refused) are the next
-//! steps'.
+//! segments are kept when it exits), fork beyond the forking thread's own
+//! trees, valgrind/ASan client requests and the `leaks` report are the next
+//! steps'. Emptied class pages go back only when a segment is used up
+//! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
 
 mod alloc;
 mod chunk;

@@ -171,6 +171,7 @@ fn large_blocks_are_reused_and_give_their_memory_back() {
     assert_eq!(free_root(first), Ok(1));
     let second = root(1 << 20);
     assert_eq!(second, first, "a freed span of the same length is reused");
+    #[cfg(target_os = "linux")]
     assert!(holds(second, 1 << 20, 0), "its memory went back to the OS");
     assert_eq!(free_root(second), Ok(1));
     let huge = root(10 << 20);
