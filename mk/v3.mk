@@ -1,11 +1,12 @@
 # Registry v3, step 1 (src/region/, the `registry-v3` feature): a variant of
 # the library in a tree of its own, never shipped and not part of make test.
 #
-#   make test-v3    the crate's unit tests with the feature, then the C
-#                   conformance suite against that libmapi32.so: the cases
-#                   this step covers must pass; the rest (another thread's
-#                   tree, fork, thread exit: the next steps) run and report,
-#                   without failing the target
+#   make test-v3    with the feature: the crate's unit tests, the model's
+#                   one-thread sequences and fuzz replays, then the C
+#                   conformance suite and extras against that libmapi32.so.
+#                   The cases this step covers must pass; the rest (another
+#                   thread's tree: the next steps) run and report, without
+#                   failing the target
 #   make bench-v3   bench/bench.c against main's library and the variant,
 #                   in turn, BENCH_V3_RUNS times each (3; BENCH_QUICK=1 short)
 
@@ -23,8 +24,10 @@ V3_NOT_YET := threads_more_same_root_loses_nothing threads_more_racing_free_is_s
 .PHONY: test-v3 bench-v3
 
 test-v3:
-	$(CARGO) test --lib --features registry-v3
-	@$(V3_MAKE) $(V3_BUILD)/conformance
+	$(CARGO) test --features registry-v3 --lib
+	$(CARGO) test --features registry-v3 --test model -- random_sequences_on_one_thread fuzz_regressions
+	@$(V3_MAKE) $(V3_BUILD)/conformance $(V3_BUILD)/extras
+	./$(V3_BUILD)/extras
 	@cases=$$(./$(V3_BUILD)/conformance --list | grep -vx $(V3_NOT_YET:%=-e %)); \
 	echo "test-v3: the cases step 1 covers"; ./$(V3_BUILD)/conformance $$cases
 	@echo "test-v3: the cases left to the next steps (reported, not required)"; \
