@@ -79,7 +79,8 @@ mod tests {
     #[test]
     fn the_ends_of_the_address_space_are_refused_not_wrapped() {
         // Past the covered range: no bit, whatever the word would have been.
-        if cfg!(target_pointer_width = "64") {
+        #[cfg(target_pointer_width = "64")]
+        {
             let beyond = 1usize << ADDRESS_BITS;
             assert!(place(beyond).is_none());
             assert!(place(beyond - 1).is_some());
