@@ -175,3 +175,67 @@ impl Segment {
         addr + ((self.starts.next_set(from, to) - Self::granule(addr)) << GRANULE_SHIFT)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment of this test's own, owned by no heap.
+    fn segment(units: usize) -> &'static Segment {
+        Segment::create(core::ptr::null(), units).expect("a segment")
+    }
+
+    #[test]
+    fn a_segment_is_aligned_published_and_hands_out_its_pages_once() {
+        let s = segment(1);
+        let start = s as *const Segment as usize;
+        assert_eq!(start % SEGMENT_SIZE, 0);
+        assert!(segmap::contains(start) && segmap::contains(start + SEGMENT_SIZE - 1));
+        // SAFETY: published just above.
+        assert!(core::ptr::eq(unsafe { Segment::of(start + 12345) }, s));
+        assert_eq!(s.pages_left(), PAGES - 1, "page 0 is the header");
+        let a = s.take_pages(1).unwrap();
+        let b = s.take_pages(3).unwrap();
+        assert_eq!(a.base() as usize, start + PAGE_SIZE);
+        assert_eq!(b.base() as usize, start + 2 * PAGE_SIZE);
+        assert!(s.take_pages(PAGES).is_none() && s.take_pages(0).is_none());
+        assert_eq!(s.pages_left(), PAGES - 5);
+    }
+
+    #[test]
+    fn every_page_of_a_span_leads_to_its_first() {
+        let s = segment(1);
+        let span = s.take_pages(3).unwrap();
+        s.start_span(span, Kind::Root, 0, 3 * PAGE_SIZE);
+        let base = span.base() as usize;
+        for addr in [base, base + PAGE_SIZE, base + 3 * PAGE_SIZE - 16] {
+            assert!(core::ptr::eq(s.page_of(addr), span), "{:#x}", addr - base);
+        }
+        assert!(!core::ptr::eq(s.page_of(base + 3 * PAGE_SIZE), span), "the page after the span");
+    }
+
+    #[test]
+    fn start_bits_mark_children_and_find_the_next() {
+        let s = segment(1);
+        let base = s as *const Segment as usize + 5 * PAGE_SIZE;
+        for addr in [base, base + 48, base + 64] {
+            s.mark_start(addr);
+        }
+        assert!(s.is_start(base + 48) && !s.is_start(base + 32));
+        assert_eq!(s.next_start(base, base + 4096), base + 48);
+        assert_eq!(s.next_start(base + 64, base + 4096), base + 4096, "none after the last");
+        s.clear_starts(base + 16, 3); // 16, 32 and 48
+        assert!(s.is_start(base) && !s.is_start(base + 48) && s.is_start(base + 64));
+    }
+
+    #[test]
+    fn a_huge_segment_publishes_its_first_unit_only() {
+        let s = segment(3);
+        let start = s as *const Segment as usize;
+        assert!(segmap::contains(start));
+        assert!(!segmap::contains(start + SEGMENT_SIZE) && !segmap::contains(start + 2 * SEGMENT_SIZE));
+        let span = s.whole_span();
+        assert_eq!(span.span(), 3 * PAGES - 1);
+        assert_eq!(span.base() as usize, start + PAGE_SIZE);
+    }
+}
