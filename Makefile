@@ -29,6 +29,9 @@ CARGO_LIBDIR := $(TARGET_DIR)/release
 ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
 SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
+# Extra cargo flags for the library's build: mk/v3.mk builds a variant with
+# `--features registry-v3` in a tree of its own. Empty for the shipped library.
+CARGO_FEATURES ?=
 # Every Rust source of the library, for the builds that do not go through cargo.
 RUST_SOURCES := $(wildcard src/*.rs src/*/*.rs)
 # The shipped libmapi32.so and libmapi32.a, made from cargo's staticlib
@@ -50,7 +53,7 @@ all: lib
 
 # cargo decides what to rebuild, so always ask it; then link what changed.
 lib:
-	$(CARGO) build --release
+	$(CARGO) build --release $(CARGO_FEATURES)
 	@$(MAKE) --no-print-directory shipped-lib
 
 $(BUILD):

@@ -46,7 +46,7 @@ $(BUILD_LIBDIR)/libmapi32.a: $(CARGO_LIBDIR)/libmapi32.a
 # archive alone when a newer source did not change it.)
 LIB_SOURCES := $(RUST_SOURCES) build.rs Cargo.toml Cargo.lock
 $(CARGO_LIBDIR)/libmapi32.a: $(LIB_SOURCES)
-	$(CARGO) build --release
+	$(CARGO) build --release $(CARGO_FEATURES)
 	touch $@
 
 comma := ,

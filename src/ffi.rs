@@ -10,11 +10,9 @@
 // cbindgen copies them into mapix.h.
 #![allow(non_snake_case)]
 
-use crate::block::Block;
 use crate::debug::{self, Misuse};
-use crate::registry::{self, NotARoot};
 use crate::scode::{Error, LPVOID, SCODE, S_OK, ULONG};
-use crate::tree;
+use crate::tree::{self, Block, NotARoot};
 use core::ptr::NonNull;
 
 /// Allocates a root block of `cbSize` bytes.
@@ -200,7 +198,7 @@ pub unsafe extern "system" fn mapi32_stats(lpStats: *mut MAPI32_STATS) -> SCODE 
         return Error::InvalidParameter.scode();
     }
     let filled = cb_size.min(core::mem::size_of::<MAPI32_STATS>()) & !7;
-    let counts = registry::stats();
+    let counts = tree::stats();
     let stats = MAPI32_STATS {
         cbSize: filled as ULONG,
         ulReserved: 0,

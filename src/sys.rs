@@ -189,13 +189,13 @@ mod c {
 pub use fault::fail_allocation_after;
 
 #[cfg(any(test, feature = "fault-injection"))]
-fn injected_failure() -> bool {
+pub(crate) fn injected_failure() -> bool {
     fault::should_fail()
 }
 
 #[cfg(not(any(test, feature = "fault-injection")))]
 #[inline(always)]
-fn injected_failure() -> bool {
+pub(crate) fn injected_failure() -> bool {
     false
 }
 

@@ -656,6 +656,11 @@ impl<'c> Engine<'c> {
             -1 - self.choose(16) as isize
         };
         let interior = block.addr.wrapping_add_signed(offset);
+        // Blocks bumped into one chunk lie back to back: 16 bytes before a
+        // child may be the start of its live neighbour, a block of its own.
+        if lock(&LIVE).contains(&interior) {
+            return;
+        }
         let size = self.size();
         let call = self.call_allocate_more(size, interior);
         self.expect_refused(call, MAPI_E_INVALID_PARAMETER, &format!("interior parent (block {offset:+})"));

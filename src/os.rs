@@ -1,0 +1,185 @@
+//! Memory straight from the operating system, for the pages the library
+//! manages itself (`region`, the `registry-v3` feature): aligned mappings
+//! and giving their pages back. Nothing here calls the C allocator, so
+//! nothing here can take one of its locks, and a refusal is a NULL pointer
+//! that callers turn into `MAPI_E_NOT_ENOUGH_MEMORY` (SPEC §3).
+//!
+//! Unix uses `mmap`, `madvise` and `munmap`; Windows `VirtualAlloc` and
+//! `VirtualFree`. Other targets refuse every mapping.
+
+/// `size` bytes of zeroed, readable and writable memory whose address is a
+/// multiple of `align` (a power of two, at least the OS page size), or NULL.
+/// `size` is a multiple of the OS page size.
+pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
+    if crate::sys::injected_failure() {
+        return core::ptr::null_mut();
+    }
+    imp::map_aligned(size, align)
+}
+
+/// Gives the pages of `[start, start + len)` back to the OS, keeping the
+/// range mapped and usable. What it reads afterwards is unspecified (zeroes
+/// on Linux): nothing may rely on it. Both are multiples of the OS page
+/// size, inside a mapping from [`map_aligned`].
+pub fn discard(start: *mut u8, len: usize) {
+    imp::discard(start, len)
+}
+
+/// Unmaps `[start, start + len)`, a mapping from [`map_aligned`] that no one
+/// but the caller has ever seen (never a published segment: those stay
+/// mapped while the library is loaded, so lookups need no lock).
+pub fn unmap(start: *mut u8, len: usize) {
+    imp::unmap(start, len)
+}
+
+#[cfg(unix)]
+mod imp {
+    pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
+        // Map size + align and trim both ends: the kernel has no aligned mmap.
+        let whole = match size.checked_add(align) {
+            Some(whole) => whole,
+            None => return core::ptr::null_mut(),
+        };
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing touches no existing memory.
+        let raw = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                whole,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return core::ptr::null_mut();
+        }
+        let raw = raw as usize;
+        let start = (raw + align - 1) & !(align - 1);
+        if start > raw {
+            unmap(raw as *mut u8, start - raw);
+        }
+        let end = raw + whole;
+        if end > start + size {
+            unmap((start + size) as *mut u8, end - (start + size));
+        }
+        start as *mut u8
+    }
+
+    pub fn discard(start: *mut u8, len: usize) {
+        // SAFETY: the range lies in one of our own mappings (the caller's
+        // contract); MADV_DONTNEED on private anonymous memory only drops its
+        // contents. A refusal leaves the pages resident, which is harmless.
+        unsafe { libc::madvise(start.cast(), len, libc::MADV_DONTNEED) };
+    }
+
+    pub fn unmap(start: *mut u8, len: usize) {
+        // SAFETY: the range belongs to a mapping of ours that nothing refers
+        // to (the caller's contract). munmap cannot fail on such a range.
+        unsafe { libc::munmap(start.cast(), len) };
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use core::ffi::c_void;
+    use core::ptr;
+
+    const MEM_COMMIT: u32 = 0x1000;
+    const MEM_RESERVE: u32 = 0x2000;
+    const MEM_RESET: u32 = 0x8_0000;
+    const MEM_RELEASE: u32 = 0x8000;
+    const PAGE_READWRITE: u32 = 0x04;
+
+    #[link(name = "kernel32")]
+    extern "system" {
+        fn VirtualAlloc(address: *mut c_void, size: usize, kind: u32, protect: u32) -> *mut c_void;
+        fn VirtualFree(address: *mut c_void, size: usize, kind: u32) -> i32;
+    }
+
+    pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
+        let whole = match size.checked_add(align) {
+            Some(whole) => whole,
+            None => return ptr::null_mut(),
+        };
+        // A reservation cannot be trimmed: reserve enough to find an aligned
+        // address, release it, and map exactly there. Another thread may
+        // take the range in between, so try again a few times.
+        for _ in 0..8 {
+            // SAFETY: a reservation at an address of the system's choosing
+            // touches no existing memory.
+            let probe = unsafe { VirtualAlloc(ptr::null_mut(), whole, MEM_RESERVE, PAGE_READWRITE) };
+            if probe.is_null() {
+                return ptr::null_mut();
+            }
+            let start = (probe as usize + align - 1) & !(align - 1);
+            // SAFETY: releases the reservation just made, which nothing uses.
+            unsafe { VirtualFree(probe, 0, MEM_RELEASE) };
+            // SAFETY: maps a range that was free a moment ago; if anything
+            // took it since, the call fails and touches nothing.
+            let mapped = unsafe { VirtualAlloc(start as *mut c_void, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE) };
+            if !mapped.is_null() {
+                return mapped.cast();
+            }
+        }
+        ptr::null_mut()
+    }
+
+    pub fn discard(start: *mut u8, len: usize) {
+        // MEM_RESET rather than a decommit: the pages stay committed, so a
+        // later touch can never fault, whatever the commit limit then.
+        // SAFETY: the range lies in one of our own mappings (the caller's
+        // contract); a refusal leaves the pages resident, which is harmless.
+        unsafe { VirtualAlloc(start.cast(), len, MEM_RESET, PAGE_READWRITE) };
+    }
+
+    pub fn unmap(start: *mut u8, _len: usize) {
+        // SAFETY: `start` is the base of a whole mapping of ours that nothing
+        // refers to (the only unmap Windows is asked for).
+        unsafe { VirtualFree(start.cast(), 0, MEM_RELEASE) };
+    }
+}
+
+/// No mapping on other targets: a refusal.
+#[cfg(not(any(unix, windows)))]
+mod imp {
+    pub fn map_aligned(_size: usize, _align: usize) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+
+    pub fn discard(_start: *mut u8, _len: usize) {}
+
+    pub fn unmap(_start: *mut u8, _len: usize) {}
+}
+
+#[cfg(all(test, any(unix, windows)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_are_aligned_zeroed_and_discardable() {
+        const ALIGN: usize = 4 << 20;
+        let p = map_aligned(2 * ALIGN, ALIGN);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % ALIGN, 0);
+        // SAFETY: the whole mapping is ours, readable and writable.
+        unsafe {
+            assert_eq!(*p.add(2 * ALIGN - 1), 0);
+            *p.add(4096) = 7;
+            discard(p, 2 * ALIGN);
+            // Still mapped and writable; Linux zeroes the pages.
+            #[cfg(target_os = "linux")]
+            assert_eq!(*p.add(4096), 0, "discarded pages read as zeroes");
+            *p.add(4096) = 8;
+        }
+        unmap(p, 2 * ALIGN);
+    }
+
+    #[test]
+    fn an_injected_failure_is_a_refusal() {
+        crate::sys::fail_allocation_after(Some(0));
+        assert!(map_aligned(1 << 16, 1 << 16).is_null());
+        assert_eq!(crate::sys::fail_allocation_after(None), None);
+    }
+}

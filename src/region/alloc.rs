@@ -1,0 +1,184 @@
+//! Making blocks: roots in size-class slots, children bumped into their
+//! tree's chunks, and `MAPIReallocateBuffer`'s copies. The fast paths take
+//! a slot from the current page, or bump the tree's newest chunk, with no
+//! lock, atomic read-modify-write or call; everything else is a cold call.
+
+use super::chunk::{Chunk, CHUNK_HEADER, HEADER_GRANULES};
+use super::class::{chunk_class_for, chunk_class_size, root_class, CHUNK_CLASSES, CHUNK_GROWTH, ROOT_SLOT_MAX};
+use super::free;
+use super::heap::Heap;
+use super::page::Kind;
+use super::root::{Root, ROOT_HEADER};
+use super::segment::Segment;
+use super::{thread, validate, Block, GRANULE, GRANULE_SHIFT};
+use crate::scode::{Error, ULONG};
+use core::ptr::NonNull;
+
+/// A root's slot for `size` client bytes: header included, whole granules,
+/// and at least one client granule, so that a size-0 root's address lies
+/// in its own slot and not at the next one's start. `None` if it overflows.
+#[inline(always)]
+fn root_slot_bytes(size: ULONG) -> Option<usize> {
+    let bytes = (size.max(1) as u64 + (ROOT_HEADER + GRANULE - 1) as u64) & !(GRANULE as u64 - 1);
+    usize::try_from(bytes).ok()
+}
+
+/// Granules a child of `size` bytes takes: at least one, so every child
+/// has an address of its own.
+#[inline(always)]
+fn child_granules(size: ULONG) -> usize {
+    ((size.max(1) as usize - 1) >> GRANULE_SHIFT) + 1
+}
+
+fn block(addr: usize) -> Block {
+    // A client address lies a header into one of our slots: never 0.
+    Block(NonNull::new(addr as *mut u8).unwrap_or(NonNull::dangling()))
+}
+
+/// A new root of `size` bytes (`MAPIAllocateBuffer`).
+#[inline(always)]
+pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    let bytes = root_slot_bytes(size).ok_or(Error::NoMemory)?;
+    let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
+    if slot.is_null() {
+        return Err(Error::NoMemory);
+    }
+    // SAFETY: a root slot just handed out by this heap.
+    let root = unsafe { Root::at(slot as usize) };
+    root.begin(size);
+    heap.cache.remember(root.client(), root);
+    heap.counts.root_made(size);
+    Ok(block(root.client()))
+}
+
+/// A new child of `size` bytes in the tree of `parent`, a live root or
+/// child of the calling thread's (`MAPIAllocateMore`; tree.rs handles a
+/// null parent). Anything else is `InvalidParameter`, nothing allocated.
+#[inline(always)]
+pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    // A thread with no heap owns no tree.
+    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    let tree = match heap.cache.tree_of(parent) {
+        Some(tree) => tree,
+        None => parent_tree(heap, parent)?,
+    };
+    child_of(heap, tree, size)
+}
+
+/// Validates a parent the cache does not hold, and remembers it.
+#[cold]
+#[inline(never)]
+fn parent_tree(heap: &Heap, parent: usize) -> Result<&'static Root, Error> {
+    let tree = validate::tree(heap, parent).ok_or(Error::InvalidParameter)?;
+    heap.cache.remember(parent, tree);
+    Ok(tree)
+}
+
+#[inline(always)]
+fn child_of(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
+    let granules = child_granules(size);
+    // SAFETY: a live tree's chunks are live chunk slots of this heap.
+    if let Some(chunk) = unsafe { tree.first().as_ref() } {
+        if let Some(addr) = chunk.bump(granules) {
+            return Ok(child_made(heap, chunk, addr, size));
+        }
+    }
+    child_in_new_chunk(heap, tree, granules, size)
+}
+
+#[inline(always)]
+fn child_made(heap: &Heap, chunk: &Chunk, addr: usize, size: ULONG) -> Block {
+    chunk.add_child(size);
+    // SAFETY: `addr` is in a chunk of ours, in its segment's first unit.
+    unsafe { Segment::of(addr) }.mark_start(addr);
+    heap.counts.child_made(size);
+    block(addr)
+}
+
+/// The tree's newest chunk is full (or it has none): a chunk for this
+/// child. The next chunk is 8 times the last, up to a page; a child bigger
+/// than a quarter of that gets a chunk of its own, behind the newest, so
+/// the newest keeps its room.
+#[cold]
+#[inline(never)]
+fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) -> Result<Block, Error> {
+    // SAFETY: as in `child_of`.
+    let newest = unsafe { tree.first().as_ref() };
+    let next_class = newest.map_or(0, |chunk| (chunk.class() + CHUNK_GROWTH).min(CHUNK_CLASSES - 1));
+    let child_bytes = granules.checked_mul(GRANULE).ok_or(Error::NoMemory)?;
+    let whole = child_bytes.checked_add(CHUNK_HEADER).ok_or(Error::NoMemory)?;
+    let own = child_bytes > chunk_class_size(next_class) / 4;
+    let (slot, class, used, end) = if !own {
+        let end = chunk_class_size(next_class) / GRANULE;
+        (heap.chunk_slot(next_class), next_class, HEADER_GRANULES + granules, end)
+    } else if let Some(class) = chunk_class_for(whole) {
+        (heap.chunk_slot(class), class, HEADER_GRANULES + granules, chunk_class_size(class) / GRANULE)
+    } else {
+        // One child in a span: made full, its one start bit in its header's
+        // next granule.
+        (heap.large(Kind::Chunk, whole), CHUNK_CLASSES - 1, HEADER_GRANULES + 1, HEADER_GRANULES + 1)
+    };
+    if slot.is_null() {
+        return Err(Error::NoMemory);
+    }
+    // SAFETY: a chunk slot just handed out by this heap.
+    let chunk = unsafe { Chunk::at(slot as usize) };
+    chunk.begin(tree, class, used, end);
+    match newest {
+        Some(newest) if own => {
+            chunk.set_next(newest.next());
+            newest.set_next(chunk);
+        }
+        _ => {
+            chunk.set_next(tree.first());
+            tree.set_first(chunk);
+        }
+    }
+    Ok(child_made(heap, chunk, chunk.children_start(), size))
+}
+
+/// `MAPIReallocateBuffer` of a live block of the calling thread's (tree.rs
+/// handles 0): a root is replaced by a new root that takes its children; a
+/// child gets a new sibling. The first `min(old, size)` bytes are copied.
+pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
+    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    if let Some((page, old)) = validate::root(heap, addr) {
+        let new = allocate_root(size)?;
+        copy(addr, new, (old.size() as usize).min(size as usize));
+        // SAFETY: `new` is the client address of a root just made.
+        let new_root = unsafe { Root::at(new.addr() - ROOT_HEADER) };
+        let mut chunk = old.first();
+        // SAFETY: the old tree's chunks are live chunk slots of this heap.
+        while let Some(each) = unsafe { chunk.as_ref() } {
+            each.adopt(new_root, each.class());
+            chunk = each.next();
+        }
+        new_root.set_first(old.first());
+        old.set_first(core::ptr::null());
+        free::free_root_alone(heap, page, old);
+        return Ok(new);
+    }
+    let (chunk, tree) = validate::child(heap, addr).ok_or(Error::InvalidParameter)?;
+    let extent = child_extent(chunk, addr);
+    let new = child_of(heap, tree, size)?;
+    copy(addr, new, extent.min(size as usize));
+    Ok(new)
+}
+
+/// The bytes a child may hold: up to the next child's start, or the
+/// chunk's fill mark; a chunk of one big child holds what it asked for.
+fn child_extent(chunk: &Chunk, addr: usize) -> usize {
+    if chunk.count() == 1 && addr == chunk.children_start() {
+        return chunk.bytes() as usize;
+    }
+    // SAFETY: `addr` is a child of ours, in its segment's first unit.
+    let segment = unsafe { Segment::of(addr) };
+    segment.next_start(addr, chunk.used_end()) - addr
+}
+
+fn copy(from: usize, to: Block, count: usize) {
+    // SAFETY: `from` is a live block of at least `count` bytes (its size or
+    // extent), `to` a fresh one of at least `count`; distinct blocks.
+    unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to.as_ptr(), count) }
+}

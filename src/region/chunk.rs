@@ -1,0 +1,160 @@
+//! A chunk: memory a tree's children are bumped into, in a chunk-class slot
+//! (or a span of its own for one big child), with a 32-byte header. The
+//! tree's chunks form a list from its root, newest first; a tree is freed
+//! chunk by chunk, never child by child.
+//!
+//! The header records the tree's state word (generation) when it was made,
+//! so a child validates only while that tree is the live one, and it stores
+//! its end beside its fill mark, so a bump is a compare with one load.
+
+use super::root::{generation, Root, CHUNK, GENERATION_SHIFT};
+use super::{GRANULE, GRANULE_SHIFT};
+use core::cell::Cell;
+use core::ptr;
+
+/// Bytes in front of a chunk's first child.
+pub const CHUNK_HEADER: usize = 32;
+pub const HEADER_GRANULES: usize = CHUNK_HEADER >> GRANULE_SHIFT;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Chunk {
+    /// The tree's generation | class << 2 | `CHUNK`.
+    state: Cell<u32>,
+    /// Granules from the chunk's start in use, header included; and its
+    /// size in granules (64 KiB at most). A chunk of one big child is made
+    /// full: both are its header and one granule.
+    used: Cell<u16>,
+    end: Cell<u16>,
+    /// The next older chunk of the tree. A free slot's link.
+    next: Cell<*const Chunk>,
+    tree: Cell<*const Root>,
+    /// Its children and the bytes they asked for, taken off the heap's
+    /// counts when the tree is freed.
+    count: Cell<u32>,
+    bytes: Cell<u32>,
+}
+
+const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_HEADER && CHUNK_HEADER % GRANULE == 0);
+const _: () = assert!((super::PAGE_SIZE >> GRANULE_SHIFT) <= u16::MAX as usize);
+
+impl Chunk {
+    /// The header of the chunk slot at `slot`.
+    ///
+    /// # Safety
+    /// `slot` is a chunk slot handed out at least once: mapped, 16-aligned
+    /// memory of the heap's, written only by it.
+    #[inline(always)]
+    pub unsafe fn at<'a>(slot: usize) -> &'a Chunk {
+        // SAFETY: by the caller's contract.
+        unsafe { &*(slot as *const Chunk) }
+    }
+
+    /// Makes a fresh slot a chunk of `tree` of class `class`, `end`
+    /// granules long, whose first `used` granules (header included) are
+    /// taken.
+    pub fn begin(&self, tree: &Root, class: usize, used: usize, end: usize) {
+        self.adopt(tree, class);
+        self.used.set(used as u16);
+        self.end.set(end as u16);
+        self.next.set(ptr::null());
+        self.count.set(0);
+        self.bytes.set(0);
+    }
+
+    /// Makes the chunk belong to `tree` (a new one, when a root is
+    /// reallocated), keeping its class.
+    pub fn adopt(&self, tree: &Root, class: usize) {
+        self.tree.set(tree);
+        self.state.set(generation(tree.state()) | (class as u32) << 2 | CHUNK);
+    }
+
+    #[inline(always)]
+    pub fn class(&self) -> usize {
+        ((self.state.get() & ((1 << GENERATION_SHIFT) - 1)) >> 2) as usize
+    }
+
+    /// The tree, and whether the chunk belongs to it in its current life.
+    #[inline(always)]
+    pub fn live_tree(&self) -> Option<&Root> {
+        // SAFETY: `tree` is the slot of a root of the same heap, set at
+        // `begin`/`adopt`; root slots stay mapped for good.
+        let tree = unsafe { &*self.tree.get() };
+        if tree.state() == generation(self.state.get()) | super::root::LIVE {
+            Some(tree)
+        } else {
+            None
+        }
+    }
+
+    /// Room for `granules` more, at the returned address; `None` when full.
+    #[inline(always)]
+    pub fn bump(&self, granules: usize) -> Option<usize> {
+        let used = self.used.get() as usize;
+        if used + granules > self.end.get() as usize {
+            return None;
+        }
+        self.used.set((used + granules) as u16);
+        Some(self as *const Chunk as usize + (used << GRANULE_SHIFT))
+    }
+
+    /// Counts a child of `bytes` bytes made in it.
+    #[inline(always)]
+    pub fn add_child(&self, bytes: u32) {
+        self.count.set(self.count.get() + 1);
+        self.bytes.set(self.bytes.get().wrapping_add(bytes));
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count.get()
+    }
+
+    pub fn bytes(&self) -> u32 {
+        self.bytes.get()
+    }
+
+    /// The address after the last granule in use.
+    pub fn used_end(&self) -> usize {
+        self as *const Chunk as usize + ((self.used.get() as usize) << GRANULE_SHIFT)
+    }
+
+    /// Where its children start.
+    pub fn children_start(&self) -> usize {
+        self as *const Chunk as usize + CHUNK_HEADER
+    }
+
+    pub fn next(&self) -> *const Chunk {
+        self.next.get()
+    }
+
+    pub fn set_next(&self, next: *const Chunk) {
+        self.next.set(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_bumps_to_its_end_and_follows_its_tree() {
+        let mut memory = [0u128; 4 + 64 / 16];
+        let base = memory.as_mut_ptr() as usize;
+        // SAFETY: local stand-ins for a root slot and a 64-byte chunk slot.
+        let (tree, chunk) = unsafe { (Root::at(base), Chunk::at(base + 64)) };
+        tree.begin(0);
+        chunk.begin(tree, 0, HEADER_GRANULES, 64 / GRANULE);
+        assert_eq!(chunk.bump(1), Some(base + 64 + CHUNK_HEADER));
+        assert_eq!(chunk.bump(2), None, "one granule left");
+        assert_eq!(chunk.bump(1), Some(base + 64 + CHUNK_HEADER + 16));
+        assert_eq!(chunk.bump(1), None);
+        assert!(chunk.live_tree().is_some());
+        tree.end();
+        assert!(chunk.live_tree().is_none(), "a freed tree's children are dead");
+        tree.begin(0);
+        assert!(chunk.live_tree().is_none(), "and stay dead in the slot's next root");
+        chunk.adopt(tree, 5);
+        assert_eq!(chunk.class(), 5);
+        assert!(chunk.live_tree().is_some());
+    }
+}

@@ -1,0 +1,140 @@
+//! The counts `mapi32_stats` reports (SPEC §4), kept per heap by its owner
+//! with plain loads and stores (no read-modify-write), read by anyone.
+//!
+//! The peak is only taken where it can be passed: before live bytes fall
+//! (a free) and when read. Allocations ever made are the live blocks plus
+//! those freed, so no call counts them separately.
+
+use super::thread;
+use crate::registry::Counts;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter only its heap's owner changes.
+#[derive(Debug)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    const ZERO: Counter = Counter(AtomicU64::new(0));
+
+    #[inline(always)]
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A load and a store: only the owner writes, so no update is lost.
+    #[inline(always)]
+    fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn add(&self, n: u64) {
+        self.set(self.get().wrapping_add(n))
+    }
+
+    #[inline(always)]
+    fn sub(&self, n: u64) {
+        self.set(self.get().wrapping_sub(n))
+    }
+}
+
+#[derive(Debug)]
+pub struct HeapCounts {
+    live_roots: Counter,
+    live_children: Counter,
+    live_bytes: Counter,
+    peak_bytes: Counter,
+    freed: Counter,
+}
+
+impl HeapCounts {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    pub const ZERO: HeapCounts = HeapCounts {
+        live_roots: Counter::ZERO,
+        live_children: Counter::ZERO,
+        live_bytes: Counter::ZERO,
+        peak_bytes: Counter::ZERO,
+        freed: Counter::ZERO,
+    };
+
+    #[inline(always)]
+    pub fn root_made(&self, bytes: u32) {
+        self.live_roots.add(1);
+        self.live_bytes.add(bytes as u64);
+    }
+
+    #[inline(always)]
+    pub fn child_made(&self, bytes: u32) {
+        self.live_children.add(1);
+        self.live_bytes.add(bytes as u64);
+    }
+
+    /// Live bytes are about to fall: the peak is theirs if they passed it.
+    #[inline(always)]
+    fn take_peak(&self) {
+        let live = self.live_bytes.get();
+        if live > self.peak_bytes.get() {
+            self.peak_bytes.set(live);
+        }
+    }
+
+    /// A root and `children` children, `bytes` bytes in all, are freed.
+    #[inline(always)]
+    pub fn tree_freed(&self, children: u64, bytes: u64) {
+        self.take_peak();
+        self.live_roots.sub(1);
+        self.live_children.sub(children);
+        self.live_bytes.sub(bytes);
+        self.freed.add(1 + children);
+    }
+
+    /// The counts as `mapi32_stats` reports them.
+    pub fn snapshot(&self) -> Counts {
+        let (roots, children, live) = (self.live_roots.get(), self.live_children.get(), self.live_bytes.get());
+        Counts {
+            live_roots: roots,
+            live_children: children,
+            live_bytes: live,
+            peak_bytes: self.peak_bytes.get().max(live),
+            allocations: roots.wrapping_add(children).wrapping_add(self.freed.get()),
+        }
+    }
+}
+
+/// Every heap's counts added up. Each tree is counted in one heap, so live
+/// counts are exact; the peak is the sum of each heap's (exact with one).
+pub fn stats() -> Counts {
+    let mut total = Counts::default();
+    for heap in thread::heaps() {
+        let counts = heap.counts.snapshot();
+        total.live_roots = total.live_roots.wrapping_add(counts.live_roots);
+        total.live_children = total.live_children.wrapping_add(counts.live_children);
+        total.live_bytes = total.live_bytes.wrapping_add(counts.live_bytes);
+        total.peak_bytes = total.peak_bytes.wrapping_add(counts.peak_bytes);
+        total.allocations = total.allocations.wrapping_add(counts.allocations);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_roots_children_and_frees() {
+        let counts = HeapCounts::ZERO;
+        counts.root_made(100);
+        counts.child_made(20);
+        counts.child_made(3);
+        let during = counts.snapshot();
+        assert_eq!((during.live_roots, during.live_children, during.live_bytes), (1, 2, 123));
+        assert_eq!((during.peak_bytes, during.allocations), (123, 3));
+        counts.tree_freed(2, 123);
+        counts.root_made(10);
+        let after = counts.snapshot();
+        assert_eq!((after.live_roots, after.live_children, after.live_bytes), (1, 0, 10));
+        assert_eq!(after.peak_bytes, 123, "the peak outlives the tree");
+        assert_eq!(after.allocations, 4);
+    }
+}

@@ -1,0 +1,390 @@
+//! A thread's heap: where its roots and chunks get their slots and pages,
+//! its counts, and the last parent it validated. Only its owner touches it
+//! (plain `Cell`s), except the counts and the link to the next heap, which
+//! anyone may read.
+//!
+//! Slots come from the class's current page; when it is full, from a page
+//! of the class that had slots freed since, else from a fresh page. Pages
+//! come from the heap's newest segment, or a freed span of the same length.
+//! Blocks bigger than a class take a span of pages of their own, or a
+//! segment of their own when bigger than a segment; a freed span goes back
+//! on a list by length, its memory to the OS when it is big.
+
+use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES, ROOT_CLASSES};
+use super::counts::HeapCounts;
+use super::page::{Kind, Page};
+use super::root::Root;
+use super::segment::Segment;
+use super::{PAGES, PAGE_SIZE, SEGMENT_SIZE};
+use crate::os;
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// The class byte of a page holding one large block.
+pub const LARGE: usize = u8::MAX as usize;
+
+/// Spans of at least this many pages give their memory back when freed;
+/// shorter ones stay resident for the next block of their length.
+const DISCARD_PAGES: usize = 4;
+
+/// The pages serving one class.
+#[derive(Debug)]
+struct Queue {
+    /// Where slots are taken from.
+    current: Cell<*const Page>,
+    /// Pages that had slots freed while full, to use when `current` is.
+    with_room: Cell<*const Page>,
+}
+
+impl Queue {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    const EMPTY: Queue = Queue { current: Cell::new(ptr::null()), with_room: Cell::new(ptr::null()) };
+
+    /// A slot from the current page, if it has one: the fast path.
+    #[inline(always)]
+    fn alloc(&self) -> *mut u8 {
+        // SAFETY: `current` is null or a page of this heap's segments,
+        // mapped for good.
+        match unsafe { self.current.get().as_ref() } {
+            Some(page) => page.alloc(),
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+/// The last parent `MAPIAllocateMore` validated (or root made), with its
+/// tree and the tree's state word then. Sound with no invalidation: every
+/// free of the tree changes that word (its generation), a slot is only
+/// reused by a root of a later generation, and the memory of a dead tree is
+/// only reused by an allocation, which replaces the cache before anything
+/// is read through it again.
+#[derive(Debug)]
+pub struct ParentCache {
+    parent: Cell<usize>,
+    tree: Cell<*const Root>,
+    state: Cell<u32>,
+}
+
+impl ParentCache {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    const EMPTY: ParentCache = ParentCache { parent: Cell::new(0), tree: Cell::new(ptr::null()), state: Cell::new(0) };
+
+    /// The tree of `parent`, if it is the parent remembered and its tree is
+    /// still in the life it was remembered in.
+    #[inline(always)]
+    pub fn tree_of(&self, parent: usize) -> Option<&'static Root> {
+        if parent != self.parent.get() {
+            return None;
+        }
+        // SAFETY: `tree` was set with `parent` (which is non-zero) to a root
+        // slot of this heap, mapped for good.
+        let tree = unsafe { &*self.tree.get() };
+        if tree.state() == self.state.get() {
+            Some(tree)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    pub fn remember(&self, parent: usize, tree: &Root) {
+        self.parent.set(parent);
+        self.tree.set(tree);
+        self.state.set(tree.state());
+    }
+}
+
+#[derive(Debug)]
+pub struct Heap {
+    roots: [Queue; ROOT_CLASSES],
+    chunks: [Queue; CHUNK_CLASSES],
+    /// The segment new pages come from.
+    segment: Cell<*const Segment>,
+    /// Freed spans, by their length in pages (0 unused).
+    spans: [Cell<*const Page>; PAGES],
+    /// Freed segments of more than one unit.
+    huge: Cell<*const Segment>,
+    pub cache: ParentCache,
+    pub counts: HeapCounts,
+    /// The heap made before this one (`thread::heaps`); set before the heap
+    /// is published, never after.
+    older: AtomicPtr<Heap>,
+}
+
+impl Heap {
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    const EMPTY_SPANS: Cell<*const Page> = Cell::new(ptr::null());
+    #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
+    const EMPTY: Heap = Heap {
+        roots: [Queue::EMPTY; ROOT_CLASSES],
+        chunks: [Queue::EMPTY; CHUNK_CLASSES],
+        segment: Cell::new(ptr::null()),
+        spans: [Self::EMPTY_SPANS; PAGES],
+        huge: Cell::new(ptr::null()),
+        cache: ParentCache::EMPTY,
+        counts: HeapCounts::ZERO,
+        older: AtomicPtr::new(ptr::null_mut()),
+    };
+
+    /// A new heap, in memory of its own from the OS (never the C allocator:
+    /// see `os`); `None` when refused.
+    pub fn create() -> Option<&'static Heap> {
+        const OS_PAGE: usize = 4096;
+        let size = (core::mem::size_of::<Heap>() + OS_PAGE - 1) & !(OS_PAGE - 1);
+        let memory = os::map_aligned(size, OS_PAGE).cast::<Heap>();
+        if memory.is_null() {
+            return None;
+        }
+        // SAFETY: fresh memory of the OS, big enough and page-aligned, ours
+        // alone; a heap is never freed, so the reference lives for good.
+        unsafe {
+            memory.write(Heap::EMPTY);
+            Some(&*memory)
+        }
+    }
+
+    pub fn older(&self) -> *const Heap {
+        self.older.load(Ordering::Relaxed)
+    }
+
+    pub fn set_older(&self, older: *const Heap) {
+        self.older.store(older as *mut Heap, Ordering::Relaxed)
+    }
+
+    /// A slot of root class `class`, or null when memory runs out.
+    #[inline(always)]
+    pub fn root_slot(&self, class: usize) -> *mut u8 {
+        match self.roots.get(class) {
+            Some(queue) => {
+                let slot = queue.alloc();
+                if !slot.is_null() {
+                    return slot;
+                }
+                self.slot_slow(queue, Kind::Root, class, root_class_size(class))
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// A slot of chunk class `class`, or null when memory runs out.
+    #[inline(always)]
+    pub fn chunk_slot(&self, class: usize) -> *mut u8 {
+        match self.chunks.get(class) {
+            Some(queue) => {
+                let slot = queue.alloc();
+                if !slot.is_null() {
+                    return slot;
+                }
+                self.slot_slow(queue, Kind::Chunk, class, chunk_class_size(class))
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// The current page is full (or there is none): the next page of the
+    /// class with room, else a fresh one.
+    #[cold]
+    #[inline(never)]
+    fn slot_slow(&self, queue: &Queue, kind: Kind, class: usize, slot_size: usize) -> *mut u8 {
+        // SAFETY (both): pages on a queue are pages of this heap's segments.
+        if let Some(full) = unsafe { queue.current.get().as_ref() } {
+            // Off the queue: a free into it queues it again. And no longer
+            // current, even if no page can be had below, or that free would
+            // put it on `with_room` too, and it would be reclaimed twice.
+            full.set_queued(false);
+            queue.current.set(ptr::null());
+        }
+        while let Some(page) = unsafe { queue.with_room.get().as_ref() } {
+            queue.with_room.set(page.next());
+            if page.has_room() {
+                queue.current.set(page);
+                return page.alloc();
+            }
+            page.set_queued(false);
+        }
+        let page = match self.span(1) {
+            Some(page) => page,
+            None => return ptr::null_mut(),
+        };
+        // SAFETY: `page` is in a published segment.
+        unsafe { Segment::of(page.base() as usize) }.start_span(page, kind, class, slot_size);
+        queue.current.set(page);
+        page.alloc()
+    }
+
+    /// Puts a page that was full, and had a slot freed, back on its queue.
+    #[cold]
+    #[inline(never)]
+    pub fn requeue(&self, page: &Page) {
+        let queue = match page.kind() {
+            Kind::Root => self.roots.get(page.class()),
+            _ => self.chunks.get(page.class()),
+        };
+        if let Some(queue) = queue {
+            page.set_queued(true);
+            page.set_next(queue.with_room.get());
+            queue.with_room.set(page);
+        }
+    }
+
+    /// Gives back the slot `slot` of `page` (a class page).
+    ///
+    /// # Safety
+    /// As for `Page::free`.
+    #[inline(always)]
+    pub unsafe fn free_slot(&self, page: &Page, slot: *mut u8) {
+        // SAFETY: the caller's contract.
+        if unsafe { page.free(slot) } {
+            self.requeue(page);
+        }
+    }
+
+    /// An unused span of `count` pages (fewer than a segment's): a freed
+    /// one of that length, else the newest segment's next pages, else, once
+    /// that segment is used up, the class pages emptied since, else a new
+    /// segment.
+    fn span(&self, count: usize) -> Option<&'static Page> {
+        if let Some(page) = self.freed_span(count) {
+            return Some(page);
+        }
+        // SAFETY: `segment` is null or a segment of this heap, mapped for good.
+        let segment = unsafe { self.segment.get().as_ref() };
+        if let Some(page) = segment.and_then(|segment| segment.take_pages(count)) {
+            return Some(page);
+        }
+        if self.reclaim_empty_pages() {
+            if let Some(page) = self.freed_span(count) {
+                return Some(page);
+            }
+        }
+        if let Some(old) = segment {
+            // What is left of the old segment is a free span like any other.
+            if let Some(rest) = old.take_pages(old.pages_left()) {
+                self.keep_span(rest);
+            }
+        }
+        let fresh = Segment::create(self, 1)?;
+        self.segment.set(fresh);
+        fresh.take_pages(count)
+    }
+
+    fn freed_span(&self, count: usize) -> Option<&'static Page> {
+        let list = self.spans.get(count)?;
+        // SAFETY: the list holds retired first pages of this heap's spans.
+        let page = unsafe { list.get().as_ref() }?;
+        list.set(page.next());
+        Some(page)
+    }
+
+    /// Takes every class page with no slot in use off its queue, gives its
+    /// memory back and keeps it as a free one-page span, for any class or
+    /// block to use. Run when a segment is used up: a heap whose blocks all
+    /// went back can serve new ones of other sizes without a new segment.
+    #[cold]
+    fn reclaim_empty_pages(&self) -> bool {
+        let mut reclaimed = false;
+        for queue in self.roots.iter().chain(self.chunks.iter()) {
+            let mut link = &queue.with_room;
+            // SAFETY (both): pages on a queue are pages of this heap's segments.
+            while let Some(page) = unsafe { link.get().as_ref() } {
+                if page.is_empty() {
+                    link.set(page.next());
+                    self.give_back(page);
+                    reclaimed = true;
+                } else {
+                    link = page.next_link();
+                }
+            }
+            if let Some(page) = unsafe { queue.current.get().as_ref() } {
+                if page.is_empty() {
+                    queue.current.set(ptr::null());
+                    self.give_back(page);
+                    reclaimed = true;
+                }
+            }
+        }
+        reclaimed
+    }
+
+    fn give_back(&self, page: &Page) {
+        os::discard(page.base(), page.span() * PAGE_SIZE);
+        self.keep_span(page);
+    }
+
+    fn keep_span(&self, page: &Page) {
+        if let Some(list) = self.spans.get(page.span()) {
+            page.retire();
+            page.set_next(list.get());
+            list.set(page);
+        }
+    }
+
+    /// One block of `bytes` bytes of `kind` (a root slot or a chunk too big
+    /// for a class): a span of its own, or a segment of its own.
+    #[cold]
+    #[inline(never)]
+    pub fn large(&self, kind: Kind, bytes: usize) -> *mut u8 {
+        let pages = match bytes.checked_add(PAGE_SIZE - 1) {
+            Some(rounded) => rounded / PAGE_SIZE,
+            None => return ptr::null_mut(),
+        };
+        let page = if pages < PAGES { self.span(pages) } else { self.huge_span(bytes) };
+        match page {
+            Some(page) => {
+                // SAFETY: `page` is in a published segment.
+                let segment = unsafe { Segment::of(page.base() as usize) };
+                segment.start_span(page, kind, LARGE, page.span() * PAGE_SIZE);
+                page.set_queued(false);
+                page.alloc()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// The span of a segment of its own, of enough units for `bytes` after
+    /// its header page: a freed one if one is big enough, else a new one.
+    fn huge_span(&self, bytes: usize) -> Option<&'static Page> {
+        let units = bytes.checked_add(PAGE_SIZE + SEGMENT_SIZE - 1)? / SEGMENT_SIZE;
+        let mut link = &self.huge;
+        // SAFETY: the list holds freed huge segments of this heap.
+        while let Some(segment) = unsafe { link.get().as_ref() } {
+            if segment.units() >= units {
+                link.set(segment.next());
+                return Some(segment.whole_span());
+            }
+            link = segment.next_link();
+        }
+        Some(Segment::create(self, units)?.whole_span())
+    }
+
+    /// Frees a large block's span (or segment): nothing in it validates any
+    /// more, and big ones go back to the OS.
+    #[cold]
+    #[inline(never)]
+    pub fn free_large(&self, page: &'static Page) {
+        let pages = page.span();
+        if pages >= DISCARD_PAGES {
+            os::discard(page.base(), pages * PAGE_SIZE);
+        }
+        if pages < PAGES {
+            self.keep_span(page);
+        } else {
+            page.retire();
+            // SAFETY: the page is the span of a published huge segment.
+            let segment = unsafe { Segment::of(page.base() as usize) };
+            segment.set_next(self.huge.get());
+            self.huge.set(segment);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heap_fits_a_few_os_pages() {
+        assert!(core::mem::size_of::<Heap>() <= 3 * 4096, "{}", core::mem::size_of::<Heap>());
+    }
+}

@@ -1,0 +1,91 @@
+//! Registry v3, step 1 (the `registry-v3` feature, off by default): blocks
+//! in pages the library manages itself, validated from its own tables, on
+//! the owner's paths only. ARCHITECTURE.md, "Where it goes next", has the
+//! design; `bench/mockup/` the C mock-up that measured these fast paths.
+//!
+//! ```text
+//! segment (4 MiB, aligned; 1 MiB on 32-bit), published in `segmap`
+//! ├─ page 0: `Segment` — owner, a `Page` descriptor per 64 KiB page,
+//! │          a start bit per 16-byte granule (children only)
+//! ├─ root page:  [Root hdr|client][Root hdr|client]...   one size class
+//! ├─ chunk page: [Chunk hdr|child|child|...][Chunk ...]  one chunk class
+//! └─ span:       pages holding one large root or chunk
+//! ```
+//!
+//! - Roots sit in size-class slots behind a 16-byte header (`root`): a
+//!   state word with a generation, the requested size, the tree's newest
+//!   chunk. Children are bumped into chunks owned by their tree (`chunk`),
+//!   the first 64 bytes, each next 8 times the last up to a page; a child
+//!   bigger than a quarter of the next chunk gets a chunk of its own. A
+//!   tree is freed as its root slot and a few chunks.
+//! - A pointer is validated before anything at it is read (`validate`):
+//!   its segment's bit, the segment's owner, the page descriptor, the slot
+//!   by reciprocal (`class`), then the root's header or the child's start
+//!   bit, chunk and tree state — all in memory the library keeps mapped
+//!   (segments are never unmapped while loaded; freed spans go back with
+//!   `MADV_DONTNEED`).
+//! - Each thread has a heap (`heap`, bound in `thread`) that owns its
+//!   segments; only the owner touches a heap or its segments' metadata,
+//!   with plain loads and stores. Other threads read a segment's `owner`
+//!   word only.
+//!
+//! **Not built in this step.** A call on a tree of another thread, live or
+//! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
+//! (`MAPIFreeBuffer`) as if the pointer were foreign: cross-thread frees,
+//! remote children, thread exit and heap adoption (a thread's heap and
+//! segments are kept when it exits), fork beyond the forking thread's own
+//! trees, valgrind/ASan client requests and the `leaks` report are the next
+//! steps'. Emptied class pages go back only when a segment is used up
+//! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
+
+mod alloc;
+mod chunk;
+mod class;
+mod counts;
+mod free;
+mod heap;
+mod page;
+mod root;
+mod segmap;
+mod segment;
+mod start_bits;
+mod thread;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use alloc::{allocate_child, allocate_root, reallocate};
+pub use counts::stats;
+pub use free::free_root;
+
+use core::ptr::NonNull;
+
+/// Segments are `SEGMENT_SIZE` bytes, aligned to their size.
+pub const SEGMENT_SHIFT: u32 = if cfg!(target_pointer_width = "64") { 22 } else { 20 };
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+/// Pages are the unit a segment hands to a size class or a large block.
+pub const PAGE_SHIFT: u32 = 16;
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// Pages of a segment; page 0 holds the segment's metadata.
+pub const PAGES: usize = SEGMENT_SIZE / PAGE_SIZE;
+/// Every block starts on a granule: 16 bytes, so client pointers are
+/// 16-aligned (SPEC §2 asks 16 on 64-bit, 8 on 32-bit).
+pub const GRANULE: usize = 16;
+pub const GRANULE_SHIFT: u32 = 4;
+
+/// A block handed to a client, named by its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block(NonNull<u8>);
+
+impl Block {
+    /// The address the client sees.
+    pub fn addr(self) -> usize {
+        self.0.as_ptr() as usize
+    }
+
+    /// The pointer the client sees.
+    pub fn as_ptr(self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+}

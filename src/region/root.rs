@@ -1,0 +1,126 @@
+//! A root's 16-byte header, in front of its client bytes in a size-class
+//! slot (or a span of its own): the state word, the size asked for, and
+//! the tree's newest chunk.
+//!
+//! The state word is `generation << 8 | kind`. The generation moves on at
+//! every free, so a chunk (which records its tree's state) and the parent
+//! cache (which records the state it validated) both stop matching the
+//! moment their tree dies, with no list of them to clear. A free slot keeps
+//! its state word (kind `FREE`), so a stale pointer to it is refused.
+
+use super::chunk::Chunk;
+use super::GRANULE;
+use core::cell::Cell;
+use core::ptr;
+
+/// The kinds a state word holds in its low bits.
+pub const FREE: u32 = 0;
+pub const LIVE: u32 = 1;
+/// A chunk's state word: its tree's generation, its class, this kind.
+pub const CHUNK: u32 = 2;
+const KIND_MASK: u32 = 3;
+pub const GENERATION_SHIFT: u32 = 8;
+const GENERATION_STEP: u32 = 1 << GENERATION_SHIFT;
+
+/// Bytes in front of a root's client bytes.
+pub const ROOT_HEADER: usize = 16;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Root {
+    state: Cell<u32>,
+    size: Cell<u32>,
+    /// The newest chunk, where children are bumped; older ones follow it.
+    /// A free slot's link in its page's free list.
+    first: Cell<*const Chunk>,
+}
+
+const _: () = assert!(core::mem::size_of::<Root>() <= ROOT_HEADER && ROOT_HEADER % GRANULE == 0);
+const _: () = assert!(core::mem::size_of::<Root>() >= super::page::FREE_LINK_OFFSET + 4);
+
+/// The generation bits of a state word.
+#[inline(always)]
+pub const fn generation(state: u32) -> u32 {
+    state & !((1 << GENERATION_SHIFT) - 1)
+}
+
+impl Root {
+    /// The header of the slot at `slot`.
+    ///
+    /// # Safety
+    /// `slot` is a root slot that was handed out at least once: its header
+    /// is mapped, 16-aligned memory of the heap's, written only by it.
+    #[inline(always)]
+    pub unsafe fn at<'a>(slot: usize) -> &'a Root {
+        // SAFETY: by the caller's contract.
+        unsafe { &*(slot as *const Root) }
+    }
+
+    /// Makes a freshly handed-out slot a live root of `size` bytes with no
+    /// children, in the generation the slot's last root left it.
+    #[inline(always)]
+    pub fn begin(&self, size: u32) -> u32 {
+        let state = generation(self.state.get()) | LIVE;
+        self.state.set(state);
+        self.size.set(size);
+        self.first.set(ptr::null());
+        state
+    }
+
+    /// Ends the root's life: the next generation, kind free.
+    #[inline(always)]
+    pub fn end(&self) {
+        self.state.set(generation(self.state.get()).wrapping_add(GENERATION_STEP) | FREE);
+    }
+
+    #[inline(always)]
+    pub fn state(&self) -> u32 {
+        self.state.get()
+    }
+
+    #[inline(always)]
+    pub fn is_live(&self) -> bool {
+        self.state.get() & KIND_MASK == LIVE
+    }
+
+    #[inline(always)]
+    pub fn size(&self) -> u32 {
+        self.size.get()
+    }
+
+    #[inline(always)]
+    pub fn first(&self) -> *const Chunk {
+        self.first.get()
+    }
+
+    pub fn set_first(&self, chunk: *const Chunk) {
+        self.first.set(chunk)
+    }
+
+    /// The client's address.
+    #[inline(always)]
+    pub fn client(&self) -> usize {
+        self as *const Root as usize + ROOT_HEADER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_changes_the_state_and_the_next_root_keeps_the_generation() {
+        let mut slot = [0u128; 2];
+        // SAFETY: a local, 16-byte-aligned-enough stand-in for a slot.
+        let root = unsafe { Root::at(slot.as_mut_ptr() as usize) };
+        let first = root.begin(32);
+        assert!(root.is_live() && root.size() == 32 && root.first().is_null());
+        root.end();
+        assert!(!root.is_live());
+        assert_ne!(root.state(), first, "a stale state no longer matches");
+        let second = root.begin(8);
+        assert_ne!(second, first, "a new root in the slot is a new generation");
+        assert_eq!(generation(second), generation(first) + GENERATION_STEP);
+        assert_eq!(second & KIND_MASK, LIVE);
+    }
+}

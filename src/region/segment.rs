@@ -1,0 +1,241 @@
+//! A segment: `SEGMENT_SIZE` bytes (or a whole number of them, for one
+//! block bigger than a segment), aligned to that size, so the metadata of
+//! any address in it is found by masking the address. Its first page is
+//! this header: the owning heap, a descriptor per page, the start bits.
+//!
+//! A segment is mapped once, published in `segmap` after its header is
+//! written, and never unmapped while the library is loaded: any thread that
+//! sees its bit may read its `owner` word at any time. Everything else in
+//! it belongs to the owning heap alone.
+
+use super::heap::Heap;
+use super::page::{Kind, Page};
+use super::start_bits::StartBits;
+use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
+use crate::os;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+const START_WORDS: usize = (SEGMENT_SIZE >> GRANULE_SHIFT) / usize::BITS as usize;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Segment {
+    /// The heap that owns every page of it. Written before the segment is
+    /// published; the only field other threads read.
+    owner: AtomicPtr<Heap>,
+    /// How many `SEGMENT_SIZE` units it spans: 1, or more for one huge block.
+    units: Cell<usize>,
+    /// Pages from here on were never handed out.
+    next_page: Cell<usize>,
+    /// The next freed huge segment on its heap's list.
+    next: Cell<*const Segment>,
+    pages: [Page; PAGES],
+    starts: StartBits<START_WORDS>,
+}
+
+// The header fits its page, and the zeroes the OS maps are a valid header:
+// every field is a number, a null pointer or `Kind::Unused` (0) when zero.
+const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
+const _: () = assert!(StartBits::<START_WORDS>::GRANULES == SEGMENT_SIZE >> GRANULE_SHIFT);
+
+impl Segment {
+    /// A new segment of `units` units owned by `owner`, published; `None`
+    /// when the OS refuses or places it where `segmap` cannot reach.
+    pub fn create(owner: *const Heap, units: usize) -> Option<&'static Segment> {
+        let size = units.checked_mul(SEGMENT_SIZE)?;
+        let start = os::map_aligned(size, SEGMENT_SIZE);
+        if start.is_null() {
+            return None;
+        }
+        // SAFETY: a fresh, aligned, zeroed mapping of at least a page, which
+        // is a valid `Segment` (see the assertions above); it is ours alone
+        // until published below, and never unmapped after.
+        let segment = unsafe { &*start.cast::<Segment>() };
+        segment.owner.store(owner as *mut Heap, Ordering::Relaxed);
+        segment.units.set(units);
+        segment.next_page.set(1);
+        if !segmap::publish(start as usize) {
+            os::unmap(start, size);
+            return None;
+        }
+        Some(segment)
+    }
+
+    /// The segment whose first unit holds `addr`.
+    ///
+    /// # Safety
+    /// `segmap::contains(addr)`: the segment is published, so mapped for good.
+    #[inline(always)]
+    pub unsafe fn of(addr: usize) -> &'static Segment {
+        // SAFETY: by the caller's contract a published segment's header is at
+        // the start of `addr`'s unit, initialised before it was published.
+        unsafe { &*((addr & !(SEGMENT_SIZE - 1)) as *const Segment) }
+    }
+
+    #[inline(always)]
+    pub fn owner(&self) -> *const Heap {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) -> usize {
+        self as *const Segment as usize
+    }
+
+    pub fn units(&self) -> usize {
+        self.units.get()
+    }
+
+    pub fn next(&self) -> *const Segment {
+        self.next.get()
+    }
+
+    pub fn set_next(&self, next: *const Segment) {
+        self.next.set(next)
+    }
+
+    /// The link to the next freed huge segment, to unlink the one after.
+    pub fn next_link(&self) -> &Cell<*const Segment> {
+        &self.next
+    }
+
+    /// The descriptor of the page holding `addr`; for a span's later page,
+    /// its first page's. `addr` lies in this segment's first unit.
+    #[inline(always)]
+    pub fn page_of(&self, addr: usize) -> &Page {
+        let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
+        let page = &self.pages[index];
+        if page.kind() == Kind::Tail {
+            return &self.pages[index.saturating_sub(page.back())];
+        }
+        page
+    }
+
+    /// How many pages are left to hand out.
+    pub fn pages_left(&self) -> usize {
+        PAGES - self.next_page.get()
+    }
+
+    /// The next `count` pages never handed out, as an unused span; `None`
+    /// when fewer are left.
+    pub fn take_pages(&self, count: usize) -> Option<&Page> {
+        let first = self.next_page.get();
+        if count == 0 || count > PAGES - first {
+            return None;
+        }
+        let page = self.pages.get(first)?;
+        self.next_page.set(first + count);
+        page.init_unused(self.start() + first * PAGE_SIZE, count);
+        Some(page)
+    }
+
+    /// A huge segment's one span: every page after the header.
+    pub fn whole_span(&self) -> &Page {
+        let page = &self.pages[1];
+        page.init_unused(self.start() + PAGE_SIZE, self.units.get() * PAGES - 1);
+        page
+    }
+
+    /// Makes `span` (a page of this segment from `take_pages` or a freed
+    /// span) hold slots of `slot_size` bytes of `kind` and `class`.
+    pub fn start_span(&self, span: &Page, kind: Kind, class: usize, slot_size: usize) {
+        let first = (span.base() as usize - self.start()) >> PAGE_SHIFT;
+        let count = span.span();
+        for (back, tail) in self.pages.iter().skip(first).take(count).enumerate().skip(1) {
+            tail.init_tail(back);
+        }
+        span.init(kind, class, slot_size, count, span.base());
+    }
+
+    /// The granule `addr` starts, in the start bits.
+    #[inline(always)]
+    fn granule(addr: usize) -> usize {
+        (addr & (SEGMENT_SIZE - 1)) >> GRANULE_SHIFT
+    }
+
+    #[inline(always)]
+    pub fn mark_start(&self, addr: usize) {
+        self.starts.set(Self::granule(addr))
+    }
+
+    #[inline(always)]
+    pub fn is_start(&self, addr: usize) -> bool {
+        self.starts.test(Self::granule(addr))
+    }
+
+    /// Clears the start bits of the `granules` granules from `addr` on.
+    #[inline]
+    pub fn clear_starts(&self, addr: usize, granules: usize) {
+        self.starts.clear(Self::granule(addr), granules)
+    }
+
+    /// The address of the next start after `addr`, or `end` if none is before.
+    pub fn next_start(&self, addr: usize, end: usize) -> usize {
+        let (from, to) = (Self::granule(addr) + 1, Self::granule(end - 1) + 1);
+        addr + ((self.starts.next_set(from, to) - Self::granule(addr)) << GRANULE_SHIFT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment of this test's own, owned by no heap.
+    fn segment(units: usize) -> &'static Segment {
+        Segment::create(core::ptr::null(), units).expect("a segment")
+    }
+
+    #[test]
+    fn a_segment_is_aligned_published_and_hands_out_its_pages_once() {
+        let s = segment(1);
+        let start = s as *const Segment as usize;
+        assert_eq!(start % SEGMENT_SIZE, 0);
+        assert!(segmap::contains(start) && segmap::contains(start + SEGMENT_SIZE - 1));
+        // SAFETY: published just above.
+        assert!(core::ptr::eq(unsafe { Segment::of(start + 12345) }, s));
+        assert_eq!(s.pages_left(), PAGES - 1, "page 0 is the header");
+        let a = s.take_pages(1).unwrap();
+        let b = s.take_pages(3).unwrap();
+        assert_eq!(a.base() as usize, start + PAGE_SIZE);
+        assert_eq!(b.base() as usize, start + 2 * PAGE_SIZE);
+        assert!(s.take_pages(PAGES).is_none() && s.take_pages(0).is_none());
+        assert_eq!(s.pages_left(), PAGES - 5);
+    }
+
+    #[test]
+    fn every_page_of_a_span_leads_to_its_first() {
+        let s = segment(1);
+        let span = s.take_pages(3).unwrap();
+        s.start_span(span, Kind::Root, 0, 3 * PAGE_SIZE);
+        let base = span.base() as usize;
+        for addr in [base, base + PAGE_SIZE, base + 3 * PAGE_SIZE - 16] {
+            assert!(core::ptr::eq(s.page_of(addr), span), "{:#x}", addr - base);
+        }
+        assert!(!core::ptr::eq(s.page_of(base + 3 * PAGE_SIZE), span), "the page after the span");
+    }
+
+    #[test]
+    fn start_bits_mark_children_and_find_the_next() {
+        let s = segment(1);
+        let base = s as *const Segment as usize + 5 * PAGE_SIZE;
+        for addr in [base, base + 48, base + 64] {
+            s.mark_start(addr);
+        }
+        assert!(s.is_start(base + 48) && !s.is_start(base + 32));
+        assert_eq!(s.next_start(base, base + 4096), base + 48);
+        assert_eq!(s.next_start(base + 64, base + 4096), base + 4096, "none after the last");
+        s.clear_starts(base + 16, 3); // 16, 32 and 48
+        assert!(s.is_start(base) && !s.is_start(base + 48) && s.is_start(base + 64));
+    }
+
+    #[test]
+    fn a_huge_segment_publishes_its_first_unit_only() {
+        let s = segment(3);
+        let start = s as *const Segment as usize;
+        assert!(segmap::contains(start));
+        assert!(!segmap::contains(start + SEGMENT_SIZE) && !segmap::contains(start + 2 * SEGMENT_SIZE));
+        let span = s.whole_span();
+        assert_eq!(span.span(), 3 * PAGES - 1);
+        assert_eq!(span.base() as usize, start + PAGE_SIZE);
+    }
+}

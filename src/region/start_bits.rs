@@ -1,0 +1,111 @@
+//! A bit per 16-byte granule of a segment, set where a live child starts:
+//! what tells a child's address from an address inside a child, without
+//! reading anything at it. Only chunk pages have bits set; a chunk's bits
+//! are cleared when its tree is freed, so a stale child pointer fails too.
+
+use core::cell::Cell;
+
+const WORD_BITS: usize = usize::BITS as usize;
+
+/// The bits of one segment, word by word; granule `g` is bit `g % W` of
+/// word `g / W`.
+#[repr(transparent)]
+#[derive(Debug)]
+pub struct StartBits<const WORDS: usize>([Cell<usize>; WORDS]);
+
+impl<const WORDS: usize> StartBits<WORDS> {
+    /// Granules covered.
+    pub const GRANULES: usize = WORDS * WORD_BITS;
+
+    #[inline(always)]
+    pub fn set(&self, granule: usize) {
+        if let Some(word) = self.0.get(granule / WORD_BITS) {
+            word.set(word.get() | 1 << (granule % WORD_BITS));
+        }
+    }
+
+    #[inline(always)]
+    pub fn test(&self, granule: usize) -> bool {
+        match self.0.get(granule / WORD_BITS) {
+            Some(word) => (word.get() >> (granule % WORD_BITS)) & 1 != 0,
+            None => false,
+        }
+    }
+
+    /// Clears the `count` granules from `first` on.
+    #[inline]
+    pub fn clear(&self, first: usize, count: usize) {
+        let (mut granule, end) = (first, first.saturating_add(count).min(Self::GRANULES));
+        while granule < end {
+            let bit = granule % WORD_BITS;
+            let take = (WORD_BITS - bit).min(end - granule);
+            let mask = if take == WORD_BITS { usize::MAX } else { ((1 << take) - 1) << bit };
+            if let Some(word) = self.0.get(granule / WORD_BITS) {
+                word.set(word.get() & !mask);
+            }
+            granule += take;
+        }
+    }
+
+    /// The first set granule in `[from, end)`, else `end`.
+    pub fn next_set(&self, from: usize, end: usize) -> usize {
+        let end = end.min(Self::GRANULES);
+        let mut granule = from;
+        while granule < end {
+            let bits = match self.0.get(granule / WORD_BITS) {
+                Some(word) => word.get() >> (granule % WORD_BITS),
+                None => 0,
+            };
+            if bits != 0 {
+                return (granule + bits.trailing_zeros() as usize).min(end);
+            }
+            granule = (granule / WORD_BITS + 1) * WORD_BITS;
+        }
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORDS: usize = 4;
+
+    fn bits() -> StartBits<WORDS> {
+        StartBits([(); WORDS].map(|_| Cell::new(0)))
+    }
+
+    #[test]
+    fn set_test_and_clear_across_words() {
+        let b = bits();
+        for g in [0, 1, 63 % WORD_BITS, WORD_BITS, 2 * WORD_BITS + 5, StartBits::<WORDS>::GRANULES - 1] {
+            assert!(!b.test(g));
+            b.set(g);
+            assert!(b.test(g));
+        }
+        assert!(!b.test(2), "only what was set");
+        b.clear(1, 2 * WORD_BITS + 5 - 1);
+        assert!(b.test(0) && !b.test(1) && !b.test(WORD_BITS) && b.test(2 * WORD_BITS + 5));
+        b.clear(0, usize::MAX);
+        assert!((0..StartBits::<WORDS>::GRANULES).all(|g| !b.test(g)));
+    }
+
+    #[test]
+    fn granules_past_the_end_are_never_set() {
+        let b = bits();
+        b.set(StartBits::<WORDS>::GRANULES);
+        b.set(usize::MAX);
+        assert!(!b.test(StartBits::<WORDS>::GRANULES) && !b.test(usize::MAX));
+        assert_eq!(b.next_set(0, usize::MAX), StartBits::<WORDS>::GRANULES);
+    }
+
+    #[test]
+    fn next_set_finds_the_following_start() {
+        let b = bits();
+        b.set(3);
+        b.set(WORD_BITS + 7);
+        assert_eq!(b.next_set(0, 100), 3);
+        assert_eq!(b.next_set(4, 200), WORD_BITS + 7);
+        assert_eq!(b.next_set(4, WORD_BITS), WORD_BITS, "none before the end");
+    }
+}
