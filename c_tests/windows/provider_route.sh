@@ -38,23 +38,14 @@ arch=$(sh "$here/pe_arch.sh" "$dir/mapi32.dll")
 [ "$(sh "$here/pe_arch.sh" "$dir/provider_route_client.exe")" = "$arch" ] ||
     { echo "provider_route: $dir's mapi32.dll and provider_route_client.exe differ in width" >&2; exit 2; }
 
-find_wine() {
-    for candidate in "${WINE:-}" wine64 /usr/lib/wine/wine64 wine; do
-        [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
-    done
-    echo "provider_route: no wine64 found (apt-get install wine64)" >&2
-    exit 2
-}
-wine=$(find_wine)
+wine=$(sh "$here/find_wine.sh" win64) || exit 2
 # wine64 hands a 32-bit program to the 32-bit loader beside it.
 if [ "$arch" = win32 ] && [ ! -x "$(dirname "$wine")/wine" ]; then
     echo "provider_route: no 32-bit wine next to $wine" \
         "(dpkg --add-architecture i386; apt-get update; apt-get install wine32)" >&2
     exit 2
 fi
-wineserver=${WINESERVER:-$(dirname "$wine")/wineserver}
-[ -x "$wineserver" ] || wineserver=$(command -v wineserver || true)
-[ -n "$wineserver" ] || { echo "provider_route: no wineserver found next to $wine" >&2; exit 2; }
+wineserver=$(sh "$here/find_wine.sh" server "$wine") || exit 2
 case_timeout=${CASE_TIMEOUT:-20}
 
 work=$(mktemp -d)

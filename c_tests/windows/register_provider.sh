@@ -36,14 +36,7 @@ key='HKLM\Software\Clients\Mail'
 own_client=libmapi32
 here=$(cd "$(dirname "$0")" && pwd)
 
-find_wine() {
-    for candidate in "${WINE:-}" wine64 /usr/lib/wine/wine64 wine; do
-        [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
-    done
-    echo "register_provider: no wine64 found (apt-get install wine64)" >&2
-    exit 2
-}
-wine=$(find_wine)
+wine=$(sh "$here/find_wine.sh" win64) || exit 2
 prefix=${WINEPREFIX:-$HOME/.wine}
 
 # use_width win64|win32: sets the registry view and where the DLL goes.

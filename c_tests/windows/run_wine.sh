@@ -32,28 +32,10 @@ for file in mapi32.dll conformance_win.exe sdk_client.exe unit_tests.exe; do
     [ -f "$dir/$file" ] || { echo "run_wine: $dir/$file not found (make windows-programs)" >&2; exit 2; }
 done
 
-arch=$(sh "$(dirname "$0")/pe_arch.sh" "$dir/mapi32.dll")
-
-# Debian's wine64 has no 32-bit side: that is wine32's /usr/lib/wine/wine,
-# which `wine` alone does not promise (it may be wine64 under that name).
-find_wine() {
-    if [ "$arch" = win64 ]; then
-        candidates="${WINE:-} wine64 /usr/lib/wine/wine64 wine"
-        missing="no wine64 found (apt-get install wine64)"
-    else
-        candidates="${WINE:-} /usr/lib/wine/wine"
-        missing="no 32-bit wine found (dpkg --add-architecture i386; apt-get update; apt-get install wine32)"
-    fi
-    for candidate in $candidates; do
-        command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
-    done
-    echo "run_wine: $missing" >&2
-    exit 2
-}
-wine=$(find_wine)
-wineserver=${WINESERVER:-$(dirname "$wine")/wineserver}
-[ -x "$wineserver" ] || wineserver=$(command -v wineserver || true)
-[ -n "$wineserver" ] || { echo "run_wine: no wineserver found next to $wine" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+arch=$(sh "$here/pe_arch.sh" "$dir/mapi32.dll")
+wine=$(sh "$here/find_wine.sh" "$arch") || exit 2
+wineserver=$(sh "$here/find_wine.sh" server "$wine") || exit 2
 case_timeout=${CASE_TIMEOUT:-20}
 unit_timeout=${UNIT_TIMEOUT:-120}
 
