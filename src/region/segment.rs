@@ -30,6 +30,8 @@ pub struct Segment {
     next_page: Cell<usize>,
     /// The next freed huge segment on its heap's list.
     next: Cell<*const Segment>,
+    /// The segment its heap made before this one (`Heap::segments`).
+    older: Cell<*const Segment>,
     pages: [Page; PAGES],
     starts: StartBits<START_WORDS>,
 }
@@ -80,6 +82,21 @@ impl Segment {
 
     fn start(&self) -> usize {
         self as *const Segment as usize
+    }
+
+    pub fn older(&self) -> *const Segment {
+        self.older.get()
+    }
+
+    pub fn set_older(&self, older: *const Segment) {
+        self.older.set(older)
+    }
+
+    /// Its pages handed out so far, first pages of spans and class pages
+    /// only (a huge segment's one span included), for walking its blocks.
+    pub fn spans(&self) -> impl Iterator<Item = &Page> {
+        let end = if self.units.get() > 1 { 2 } else { self.next_page.get() };
+        self.pages.iter().take(end).skip(1).filter(|page| matches!(page.kind(), Kind::Root | Kind::Chunk))
     }
 
     pub fn units(&self) -> usize {
