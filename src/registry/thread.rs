@@ -390,6 +390,7 @@ mod exit_hook {
     /// ours: both kinds of heap are aligned to more than 2 bytes. One key
     /// serves both, and a build with the feature still runs this registry's
     /// unit tests.
+    #[cfg(feature = "registry-v3")]
     pub(in crate::registry) const REGION_TAG: usize = 1;
 
     extern "C" fn destructor(value: *mut libc::c_void) {
