@@ -3,7 +3,7 @@
 //! its live trees, and walked by the `leaks` report. (The C programs cover
 //! the same through the library's exports: `c_tests/thread_life.c`.)
 
-use super::heap::Heap;
+use super::heap::{self, Heap};
 use super::*;
 
 fn root(size: u32) -> usize {
@@ -64,8 +64,8 @@ fn an_exited_threads_heap_keeps_its_trees_and_gives_back_its_empty_pages() {
             // SAFETY: live blocks of those sizes.
             unsafe { core::ptr::write_bytes(r as *mut u8, 0xa5, 64) };
             unsafe { core::ptr::write_bytes(c as *mut u8, 0x5a, 100) };
-            // Some pages filled with roots of another class, all freed.
-            let many: Vec<usize> = (0..2000).map(|_| root(1000)).collect();
+            // Many pages filled with roots of another class, all freed.
+            let many: Vec<usize> = (0..20_000).map(|_| root(1000)).collect();
             for &each in &many {
                 assert_eq!(free_root(each), Ok(1));
             }
@@ -102,8 +102,11 @@ fn an_exited_threads_heap_keeps_its_trees_and_gives_back_its_empty_pages() {
         assert!(bytes.0.iter().all(|&b| b == 0xa5) && bytes.1.iter().all(|&b| b == 0x5a), "bytes kept");
         assert_eq!(walked, Some((64, 164)), "the leaks walk sees it");
         assert!(counts.live_roots >= 1 && counts.live_children >= 1);
-        let still: Vec<usize> = emptied.iter().copied().filter(|&addr| resident(addr)).collect();
-        assert!(still.is_empty(), "{} of {} freed roots' pages still resident", still.len(), emptied.len());
+        // At most what an orphan may keep for its adopter stays resident.
+        let mut pages: Vec<usize> = emptied.iter().map(|&addr| addr / PAGE_SIZE).collect();
+        pages.dedup();
+        let still = pages.iter().filter(|&&page| resident(page * PAGE_SIZE)).count();
+        assert!(still <= heap::KEEP_AT_EXIT, "{still} of {} emptied pages still resident", pages.len());
         return;
     }
     panic!("the orphan was adopted by another thread every time");
