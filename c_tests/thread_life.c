@@ -26,6 +26,8 @@
 #define HARNESS_TIMEOUT_SECONDS 60
 #include "harness.h"
 
+#include <malloc.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,11 +97,15 @@ static void *allocate_then_free(void *tree)
     if (MAPIAllocateBuffer(8, &mine) != S_OK)
         return NULL;
     void *child = NULL;
+    MAPI32_STATS before = stats_now();
     MAPIFreeBuffer(tree);
-    /* Freed for real: no child can be added to it any more. */
+    MAPI32_STATS after = stats_now();
+    /* Freed for real (not ignored as another thread's): its root and two
+     * children are no longer live, and no child can be added to it. */
+    int freed = after.live_roots == before.live_roots - 1 && after.live_children == before.live_children - 2;
     SCODE refused = MAPIAllocateMore(8, tree, &child);
     MAPIFreeBuffer(mine);
-    return refused == MAPI_E_INVALID_PARAMETER ? tree : NULL;
+    return freed && refused == MAPI_E_INVALID_PARAMETER ? tree : NULL;
 }
 
 static void exited_threads_tree_stays_counted_until_a_later_thread_frees_it(void)
@@ -134,9 +140,10 @@ static void *build_and_free(void *unused)
 }
 
 enum { WARM_UP = 32, LIFETIMES = 1000, AT_ONCE = 4 };
-/* Less than two v3 segments (4 MiB each) for a thousand threads; a heap
- * per thread would map 4 GiB. */
-#define MOST_MAPPED_GROWTH (8l << 20)
+/* A v3 heap (a 4 MiB segment) for each thread that can be alive at once,
+ * in case the warm-up never had AT_ONCE overlap, and one spare; a heap per
+ * thread would map 2.5 GiB. */
+#define MOST_MAPPED_GROWTH ((AT_ONCE + 1l) * (4l << 20))
 #define MOST_RESIDENT_GROWTH (4l << 20)
 
 /* Rounds of threads, alone for half the rounds, a few at a time for the
@@ -160,6 +167,9 @@ static int come_and_go(int rounds)
 
 static void threads_coming_and_going_keep_memory_flat(void)
 {
+    /* glibc maps a 64 MiB arena whenever threads contend for the ones it
+     * has, up to 8 per core: one arena keeps its mappings out of the count. */
+    REQUIRE(mallopt(M_ARENA_MAX, 1) == 1);
     /* glibc's own first costs: thread stacks it caches, its arenas. */
     int failed = come_and_go(WARM_UP);
     struct memory before = memory_now();
@@ -204,14 +214,17 @@ static void an_exiting_thread_gives_back_what_it_freed(void)
     CHECK_MSG(resident < MOST_RESIDENT_GROWTH, "resident memory grew by %ld KiB", resident / 1024);
 }
 
-static atomic_int stop_building;
+static atomic_int stop_building, builders_under_way;
 
 static void *build_until_stopped(void *unused)
 {
     (void)unused;
-    while (!atomic_load(&stop_building))
+    for (int lap = 0; !atomic_load(&stop_building); lap++) {
         if (build_and_free(NULL) == NULL)
             return NULL;
+        if (lap == 0)
+            atomic_fetch_add(&builders_under_way, 1);
+    }
     return (void *)1;
 }
 
@@ -239,12 +252,17 @@ static _Noreturn void use_after_fork(void *mine, void *orphaned)
 
 static void fork_child_frees_trees_made_before_the_fork(void)
 {
-    void *mine = make_tree(NULL);
-    void *orphaned = run_on_thread(make_tree, NULL);
-    REQUIRE(mine != NULL && orphaned != NULL);
     pthread_t builders[BUILDERS];
     for (int i = 0; i < BUILDERS; i++)
         REQUIRE(pthread_create(&builders[i], NULL, build_until_stopped, NULL) == 0);
+    /* The builders have their heaps: none of them adopts the exited
+     * thread's below (its tree is then another running thread's, which the
+     * cross-thread work is for). */
+    while (atomic_load(&builders_under_way) < BUILDERS)
+        sched_yield();
+    void *mine = make_tree(NULL);
+    void *orphaned = run_on_thread(make_tree, NULL);
+    REQUIRE(mine != NULL && orphaned != NULL);
     int failed = 0;
     for (int i = 0; i < FORKS; i++) {
         pid_t pid = fork();
