@@ -4,9 +4,12 @@
 //! this header: the owning heap, a descriptor per page, the start bits.
 //!
 //! A segment is mapped once, published in `segmap` after its header is
-//! written, and never unmapped while the library is loaded: any thread that
-//! sees its bit may read its `owner` word at any time. Everything else in
-//! it belongs to the owning heap alone.
+//! written, and never unmapped while the library can be called (only
+//! `unload`, at `dlclose`, withdraws and unmaps empty heaps' segments): any
+//! thread that sees its bit may read its `owner` word at any time.
+//! Everything else in it belongs to the owning heap alone — to whichever
+//! thread holds that heap (`Heap::try_claim`), as a heap outlives its
+//! threads.
 
 use super::heap::Heap;
 use super::page::{Kind, Page};
