@@ -58,7 +58,8 @@ mod unload;
 mod validate;
 mod walk;
 
-#[cfg(test)]
+// Thread exit is served by the POSIX exit hook only (see `thread`).
+#[cfg(all(test, unix))]
 mod life_tests;
 #[cfg(test)]
 mod tests;
