@@ -116,7 +116,11 @@ extern "C" fn report_leaks() {
     let mut bytes = 0u64;
     // (tree bytes, root size, root address), largest first.
     let mut largest = [(0u64, 0usize, 0usize); LARGEST];
-    let left_out = crate::registry::for_each_root(|addr, root_size, tree_bytes| {
+    #[cfg(feature = "registry-v3")]
+    use crate::region::for_each_root;
+    #[cfg(not(feature = "registry-v3"))]
+    use crate::registry::for_each_root;
+    let left_out = for_each_root(|addr, root_size, tree_bytes| {
         roots += 1;
         bytes = bytes.wrapping_add(tree_bytes);
         if let Some(place) = largest.iter().position(|&(held, _, _)| tree_bytes > held) {
@@ -146,7 +150,10 @@ extern "C" fn report_leaks() {
         let mut line = Line::new();
         line.push(b"libmapi32:   not counted: the roots of ");
         line.push_decimal(left_out as u64);
+        #[cfg(not(feature = "registry-v3"))]
         line.push(b" thread(s) whose records a thread was changing when the process ended it");
+        #[cfg(feature = "registry-v3")]
+        line.push(b" thread(s) still running, whose heaps may be changing");
         line.write();
     }
 }

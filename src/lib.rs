@@ -78,6 +78,8 @@ static AT_LOAD: extern "C" fn() = at_load;
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", windows))]
 extern "C" fn at_load() {
     registry::init();
+    #[cfg(feature = "registry-v3")]
+    region::init();
     debug::init();
 }
 
@@ -90,6 +92,8 @@ static AT_UNLOAD: extern "C" fn() = at_unload;
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
 extern "C" fn at_unload() {
+    #[cfg(feature = "registry-v3")]
+    region::unload();
     registry::shutdown();
 }
 

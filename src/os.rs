@@ -26,8 +26,9 @@ pub fn discard(start: *mut u8, len: usize) {
 }
 
 /// Unmaps `[start, start + len)`, a mapping from [`map_aligned`] that no one
-/// but the caller has ever seen (never a published segment: those stay
-/// mapped while the library is loaded, so lookups need no lock).
+/// but the caller has ever seen, or will see again (never a published
+/// segment: those stay mapped while the library can be called, so lookups
+/// need no lock; `region::unload` withdraws them first).
 pub fn unmap(start: *mut u8, len: usize) {
     imp::unmap(start, len)
 }

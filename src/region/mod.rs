@@ -28,13 +28,17 @@
 //!   segments; only the owner touches a heap or its segments' metadata,
 //!   with plain loads and stores. Other threads read a segment's `owner`
 //!   word only.
+//! - A heap's life (`thread`): given up when its thread exits (its unused
+//!   pages go back; its live trees stay), adopted by a later thread's first
+//!   call; `fork` needs no handler (no lock exists to be left held);
+//!   `unload` unmaps the empty heaps at `dlclose`; `walk` serves the
+//!   `leaks` report. `Heap::try_claim` has the rule for touching an orphan.
 //!
 //! **Not built in this step.** A call on a tree of another thread, live or
 //! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
-//! (`MAPIFreeBuffer`) as if the pointer were foreign: cross-thread frees,
-//! remote children, thread exit and heap adoption (a thread's heap and
-//! segments are kept when it exits), fork beyond the forking thread's own
-//! trees, valgrind/ASan client requests and the `leaks` report are the next
+//! (`MAPIFreeBuffer`) as if the pointer were foreign, until that thread
+//! exits and the caller's heap is the one that adopts its heap: cross-thread
+//! frees, remote children, valgrind/ASan client requests are the next
 //! steps'. Emptied class pages go back only when a segment is used up
 //! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
 
@@ -50,14 +54,22 @@ mod segmap;
 mod segment;
 mod start_bits;
 mod thread;
+mod unload;
 mod validate;
+mod walk;
 
+// Thread exit is served by the POSIX exit hook only (see `thread`).
+#[cfg(all(test, unix))]
+mod life_tests;
 #[cfg(test)]
 mod tests;
 
 pub use alloc::{allocate_child, allocate_root, reallocate};
 pub use counts::stats;
 pub use free::free_root;
+pub use thread::on_thread_exit;
+pub use unload::{init, unload};
+pub use walk::for_each_root;
 
 use core::ptr::NonNull;
 

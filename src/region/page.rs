@@ -39,6 +39,10 @@ pub struct Page {
     /// On its heap's queue for its class (current or with room): a free
     /// into a full page puts it back.
     queued: Cell<bool>,
+    /// A retired span whose pages still hold memory (a small freed large
+    /// block's, kept resident for the next of its length): `Heap::trim`
+    /// gives those back, and only those.
+    resident: Cell<bool>,
     /// `Tail`: how many pages back its span starts.
     back: Cell<u16>,
     /// `reciprocal(slot_size)`, 0 when the page (or span) is one slot.
@@ -92,9 +96,20 @@ impl Page {
     }
 
     /// A freed span's first page: nothing in it validates any more.
-    pub fn retire(&self) {
+    /// `resident`: whether its memory was left in place.
+    pub fn retire(&self, resident: bool) {
         self.kind.set(Kind::Unused);
+        self.resident.set(resident);
         self.next.set(ptr::null());
+    }
+
+    pub fn is_resident(&self) -> bool {
+        self.resident.get()
+    }
+
+    /// Its memory was given back.
+    pub fn set_discarded(&self) {
+        self.resident.set(false)
     }
 
     #[inline(always)]
@@ -266,6 +281,7 @@ mod tests {
             kind: Cell::new(Kind::Unused),
             class: Cell::new(0),
             queued: Cell::new(false),
+            resident: Cell::new(false),
             back: Cell::new(0),
             recip: Cell::new(0),
             span: Cell::new(0),

@@ -1,8 +1,9 @@
 //! "Is this address in one of our segments?": one bit per segment-sized
 //! unit of the address space, in a static array, read with one load and no
 //! lock (mimalloc's segment map). A segment's bit is set once it is ready
-//! and never cleared: segments stay mapped while the library is loaded, so
-//! whoever sees the bit may read the segment's metadata at any time after.
+//! and cleared only as the library is unloaded (`unload`): segments stay
+//! mapped while the library can be called, so whoever sees the bit may read
+//! the segment's metadata at any time after.
 //!
 //! On 64-bit targets the map covers the 47-bit user address space of
 //! x86-64 Linux and Windows, in 4 MiB units: 2^25 bits, 4 MiB of `.bss` of
@@ -57,6 +58,14 @@ pub fn publish(start: usize) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Takes the segment at `start` out of the map, as the library is unloaded
+/// and before the segment is unmapped: from then on, nothing in it is ours.
+pub fn withdraw(start: usize) {
+    if let Some((word, bit)) = place(start) {
+        MAP[word].fetch_and(!(1 << bit), Ordering::Release);
     }
 }
 

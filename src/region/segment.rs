@@ -4,9 +4,12 @@
 //! this header: the owning heap, a descriptor per page, the start bits.
 //!
 //! A segment is mapped once, published in `segmap` after its header is
-//! written, and never unmapped while the library is loaded: any thread that
-//! sees its bit may read its `owner` word at any time. Everything else in
-//! it belongs to the owning heap alone.
+//! written, and never unmapped while the library can be called (only
+//! `unload`, at `dlclose`, withdraws and unmaps empty heaps' segments): any
+//! thread that sees its bit may read its `owner` word at any time.
+//! Everything else in it belongs to the owning heap alone — to whichever
+//! thread holds that heap (`Heap::try_claim`), as a heap outlives its
+//! threads.
 
 use super::heap::Heap;
 use super::page::{Kind, Page};
@@ -30,6 +33,8 @@ pub struct Segment {
     next_page: Cell<usize>,
     /// The next freed huge segment on its heap's list.
     next: Cell<*const Segment>,
+    /// The segment its heap made before this one (`Heap::segments`).
+    older: Cell<*const Segment>,
     pages: [Page; PAGES],
     starts: StartBits<START_WORDS>,
 }
@@ -80,6 +85,21 @@ impl Segment {
 
     fn start(&self) -> usize {
         self as *const Segment as usize
+    }
+
+    pub fn older(&self) -> *const Segment {
+        self.older.get()
+    }
+
+    pub fn set_older(&self, older: *const Segment) {
+        self.older.set(older)
+    }
+
+    /// Its pages handed out so far, first pages of spans and class pages
+    /// only (a huge segment's one span included), for walking its blocks.
+    pub fn spans(&self) -> impl Iterator<Item = &Page> {
+        let end = if self.units.get() > 1 { 2 } else { self.next_page.get() };
+        self.pages.iter().take(end).skip(1).filter(|page| matches!(page.kind(), Kind::Root | Kind::Chunk))
     }
 
     pub fn units(&self) -> usize {

@@ -212,6 +212,8 @@ fn reallocating_a_child_copies_what_it_holds_and_keeps_it() {
 
 #[test]
 fn counts_are_kept_per_heap() {
+    // The thread's heap first: it may be an exited thread's, with its trees.
+    thread::heap();
     let before = counts();
     let r = root(100);
     let c = child(r, 20);
@@ -223,8 +225,12 @@ fn counts_are_kept_per_heap() {
     assert_eq!(during.allocations - before.allocations, 3);
     assert_eq!(free_root(r), Ok(3));
     let after = counts();
-    assert_eq!((after.live_roots, after.live_children, after.live_bytes), (0, 0, 0));
-    assert_eq!(after.peak_bytes, 123);
+    // The heap may be an exited thread's, adopted with its live trees.
+    assert_eq!(
+        (after.live_roots, after.live_children, after.live_bytes),
+        (before.live_roots, before.live_children, before.live_bytes)
+    );
+    assert!(after.peak_bytes >= before.live_bytes + 123);
     assert_eq!(after.allocations - before.allocations, 3);
     assert!(stats().allocations >= 3, "stats adds every heap's");
 }
@@ -278,16 +284,17 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
 }
 
 /// Not built in this step (see `region`): another thread's tree is
-/// nothing of ours, and it is left alone.
+/// nothing of ours, and it is left alone, also once that thread has exited
+/// and its heap is an orphan (only the thread that adopts it may free it).
 #[test]
 fn another_threads_tree_is_left_alone_in_this_step() {
+    let _mine = root(8);
     let (r, c) = std::thread::spawn(|| {
         let r = root(32);
         (r, child(r, 32))
     })
     .join()
     .unwrap();
-    let _mine = root(8);
     assert_eq!(free_root(r), Err(NotARoot::Unknown));
     assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter));
 }

@@ -1,9 +1,24 @@
-//! Which heap is the calling thread's, and the list of every heap.
+//! Which heap is the calling thread's, the list of every heap, and a
+//! heap's life: claimed at a thread's first allocation, given up when the
+//! thread exits, adopted by a later thread.
 //!
-//! A thread gets its heap at its first allocation. Heaps are never freed:
-//! in this step a thread's heap and segments stay when it exits (adoption
-//! by a later thread is the next step's), and the list only grows, so
-//! `stats` can walk it without a lock.
+//! - A thread's first allocation adopts an orphan heap if there is one (its
+//!   segments, pages and live trees come along: a segment names its heap,
+//!   not a thread), else makes one. Heaps are never freed while the library
+//!   is loaded, and the list only grows, so `stats`, the `leaks` report and
+//!   adoption walk it without a lock.
+//! - The exit hook is the default registry's `pthread_key` (made at load,
+//!   its destructor also run for a thread whose first call comes from
+//!   another thread-exit path: a heap claimed there is registered again
+//!   and given up in the next destructor round). At exit the heap gives
+//!   its unused memory back (`Heap::trim`) and becomes an orphan; its live
+//!   trees stay where they are, valid, until someone frees them.
+//! - `fork` needs nothing here: no lock is ever held, so none is left held
+//!   in the child. A heap that another thread owned at the fork stays owned
+//!   in the child, by nobody: never adopted, so its memory is not reused
+//!   there, which is what makes it safe if that thread was half-way through
+//!   changing it. The forking thread keeps its own heap; orphans stay
+//!   adoptable.
 
 use super::heap::Heap;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -18,18 +33,34 @@ pub fn current() -> Option<&'static Heap> {
     unsafe { slot::get().as_ref() }
 }
 
-/// The calling thread's heap, made now if it has none; `None` when the OS
-/// refuses the memory.
+/// The calling thread's heap, adopted or made now if it has none; `None`
+/// when the OS refuses the memory or the exit hook its slot.
 #[inline(always)]
 pub fn heap() -> Option<&'static Heap> {
     match current() {
         Some(heap) => Some(heap),
-        None => create(),
+        None => claim(),
     }
 }
 
 #[cold]
 #[inline(never)]
+fn claim() -> Option<&'static Heap> {
+    let heap = match heaps().find(|heap| heap.try_claim()) {
+        Some(orphan) => orphan,
+        None => create()?,
+    };
+    if !exit_hook::register(heap) {
+        // Refused for want of memory: without a hook the heap would never
+        // be given up, so the call fails instead (MAPI_E_NOT_ENOUGH_MEMORY).
+        heap.give_up();
+        return None;
+    }
+    slot::set(heap);
+    Some(heap)
+}
+
+/// A new heap, owned by the caller, published on the list.
 fn create() -> Option<&'static Heap> {
     let heap = Heap::create()?;
     let mut newest = HEAPS.load(Ordering::Relaxed);
@@ -41,12 +72,22 @@ fn create() -> Option<&'static Heap> {
             Ordering::Release,
             Ordering::Relaxed,
         ) {
-            Ok(_) => break,
+            Ok(_) => return Some(heap),
             Err(now) => newest = now,
         }
     }
-    slot::set(heap);
-    Some(heap)
+}
+
+/// The exit hook's work for `heap`, the exiting thread's (the key's value):
+/// later calls on this thread claim a heap again, and the next destructor
+/// round gives that one up too.
+pub fn on_thread_exit(heap: *const ()) {
+    slot::set(core::ptr::null());
+    // SAFETY: the key's value is a heap `claim` registered, never freed.
+    if let Some(heap) = unsafe { heap.cast::<Heap>().as_ref() } {
+        heap.trim();
+        heap.give_up();
+    }
 }
 
 /// Every heap ever made, newest first.
@@ -60,6 +101,30 @@ pub fn heaps() -> impl Iterator<Item = &'static Heap> {
         next = heap.older();
         Some(heap)
     })
+}
+
+/// The default registry's thread-exit hook, shared: a value per thread
+/// that its destructor hands to [`on_thread_exit`].
+#[cfg(unix)]
+mod exit_hook {
+    use super::Heap;
+
+    /// False only when the key's slot could not be had for want of memory;
+    /// with no key at all (none left at load) the heap is kept, owned, for
+    /// good, as the default registry's shared heap would be.
+    pub fn register(heap: &Heap) -> bool {
+        crate::registry::register_region_heap(heap as *const Heap as *const ()).is_ok()
+    }
+}
+
+/// Elsewhere no exit hook is built yet for v3: a heap stays its thread's.
+#[cfg(not(unix))]
+mod exit_hook {
+    use super::Heap;
+
+    pub fn register(_heap: &Heap) -> bool {
+        true
+    }
 }
 
 /// The thread's heap pointer, read on every call, so one load wherever that

@@ -386,7 +386,19 @@ mod exit_hook {
     static STATE: AtomicU8 = AtomicU8::new(UNMADE);
     static mut KEY: libc::pthread_key_t = 0;
 
+    /// Marks a key value that is a region heap (`registry-v3`), not one of
+    /// ours: both kinds of heap are aligned to more than 2 bytes. One key
+    /// serves both, and a build with the feature still runs this registry's
+    /// unit tests.
+    #[cfg(feature = "registry-v3")]
+    pub(in crate::registry) const REGION_TAG: usize = 1;
+
     extern "C" fn destructor(value: *mut libc::c_void) {
+        #[cfg(feature = "registry-v3")]
+        if value as usize & REGION_TAG != 0 {
+            crate::region::on_thread_exit((value as usize & !REGION_TAG) as *const ());
+            return;
+        }
         super::on_thread_exit(value as *const Heap);
     }
 
@@ -425,13 +437,18 @@ mod exit_hook {
     /// Arranges for `heap` to be given up when this thread exits: `Ok(false)`
     /// when no key exists (or it was deleted as the library is unloaded).
     pub(in crate::registry) fn register(heap: &Heap) -> Result<bool, Error> {
+        register_value(heap as *const Heap as *const ())
+    }
+
+    /// The same for any value the destructor knows what to do with.
+    pub(in crate::registry) fn register_value(value: *const ()) -> Result<bool, Error> {
         let key = match key() {
             Some(key) => key,
             None => return Ok(false),
         };
         // SAFETY: a key of ours; the value is only ever handed back to our
         // destructor.
-        match unsafe { libc::pthread_setspecific(key, heap as *const Heap as *const libc::c_void) } {
+        match unsafe { libc::pthread_setspecific(key, value as *const libc::c_void) } {
             0 => Ok(true),
             libc::ENOMEM => Err(Error::NoMemory),
             _ => Ok(false),
@@ -503,6 +520,14 @@ mod exit_hook {
 }
 
 pub(super) use exit_hook::init;
+
+/// Arranges for `heap`, a region heap (`registry-v3`), to reach
+/// `region::on_thread_exit` when this thread exits: `Ok(false)` when no key
+/// exists.
+#[cfg(all(unix, feature = "registry-v3"))]
+pub(crate) fn register_region_heap(heap: *const ()) -> Result<bool, Error> {
+    exit_hook::register_value((heap as usize | exit_hook::REGION_TAG) as *const ())
+}
 
 /// Releases what the library keeps for threads as it is unloaded (or the
 /// process exits): the exit hook goes, so that no later thread exit calls
