@@ -50,6 +50,7 @@ mod segmap;
 mod segment;
 mod start_bits;
 mod thread;
+pub mod track;
 mod validate;
 
 #[cfg(test)]
