@@ -7,8 +7,8 @@
  *   misuse past-root      writes the byte after a root
  *   misuse past-child     writes the byte after a child with a sibling after it
  *   misuse past-big-child writes the byte after a child in a chunk of its own
- *   misuse freed-root     reads a freed root
- *   misuse freed-child    reads a child of a freed root
+ *   misuse freed-root     reads a freed root, after a root of its size is made
+ *   misuse freed-child    reads a child of a freed root, likewise
  *
  * Sizes are chosen to end mid-granule (13) and on a granule (16, 64): the
  * byte past the end is then slack in the block's last granule, or the
@@ -100,18 +100,24 @@ int main(int argc, char **argv)
     const char *what = argc > 1 ? argv[1] : "";
     if (strcmp(what, "clean") == 0)
         return clean();
+    /* Each block past whose end a byte is written has a neighbour made
+     * after it, which would be there if nothing kept them apart. */
     if (strcmp(what, "past-root") == 0) {
         unsigned char *root = root_of(13);
+        void *neighbour = root_of(13);
         write_at(root + 13);
         MAPIFreeBuffer(root);
+        MAPIFreeBuffer(neighbour);
     } else if (strcmp(what, "past-root-16") == 0) {
         unsigned char *root = root_of(16);
+        void *neighbour = root_of(16);
         write_at(root + 16);
         MAPIFreeBuffer(root);
+        MAPIFreeBuffer(neighbour);
     } else if (strcmp(what, "past-child") == 0) {
         void *root = root_of(8);
         unsigned char *child = child_of(root, 13);
-        child_of(root, 13); /* its sibling, right after it */
+        child_of(root, 13);
         write_at(child + 13);
         MAPIFreeBuffer(root);
     } else if (strcmp(what, "past-child-16") == 0) {
@@ -128,12 +134,18 @@ int main(int argc, char **argv)
     } else if (strcmp(what, "freed-root") == 0) {
         unsigned char *root = root_of(64);
         MAPIFreeBuffer(root);
+        /* The same size again: without a quarantine, the same slot. */
+        void *next = root_of(64);
         printf("misuse: read %u\n", read_at(root));
+        MAPIFreeBuffer(next);
     } else if (strcmp(what, "freed-child") == 0) {
         void *root = root_of(8);
         unsigned char *child = child_of(root, 64);
         MAPIFreeBuffer(root);
+        void *next = root_of(8);
+        child_of(next, 64);
         printf("misuse: read %u\n", read_at(child));
+        MAPIFreeBuffer(next);
     } else {
         fprintf(stderr, "usage: misuse clean|past-root|past-root-16|past-child|past-child-16|"
                         "past-big-child|freed-root|freed-child\n");

@@ -42,29 +42,31 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
     if track::enabled() {
         return tracked_root(size);
     }
-    root_with(size, 0)
+    root_with(size, false)
 }
 
 /// A root for valgrind or ASan: a redzone after it, and the tool told.
 #[cold]
 #[inline(never)]
 fn tracked_root(size: ULONG) -> Result<Block, Error> {
-    let root = root_with(size, track::REDZONE)?;
+    let root = root_with(size, true)?;
     track::block_made(root.addr(), size as usize);
     Ok(root)
 }
 
-/// A root with `redzone` bytes after its client bytes; a constant 0 on the
-/// fast path, which then compiles to what it was before the tools.
+/// A root, `tracked` for a tool (with a redzone after it) or not; a
+/// constant false on the fast path, which then compiles to what it was
+/// before the tools.
 #[inline(always)]
-fn root_with(size: ULONG, redzone: usize) -> Result<Block, Error> {
+fn root_with(size: ULONG, tracked: bool) -> Result<Block, Error> {
     let heap = thread::heap().ok_or(Error::NoMemory)?;
+    let redzone = if tracked { track::REDZONE } else { 0 };
     let bytes = root_slot_bytes(size, redzone).ok_or(Error::NoMemory)?;
     let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
     if slot.is_null() {
         return Err(Error::NoMemory);
     }
-    if redzone != 0 {
+    if tracked {
         track::header(slot as usize, ROOT_HEADER);
     }
     // SAFETY: a root slot just handed out by this heap.
