@@ -1483,11 +1483,11 @@ static int tool_allows(const void *at)
 #if UNDER_ASAN
     return !__asan_address_is_poisoned(at);
 #else
+    /* 0: no memcheck (no valgrind, or another of its tools); 3: not
+     * addressable. The request reports nothing itself. */
     unsigned char vbits;
-    if (!RUNNING_ON_VALGRIND)
-        return -1;
-    /* 3: not addressable; the request reports nothing itself. */
-    return VALGRIND_GET_VBITS(at, &vbits, 1) != 3;
+    unsigned answer = VALGRIND_GET_VBITS(at, &vbits, 1);
+    return answer == 0 ? -1 : answer != 3;
 #endif
 }
 

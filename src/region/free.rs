@@ -50,6 +50,8 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 #[inline(never)]
 fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     root.end();
+    // Asked once: a tree can have many chunks.
+    let tracked = track::enabled();
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of this heap; each
@@ -58,10 +60,14 @@ fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         next = chunk.next();
         children += chunk.count() as u64;
         bytes += chunk.bytes() as u64;
-        free_chunk(heap, chunk);
+        if tracked {
+            tracked_free_chunk(heap, chunk);
+        } else {
+            free_chunk(heap, chunk);
+        }
     }
     heap.counts.tree_freed(children, bytes);
-    if track::enabled() {
+    if tracked {
         tracked_release(heap, page, root);
     } else {
         release_now(heap, page, root as *const Root as *mut u8);
@@ -73,17 +79,23 @@ fn free_chunk(heap: &Heap, chunk: &Chunk) {
     let start = chunk.children_start();
     // SAFETY: the chunk is ours, in its segment's first unit.
     let segment = unsafe { Segment::of(start) };
+    segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
+    release_now(heap, segment.page_of(start), chunk as *const Chunk as *mut u8);
+}
+
+/// `free_chunk` with a tool watching: each child is freed for the tool
+/// (before its start bit is cleared), and the chunk held back from reuse.
+#[cold]
+#[inline(never)]
+fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
+    let start = chunk.children_start();
+    // SAFETY: the chunk is ours, in its segment's first unit.
+    let segment = unsafe { Segment::of(start) };
     let page = segment.page_of(start);
     let slot = chunk as *const Chunk as *mut u8;
-    if track::enabled() {
-        tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
-    }
+    tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
     segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
-    if track::enabled() {
-        tracked_hold(heap, page, slot);
-    } else {
-        release_now(heap, page, slot);
-    }
+    tracked_hold(heap, page, slot);
 }
 
 /// Tells the tool a root is freed, and holds its slot back from reuse.

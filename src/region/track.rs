@@ -4,9 +4,10 @@
 //! tools"). Neither tool sees those blocks by itself: memcheck watches
 //! `malloc`, and ASan's shadow of memory we `mmap` says "addressable".
 //!
-//! The tools are detected once, when the library is loaded: valgrind by its
-//! `RUNNING_ON_VALGRIND` client request (which any other CPU runs as a few
-//! rotates that undo themselves), ASan by looking its poisoning functions
+//! The tools are detected once, when the library is loaded: memcheck by
+//! client requests (which any other CPU runs as a few rotates that undo
+//! themselves; other valgrind tools are left alone), ASan by looking its
+//! poisoning functions
 //! up with `dlsym`, so the shipped library needs no ASan runtime and works
 //! with a program built with `-fsanitize=address`. With neither, `TOOL` is
 //! 0 and every hook is one load and a branch that is never taken; the
@@ -71,7 +72,7 @@ static DETECT_AT_LOAD: extern "C" fn() = detect_at_load;
 
 #[cfg(target_os = "linux")]
 extern "C" fn detect_at_load() {
-    let found = if valgrind::running() {
+    let found = if valgrind::memcheck() {
         VALGRIND
     } else if asan::look_up() {
         ASAN
@@ -288,8 +289,13 @@ mod valgrind {
         result
     }
 
-    pub fn running() -> bool {
-        request(0, [RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) != 0
+    /// Whether the process runs under valgrind's memcheck: other tools
+    /// (callgrind, massif, helgrind) must see the library as it runs
+    /// without one, so memcheck must answer a request of its own, which
+    /// it does with -1 (marking no bytes defined, here) and others with
+    /// the default.
+    pub fn memcheck() -> bool {
+        request(0, [RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0]) != 0 && request(0, [MAKE_MEM_DEFINED, 0, 0, 0, 0, 0]) != 0
     }
 
     /// A block at `addr` of `size` bytes, contents undefined. No redzone
@@ -319,7 +325,7 @@ mod valgrind {
 #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86"))))]
 mod valgrind {
     //! No client requests written for this target: never detected.
-    pub fn running() -> bool {
+    pub fn memcheck() -> bool {
         false
     }
     pub fn malloc_like(_: usize, _: usize) {}
