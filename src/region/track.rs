@@ -206,7 +206,16 @@ impl Quarantine {
     /// # Safety
     /// `slot` is a dead root or chunk slot of the calling heap, handed out
     /// and not yet given back, whose header is accessible to the tools.
-    pub unsafe fn hold(&self, slot: *mut u8, bytes: usize, mut release: impl FnMut(*mut u8)) {
+    pub unsafe fn hold(&self, slot: *mut u8, bytes: usize, release: impl FnMut(*mut u8)) {
+        // SAFETY: the caller's contract.
+        unsafe { self.hold_up_to(slot, bytes, MAX_BYTES, release) }
+    }
+
+    /// `hold`, with the bound given (the tests use small ones).
+    ///
+    /// # Safety
+    /// As for `hold`.
+    unsafe fn hold_up_to(&self, slot: *mut u8, bytes: usize, max_bytes: usize, mut release: impl FnMut(*mut u8)) {
         // SAFETY: by the contract, the header's link word is ours to write.
         unsafe { slot.add(LINK).cast::<*mut u8>().write(ptr::null_mut()) };
         match self.newest.get() {
@@ -217,7 +226,7 @@ impl Quarantine {
         self.newest.set(slot);
         self.count.set(self.count.get() + 1);
         self.bytes.set(self.bytes.get() + bytes);
-        while self.bytes.get() > MAX_BYTES && self.count.get() > 1 {
+        while self.bytes.get() > max_bytes && self.count.get() > 1 {
             let oldest = self.oldest.get();
             // SAFETY: held slots hold their successor's address at LINK.
             let next = unsafe { oldest.add(LINK).cast::<*mut u8>().read() };
@@ -387,5 +396,43 @@ mod asan {
 
     pub fn unpoison(addr: usize, len: usize) {
         call(&UNPOISON, addr, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::page::Kind;
+    use super::super::segment::Segment;
+    use super::*;
+
+    #[test]
+    fn no_tool_is_detected_in_the_test_binary() {
+        // Nothing runs the test binary under valgrind or links ASan in; were
+        // the flag set, every heap of these tests would take the tool paths.
+        assert!(!enabled());
+    }
+
+    #[test]
+    fn the_quarantine_lets_the_oldest_go_first_and_keeps_the_newest() {
+        // Slots of 4 KiB in a span of a segment of this test's own.
+        let segment = Segment::create(ptr::null(), 1).expect("a segment");
+        let span = segment.take_pages(1).expect("a page");
+        segment.start_span(span, Kind::Root, 1, 4096);
+        let slot = |i: usize| span.base().wrapping_add(i * 4096);
+        let quarantine = Quarantine::EMPTY;
+        let mut released = Vec::new();
+        for i in 0..6 {
+            // SAFETY: slots of the span above, each held once.
+            unsafe { quarantine.hold_up_to(slot(i), 4096, 3 * 4096, |old| released.push(old)) };
+        }
+        assert_eq!(released, [slot(0), slot(1), slot(2)], "oldest first, down to the bound");
+        assert_eq!(quarantine.count.get(), 3);
+        assert_eq!(quarantine.bytes.get(), 3 * 4096);
+        released.clear();
+        // SAFETY: as above.
+        unsafe { quarantine.hold_up_to(slot(6), 4096, 0, |old| released.push(old)) };
+        assert_eq!(released, [slot(3), slot(4), slot(5)]);
+        assert_eq!(quarantine.oldest.get(), slot(6), "the newest stays, whatever its size");
+        assert_eq!(quarantine.count.get(), 1);
     }
 }
