@@ -7,11 +7,11 @@
 //! The tools are detected once, when the library is loaded: memcheck by
 //! client requests (which any other CPU runs as a few rotates that undo
 //! themselves; other valgrind tools are left alone), ASan by looking its
-//! poisoning functions
-//! up with `dlsym`, so the shipped library needs no ASan runtime and works
-//! with a program built with `-fsanitize=address`. With neither, `TOOL` is
-//! 0 and every hook is one load and a branch that is never taken; the
-//! callers check `enabled()` once per call and keep their fast paths.
+//! poisoning functions up with `dlsym`, so the shipped library needs no
+//! ASan runtime and works with a program built with `-fsanitize=address`.
+//! With neither, `TOOL` is 0 and every hook is one load and a branch that
+//! is never taken; the callers check `enabled()` once per call and keep
+//! their fast paths, and the layout is the one without tools.
 //!
 //! With a tool, the memory's states are kept like this:
 //! - a span of pages, when it starts holding slots: no access at all;
