@@ -10,16 +10,17 @@ use super::heap::Heap;
 use super::page::Kind;
 use super::root::{Root, ROOT_HEADER};
 use super::segment::Segment;
-use super::{thread, validate, Block, GRANULE, GRANULE_SHIFT};
+use super::{thread, track, validate, Block, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
 
 /// A root's slot for `size` client bytes: header included, whole granules,
 /// and at least one client granule, so that a size-0 root's address lies
-/// in its own slot and not at the next one's start. `None` if it overflows.
+/// in its own slot and not at the next one's start; then `redzone` bytes
+/// (0 unless a tool watches, see `track`). `None` if it overflows.
 #[inline(always)]
-fn root_slot_bytes(size: ULONG) -> Option<usize> {
-    let bytes = (size.max(1) as u64 + (ROOT_HEADER + GRANULE - 1) as u64) & !(GRANULE as u64 - 1);
+fn root_slot_bytes(size: ULONG, redzone: usize) -> Option<usize> {
+    let bytes = (size.max(1) as u64 + (ROOT_HEADER + redzone + GRANULE - 1) as u64) & !(GRANULE as u64 - 1);
     usize::try_from(bytes).ok()
 }
 
@@ -38,11 +39,35 @@ fn block(addr: usize) -> Block {
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
+    if track::enabled() {
+        return tracked_root(size);
+    }
+    root_with(size, false)
+}
+
+/// A root for valgrind or ASan: a redzone after it, and the tool told.
+#[cold]
+#[inline(never)]
+fn tracked_root(size: ULONG) -> Result<Block, Error> {
+    let root = root_with(size, true)?;
+    track::block_made(root.addr(), size as usize);
+    Ok(root)
+}
+
+/// A root, `tracked` for a tool (with a redzone after it) or not; a
+/// constant false on the fast path, which then compiles to what it was
+/// before the tools.
+#[inline(always)]
+fn root_with(size: ULONG, tracked: bool) -> Result<Block, Error> {
     let heap = thread::heap().ok_or(Error::NoMemory)?;
-    let bytes = root_slot_bytes(size).ok_or(Error::NoMemory)?;
+    let redzone = if tracked { track::REDZONE } else { 0 };
+    let bytes = root_slot_bytes(size, redzone).ok_or(Error::NoMemory)?;
     let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
     if slot.is_null() {
         return Err(Error::NoMemory);
+    }
+    if tracked {
+        track::header(slot as usize, ROOT_HEADER);
     }
     // SAFETY: a root slot just handed out by this heap.
     let root = unsafe { Root::at(slot as usize) };
@@ -57,13 +82,37 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 /// null parent). Anything else is `InvalidParameter`, nothing allocated.
 #[inline(always)]
 pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    if track::enabled() {
+        return tracked_child(parent, size);
+    }
     // A thread with no heap owns no tree.
     let heap = thread::current().ok_or(Error::InvalidParameter)?;
     let tree = match heap.cache.tree_of(parent) {
         Some(tree) => tree,
         None => parent_tree(heap, parent)?,
     };
-    child_of(heap, tree, size)
+    child_of(heap, tree, child_granules(size), size)
+}
+
+/// A child for valgrind or ASan: `allocate_child` with a redzone.
+#[cold]
+#[inline(never)]
+fn tracked_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    let tree = match heap.cache.tree_of(parent) {
+        Some(tree) => tree,
+        None => parent_tree(heap, parent)?,
+    };
+    tracked_child_of(heap, tree, size)
+}
+
+/// A child of `size` bytes and its redzone in `tree`, the tool told.
+#[cold]
+fn tracked_child_of(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
+    let granules = child_granules(size) + track::REDZONE_GRANULES;
+    let child = child_of(heap, tree, granules, size)?;
+    track::child_made(child.addr(), size, child.addr() + (granules << GRANULE_SHIFT));
+    Ok(child)
 }
 
 /// Validates a parent the cache does not hold, and remembers it.
@@ -75,9 +124,9 @@ fn parent_tree(heap: &Heap, parent: usize) -> Result<&'static Root, Error> {
     Ok(tree)
 }
 
+/// A child of `size` bytes taking `granules` granules.
 #[inline(always)]
-fn child_of(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
-    let granules = child_granules(size);
+fn child_of(heap: &Heap, tree: &Root, granules: usize, size: ULONG) -> Result<Block, Error> {
     // SAFETY: a live tree's chunks are live chunk slots of this heap.
     if let Some(chunk) = unsafe { tree.first().as_ref() } {
         if let Some(addr) = chunk.bump(granules) {
@@ -122,6 +171,7 @@ fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) ->
     if slot.is_null() {
         return Err(Error::NoMemory);
     }
+    track::header(slot as usize, CHUNK_HEADER);
     // SAFETY: a chunk slot just handed out by this heap.
     let chunk = unsafe { Chunk::at(slot as usize) };
     chunk.begin(tree, class, used, end);
@@ -161,20 +211,29 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     }
     let (chunk, tree) = validate::child(heap, addr).ok_or(Error::InvalidParameter)?;
     let extent = child_extent(chunk, addr);
-    let new = child_of(heap, tree, size)?;
+    let new = if track::enabled() {
+        tracked_child_of(heap, tree, size)?
+    } else {
+        child_of(heap, tree, child_granules(size), size)?
+    };
     copy(addr, new, extent.min(size as usize));
     Ok(new)
 }
 
 /// The bytes a child may hold: up to the next child's start, or the
 /// chunk's fill mark; a chunk of one big child holds what it asked for.
+/// With a tool watching, exactly what it asked for: the rest is redzone.
 fn child_extent(chunk: &Chunk, addr: usize) -> usize {
     if chunk.count() == 1 && addr == chunk.children_start() {
         return chunk.bytes() as usize;
     }
     // SAFETY: `addr` is a child of ours, in its segment's first unit.
     let segment = unsafe { Segment::of(addr) };
-    segment.next_start(addr, chunk.used_end()) - addr
+    let end = segment.next_start(addr, chunk.used_end());
+    if track::enabled() {
+        return track::child_size(end);
+    }
+    end - addr
 }
 
 fn copy(from: usize, to: Block, count: usize) {

@@ -9,7 +9,7 @@ use super::heap::{Heap, LARGE};
 use super::page::Page;
 use super::root::Root;
 use super::segment::Segment;
-use super::{thread, validate};
+use super::{thread, track, validate};
 use crate::registry::NotARoot;
 
 /// Frees the root at `addr` and its children; returns how many blocks.
@@ -40,13 +40,18 @@ fn not_a_root(heap: &Heap, addr: usize) -> NotARoot {
 pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     root.end();
     heap.counts.tree_freed(0, root.size() as u64);
-    release(heap, page, root as *const Root as *mut u8);
+    if track::enabled() {
+        return tracked_release(heap, page, root);
+    }
+    release_now(heap, page, root as *const Root as *mut u8);
 }
 
 #[cold]
 #[inline(never)]
 fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     root.end();
+    // Asked once: a tree can have many chunks.
+    let tracked = track::enabled();
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of this heap; each
@@ -55,10 +60,18 @@ fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         next = chunk.next();
         children += chunk.count() as u64;
         bytes += chunk.bytes() as u64;
-        free_chunk(heap, chunk);
+        if tracked {
+            tracked_free_chunk(heap, chunk);
+        } else {
+            free_chunk(heap, chunk);
+        }
     }
     heap.counts.tree_freed(children, bytes);
-    release(heap, page, root as *const Root as *mut u8);
+    if tracked {
+        tracked_release(heap, page, root);
+    } else {
+        release_now(heap, page, root as *const Root as *mut u8);
+    }
     1 + children as usize
 }
 
@@ -67,12 +80,65 @@ fn free_chunk(heap: &Heap, chunk: &Chunk) {
     // SAFETY: the chunk is ours, in its segment's first unit.
     let segment = unsafe { Segment::of(start) };
     segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
-    release(heap, segment.page_of(start), chunk as *const Chunk as *mut u8);
+    release_now(heap, segment.page_of(start), chunk as *const Chunk as *mut u8);
+}
+
+/// `free_chunk` with a tool watching: each child is freed for the tool
+/// (before its start bit is cleared), and the chunk held back from reuse.
+#[cold]
+#[inline(never)]
+fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
+    let start = chunk.children_start();
+    // SAFETY: the chunk is ours, in its segment's first unit.
+    let segment = unsafe { Segment::of(start) };
+    let page = segment.page_of(start);
+    let slot = chunk as *const Chunk as *mut u8;
+    tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
+    segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
+    tracked_hold(heap, page, slot);
+}
+
+/// Tells the tool a root is freed, and holds its slot back from reuse.
+#[cold]
+#[inline(never)]
+fn tracked_release(heap: &Heap, page: &'static Page, root: &Root) {
+    track::block_freed(root.client(), root.size() as usize);
+    tracked_hold(heap, page, root as *const Root as *mut u8);
+}
+
+/// Tells the tool the children of a chunk are freed: each start bit from
+/// `start` to the fill mark `used_end` is one (a chunk of one big child has
+/// one, and its fill mark right after it); `slot_end` ends the chunk.
+#[cold]
+#[inline(never)]
+fn tracked_children_freed(segment: &Segment, start: usize, used_end: usize, slot_end: usize) {
+    let mut next = Some(start);
+    let starts = core::iter::from_fn(|| {
+        let child = next?;
+        let after = segment.next_start(child, used_end);
+        next = if after < used_end { Some(after) } else { None };
+        Some(child)
+    });
+    track::children_freed(starts, start, slot_end);
+}
+
+/// Holds a dead slot in the heap's quarantine; releases what it lets go.
+#[cold]
+#[inline(never)]
+fn tracked_hold(heap: &Heap, page: &'static Page, slot: *mut u8) {
+    let release = |old: *mut u8| {
+        // SAFETY: a held slot lies in a published segment of this heap.
+        let page = unsafe { Segment::of(old as usize) }.page_of(old as usize);
+        release_now(heap, page, old)
+    };
+    // SAFETY: a dead slot of this heap's, handed out and not given back;
+    // its header stays accessible to the tools (`track`).
+    unsafe { heap.quarantine.hold(slot, page.slot_size(), release) }
 }
 
 /// Gives back a slot of `page`, or the span of a large block.
 #[inline(always)]
-fn release(heap: &Heap, page: &'static Page, slot: *mut u8) {
+fn release_now(heap: &Heap, page: &'static Page, slot: *mut u8) {
     if page.class() == LARGE {
         heap.free_large(page);
     } else {

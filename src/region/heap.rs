@@ -25,6 +25,7 @@ use super::counts::HeapCounts;
 use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::Segment;
+use super::track::Quarantine;
 use super::{PAGES, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
 use core::cell::Cell;
@@ -130,6 +131,9 @@ pub struct Heap {
     huge: Cell<*const Segment>,
     pub cache: ParentCache,
     pub counts: HeapCounts,
+    /// Freed slots held back from reuse while valgrind or ASan watch
+    /// (`track`); always empty otherwise.
+    pub quarantine: Quarantine,
     /// The heap made before this one (`thread::heaps`); set before the heap
     /// is published, never after.
     older: AtomicPtr<Heap>,
@@ -152,6 +156,7 @@ impl Heap {
         huge: Cell::new(ptr::null()),
         cache: ParentCache::EMPTY,
         counts: HeapCounts::ZERO,
+        quarantine: Quarantine::EMPTY,
         older: AtomicPtr::new(ptr::null_mut()),
         owned: AtomicBool::new(true),
         segments: Cell::new(ptr::null()),

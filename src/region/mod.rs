@@ -54,6 +54,7 @@ mod segmap;
 mod segment;
 mod start_bits;
 mod thread;
+pub mod track;
 mod unload;
 mod validate;
 mod walk;

@@ -165,6 +165,7 @@ impl Segment {
             tail.init_tail(back);
         }
         span.init(kind, class, slot_size, count, span.base());
+        super::track::span_started(span.base(), count * PAGE_SIZE);
     }
 
     /// The granule `addr` starts, in the start bits.

@@ -1,0 +1,67 @@
+#!/bin/sh
+# Runs every case of misuse.c under valgrind (memcheck) and built with
+# ASan, against the libmapi32.so the programs were linked with (SPEC §3,
+# "Memory and the tools"). Each misuse must be reported by both tools, in
+# the words each uses for it; `clean` must be reported by neither.
+#
+#   run.sh PLAIN ASAN   PLAIN: misuse.c built plainly (for valgrind);
+#                       ASAN: built with -fsanitize=address
+set -eu
+
+plain=$1
+asan=$2
+valgrind=${VALGRIND:-valgrind}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+failed=0
+
+fail() {
+    echo "tools: FAIL $*" >&2
+    sed 's/^/    /' "$log" | head -20 >&2
+    failed=1
+}
+
+# A build that silently dropped ASan would pass nothing but `clean`; say so.
+nm "$asan" | grep -q ' __asan_init$' || {
+    echo "tools: $asan is not built with ASan" >&2
+    exit 1
+}
+
+# case, what memcheck says of it
+for pair in past-root:'Invalid write' past-root-16:'Invalid write' past-child:'Invalid write' \
+    past-child-16:'Invalid write' past-big-child:'Invalid write' freed-root:'Invalid read' \
+    freed-child:'Invalid read'; do
+    what=${pair%%:*}
+    says=${pair#*:}
+    status=0
+    "$valgrind" -q --error-exitcode=99 "$plain" "$what" >"$log" 2>&1 || status=$?
+    if [ "$status" -eq 99 ] && grep -q "$says" "$log"; then
+        echo "tools: valgrind reports $what"
+    else
+        fail "valgrind did not report $what (exit $status)"
+    fi
+    status=0
+    "$asan" "$what" >"$log" 2>&1 || status=$?
+    if [ "$status" -ne 0 ] && grep -q 'ERROR: AddressSanitizer: use-after-poison' "$log"; then
+        echo "tools: ASan reports $what"
+    else
+        fail "ASan did not report $what (exit $status)"
+    fi
+done
+
+status=0
+"$valgrind" -q --error-exitcode=99 "$plain" clean >"$log" 2>&1 || status=$?
+if [ "$status" -eq 0 ] && ! grep -q '==[0-9]*==' "$log"; then
+    echo "tools: valgrind finds nothing in clean"
+else
+    fail "valgrind reported clean (exit $status)"
+fi
+status=0
+"$asan" clean >"$log" 2>&1 || status=$?
+if [ "$status" -eq 0 ] && ! grep -q 'AddressSanitizer' "$log"; then
+    echo "tools: ASan finds nothing in clean"
+else
+    fail "ASan reported clean (exit $status)"
+fi
+
+exit $failed
