@@ -33,13 +33,15 @@
 //!   call; `fork` needs no handler (no lock exists to be left held);
 //!   `unload` unmaps the empty heaps at `dlclose`; `walk` serves the
 //!   `leaks` report. `Heap::try_claim` has the rule for touching an orphan.
+//! - valgrind and ASan (`track`): detected at load; then every block is
+//!   described to the tool, with a redzone after it and a quarantine for
+//!   freed slots; without a tool, one untaken branch a call.
 //!
 //! **Not built in this step.** A call on a tree of another thread, live or
 //! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
 //! (`MAPIFreeBuffer`) as if the pointer were foreign, until that thread
 //! exits and the caller's heap is the one that adopts its heap: cross-thread
-//! frees, remote children, valgrind/ASan client requests are the next
-//! steps'. Emptied class pages go back only when a segment is used up
+//! frees and remote children are the next step's. Emptied class pages go back only when a segment is used up
 //! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
 
 mod alloc;
