@@ -5,11 +5,11 @@
 
 use super::chunk::{Chunk, CHUNK_HEADER, HEADER_GRANULES};
 use super::class::{chunk_class_for, chunk_class_size, root_class, CHUNK_CLASSES, CHUNK_GROWTH, ROOT_SLOT_MAX};
-use super::free;
 use super::heap::Heap;
 use super::page::Kind;
 use super::root::{Root, ROOT_HEADER};
 use super::segment::Segment;
+use super::{free, guest, remote};
 use super::{thread, validate, Block, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
@@ -39,6 +39,7 @@ fn block(addr: usize) -> Block {
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
     let heap = thread::heap().ok_or(Error::NoMemory)?;
+    remote::drain(heap);
     let bytes = root_slot_bytes(size).ok_or(Error::NoMemory)?;
     let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
     if slot.is_null() {
@@ -53,26 +54,47 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 }
 
 /// A new child of `size` bytes in the tree of `parent`, a live root or
-/// child of the calling thread's (`MAPIAllocateMore`; tree.rs handles a
-/// null parent). Anything else is `InvalidParameter`, nothing allocated.
+/// child (`MAPIAllocateMore`; tree.rs handles a null parent). Anything else
+/// is `InvalidParameter`, nothing allocated.
 #[inline(always)]
 pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
-    // A thread with no heap owns no tree.
-    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    let heap = match thread::current() {
+        Some(heap) => heap,
+        None => return guest_child(parent, size),
+    };
     let tree = match heap.cache.tree_of(parent) {
         Some(tree) => tree,
-        None => parent_tree(heap, parent)?,
+        None => match parent_tree(heap, parent) {
+            Some(tree) => tree,
+            None => return guest_child(parent, size),
+        },
     };
     child_of(heap, tree, size)
 }
 
-/// Validates a parent the cache does not hold, and remembers it.
+/// Validates a parent of the calling thread's tree that the cache does not
+/// hold, and remembers it.
 #[cold]
 #[inline(never)]
-fn parent_tree(heap: &Heap, parent: usize) -> Result<&'static Root, Error> {
-    let tree = validate::tree(heap, parent).ok_or(Error::InvalidParameter)?;
+fn parent_tree(heap: &Heap, parent: usize) -> Option<&'static Root> {
+    let tree = validate::tree(heap, parent)?;
     heap.cache.remember(parent, tree);
-    Ok(tree)
+    Some(tree)
+}
+
+/// A child of another thread's tree (`guest`), if `parent` is a live root
+/// or child of one.
+#[cold]
+#[inline(never)]
+fn guest_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    let (tree, state) = validate::any_tree(parent).ok_or(Error::InvalidParameter)?;
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    if validate::is_own(heap, tree) {
+        // Only when the calling thread's own tree came to it another way
+        // (none does yet): its own paths then apply.
+        return child_of(heap, tree, size);
+    }
+    guest::child(heap, tree, state, size).map(block)
 }
 
 #[inline(always)]
@@ -103,6 +125,8 @@ fn child_made(heap: &Heap, chunk: &Chunk, addr: usize, size: ULONG) -> Block {
 #[cold]
 #[inline(never)]
 fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) -> Result<Block, Error> {
+    #[cfg(test)]
+    super::park::here();
     // SAFETY: as in `child_of`.
     let newest = unsafe { tree.first().as_ref() };
     let next_class = newest.map_or(0, |chunk| (chunk.class() + CHUNK_GROWTH).min(CHUNK_CLASSES - 1));
@@ -138,11 +162,15 @@ fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) ->
     Ok(child_made(heap, chunk, chunk.children_start(), size))
 }
 
-/// `MAPIReallocateBuffer` of a live block of the calling thread's (tree.rs
-/// handles 0): a root is replaced by a new root that takes its children; a
-/// child gets a new sibling. The first `min(old, size)` bytes are copied.
+/// `MAPIReallocateBuffer` of a live block (tree.rs handles 0): a root of
+/// the calling thread's is replaced by a new root that takes its children;
+/// a child gets a new sibling, of any thread's tree. The first
+/// `min(old, size)` bytes are copied.
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
-    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    let heap = match thread::current() {
+        Some(heap) => heap,
+        None => return reallocate_guest(addr, size),
+    };
     if let Some((page, old)) = validate::root(heap, addr) {
         let new = allocate_root(size)?;
         copy(addr, new, (old.size() as usize).min(size as usize));
@@ -159,11 +187,56 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
         free::free_root_alone(heap, page, old);
         return Ok(new);
     }
-    let (chunk, tree) = validate::child(heap, addr).ok_or(Error::InvalidParameter)?;
+    let (chunk, tree) = match validate::child(heap, addr) {
+        Some(found) => found,
+        None => return reallocate_guest(addr, size),
+    };
     let extent = child_extent(chunk, addr);
     let new = child_of(heap, tree, size)?;
     copy(addr, new, extent.min(size as usize));
     Ok(new)
+}
+
+/// `MAPIReallocateBuffer` of a child of another thread's tree, or of one
+/// in a guest chunk: a new guest child, holding the old one's bytes up to
+/// the next child's start or its chunk's end (what the old child may
+/// hold; its own size is its owner's to read).
+///
+/// A root of another thread's is refused: its children are its owner's,
+/// and cannot move to a new root without the owner (not built yet).
+#[cold]
+#[inline(never)]
+fn reallocate_guest(addr: usize, size: ULONG) -> Result<Block, Error> {
+    let (tree, state) = validate::any_child(addr).ok_or(Error::InvalidParameter)?;
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    let extent = guest_extent(addr);
+    let new = if validate::is_own(heap, tree) {
+        child_of(heap, tree, size)?
+    } else {
+        block(guest::child(heap, tree, state, size)?)
+    };
+    copy(addr, new, extent.min(size as usize));
+    Ok(new)
+}
+
+/// The bytes a child validated by `validate::any_child` may hold: up to
+/// the next start bit, or the end of its chunk slot (of a one-child chunk,
+/// its span's first page), read from the tables only.
+fn guest_extent(addr: usize) -> usize {
+    // SAFETY: `addr` is a validated child, in a published segment.
+    let segment = unsafe { Segment::of(addr) };
+    let page = segment.page((addr >> super::PAGE_SHIFT) & (super::PAGES - 1));
+    let layout = page.layout();
+    let page_end = (addr & !(super::PAGE_SIZE - 1)) + super::PAGE_SIZE;
+    if layout.class >= CHUNK_CLASSES {
+        // A chunk of one child, at its span's start: the size it asked for,
+        // written before the child's address was handed to anyone.
+        // SAFETY: the chunk header of a validated child's span.
+        return unsafe { Chunk::at(addr & !(super::PAGE_SIZE - 1)) }.bytes() as usize;
+    }
+    let size = chunk_class_size(layout.class);
+    let end = (addr & !(size - 1)) + size;
+    segment.next_start(addr, end.min(page_end)) - addr
 }
 
 /// The bytes a child may hold: up to the next child's start, or the

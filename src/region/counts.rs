@@ -89,6 +89,15 @@ impl HeapCounts {
         self.freed.add(1 + children);
     }
 
+    /// `children` children of a tree, `bytes` bytes in all, are freed
+    /// apart from it (a guest chunk swept: see `guest`).
+    pub fn children_freed(&self, children: u64, bytes: u64) {
+        self.take_peak();
+        self.live_children.sub(children);
+        self.live_bytes.sub(bytes);
+        self.freed.add(children);
+    }
+
     /// The counts as `mapi32_stats` reports them.
     pub fn snapshot(&self) -> Counts {
         let (roots, children, live) = (self.live_roots.get(), self.live_children.get(), self.live_bytes.get());
@@ -102,9 +111,20 @@ impl HeapCounts {
     }
 }
 
-/// Every heap's counts added up. Each tree is counted in one heap, so live
-/// counts are exact; the peak is the sum of each heap's (exact with one).
+/// Every heap's counts added up. Each block is counted in one heap: a root
+/// and its own chunks' children in the root's, a guest child in its
+/// maker's. The peak is the sum of each heap's (exact with one heap).
+///
+/// The calling thread first releases the trees other threads freed in its
+/// heap and sweeps its guest chunks, so its own share is exact. Another
+/// heap's share still counts the trees freed by other threads until that
+/// heap's thread next calls, and the guest children of dead trees until
+/// their maker sweeps (see `remote`, `guest`).
 pub fn stats() -> Counts {
+    if let Some(heap) = thread::current() {
+        super::remote::drain(heap);
+        super::guest::sweep(heap);
+    }
     let mut total = Counts::default();
     for heap in thread::heaps() {
         let counts = heap.counts.snapshot();

@@ -1,7 +1,8 @@
 //! A thread's heap: where its roots and chunks get their slots and pages,
 //! its counts, and the last parent it validated. Only its owner touches it
 //! (plain `Cell`s), except the counts and the link to the next heap, which
-//! anyone may read.
+//! anyone may read, and the stack of pages with roots other threads killed,
+//! which anyone may push on (`remote`).
 //!
 //! Slots come from the class's current page; when it is full, from a page
 //! of the class that had slots freed since, else from a fresh page. Pages
@@ -12,6 +13,7 @@
 
 use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES, ROOT_CLASSES};
 use super::counts::HeapCounts;
+use super::guest::Guests;
 use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::Segment;
@@ -107,6 +109,10 @@ pub struct Heap {
     huge: Cell<*const Segment>,
     pub cache: ParentCache,
     pub counts: HeapCounts,
+    /// Pages holding roots other threads freed, for this heap to release.
+    pub killed: AtomicPtr<Page>,
+    /// Chunks of children this heap made on other threads' trees.
+    pub guests: Guests,
     /// The heap made before this one (`thread::heaps`); set before the heap
     /// is published, never after.
     older: AtomicPtr<Heap>,
@@ -124,6 +130,8 @@ impl Heap {
         huge: Cell::new(ptr::null()),
         cache: ParentCache::EMPTY,
         counts: HeapCounts::ZERO,
+        killed: AtomicPtr::new(ptr::null_mut()),
+        guests: Guests::EMPTY,
         older: AtomicPtr::new(ptr::null_mut()),
     };
 
@@ -281,6 +289,11 @@ impl Heap {
     /// memory back and keeps it as a free one-page span, for any class or
     /// block to use. Run when a segment is used up: a heap whose blocks all
     /// went back can serve new ones of other sizes without a new segment.
+    ///
+    /// A root page keeps its class while another thread's kill is under way
+    /// in its segment: that thread found a root's state word from the class
+    /// alone, and its swap must never hit a client's byte (`remote`). Such
+    /// a page waits for the next reclaim.
     #[cold]
     fn reclaim_empty_pages(&self) -> bool {
         let mut reclaimed = false;
@@ -288,7 +301,7 @@ impl Heap {
             let mut link = &queue.with_room;
             // SAFETY (both): pages on a queue are pages of this heap's segments.
             while let Some(page) = unsafe { link.get().as_ref() } {
-                if page.is_empty() {
+                if page.is_empty() && may_retire(page) {
                     link.set(page.next());
                     self.give_back(page);
                     reclaimed = true;
@@ -297,7 +310,7 @@ impl Heap {
                 }
             }
             if let Some(page) = unsafe { queue.current.get().as_ref() } {
-                if page.is_empty() {
+                if page.is_empty() && may_retire(page) {
                     queue.current.set(ptr::null());
                     self.give_back(page);
                     reclaimed = true;
@@ -377,6 +390,17 @@ impl Heap {
             self.huge.set(segment);
         }
     }
+}
+
+/// Whether an empty class page may change its class: a chunk page always,
+/// a root page unless a kill is under way in its segment.
+fn may_retire(page: &Page) -> bool {
+    if page.kind() != Kind::Root {
+        return true;
+    }
+    // SAFETY: `page` is a descriptor in a published segment's header.
+    let segment = unsafe { Segment::of(page as *const Page as usize) };
+    page.retire_root_page(|| segment.no_kill_under_way())
 }
 
 #[cfg(test)]

@@ -43,8 +43,10 @@ mod chunk;
 mod class;
 mod counts;
 mod free;
+mod guest;
 mod heap;
 mod page;
+mod remote;
 mod root;
 mod segmap;
 mod segment;
@@ -52,6 +54,10 @@ mod start_bits;
 mod thread;
 mod validate;
 
+#[cfg(test)]
+mod cross_thread_tests;
+#[cfg(test)]
+mod park;
 #[cfg(test)]
 mod tests;
 
