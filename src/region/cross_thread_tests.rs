@@ -6,6 +6,7 @@
 //! hanging it.
 
 use super::*;
+use super::{free, validate};
 use crate::registry::{Counts, NotARoot};
 use crate::scode::Error;
 use std::collections::HashSet;
@@ -241,4 +242,44 @@ fn an_owner_parked_while_growing_a_tree_keeps_no_one_waiting() {
 #[test]
 fn an_owner_parked_while_freeing_a_tree_keeps_no_one_waiting() {
     parked_owner_keeps_no_one_waiting(|busy| free_root(busy) == Ok(2));
+}
+
+/// The owner's free is a load and a store; a kill can land between its
+/// validation and its store (SPEC §3's racing double free). Replayed step by
+/// step: the owner validates, another thread kills, the owner ends and
+/// releases the root. The kill's mark must then find the slot not killed,
+/// and the slot must go back once.
+#[test]
+fn a_kill_landing_inside_the_owners_free_is_released_once() {
+    let heap = thread::heap().unwrap();
+    let base = counts();
+    let r = root(40);
+    let (page, tree) = validate::root(heap, r).unwrap();
+    assert!(on_other_thread(move || free_root(r) == Ok(1)), "the kill wins its swap");
+    assert!(!tree.is_live());
+    free::free_root_alone(heap, page, tree); // the owner's store and release, validated before
+    let a = root(40); // drains the kill's mark
+    let b = root(40);
+    assert_ne!(a, b, "the slot was released once, so it is handed out once");
+    let after = counts();
+    assert_eq!(after.live_roots, base.live_roots + 2);
+    assert_eq!(after.live_bytes, base.live_bytes + 80);
+    for addr in [a, b] {
+        assert_eq!(free_root(addr), Ok(1));
+    }
+}
+
+/// A kill of a root whose slot the owner freed and reused meanwhile expects
+/// the old life's state word, and fails: the new root lives on.
+#[test]
+fn a_kill_of_a_stale_life_does_nothing() {
+    let heap = thread::heap().unwrap();
+    let r = root(40);
+    let (_, tree) = validate::root(heap, r).unwrap();
+    let stale = tree.state();
+    assert_eq!(free_root(r), Ok(1));
+    assert_eq!(root(40), r, "the slot, reused");
+    assert!(!tree.kill(stale), "the old life's word no longer matches");
+    assert!(tree.is_live());
+    assert_eq!(free_root(r), Ok(1));
 }
