@@ -1,6 +1,6 @@
-//! Registry v3, step 1 (the `registry-v3` feature, off by default): blocks
-//! in pages the library manages itself, validated from its own tables, on
-//! the owner's paths only. ARCHITECTURE.md, "Where it goes next", has the
+//! Registry v3, steps 1 and 2 (the `registry-v3` feature, off by default):
+//! blocks in pages the library manages itself, validated from its own
+//! tables, used from any thread without waiting. ARCHITECTURE.md, "Where it goes next", has the
 //! design; `bench/mockup/` the C mock-up that measured these fast paths.
 //!
 //! ```text
@@ -25,18 +25,24 @@
 //!   (segments are never unmapped while loaded; freed spans go back with
 //!   `MADV_DONTNEED`).
 //! - Each thread has a heap (`heap`, bound in `thread`) that owns its
-//!   segments; only the owner touches a heap or its segments' metadata,
-//!   with plain loads and stores. Other threads read a segment's `owner`
-//!   word only.
+//!   segments; the owner makes and frees blocks in them with plain loads
+//!   and stores. Other threads read a few words only (a segment's owner, a
+//!   page's `layout`, start bits, root and chunk state words: relaxed
+//!   atomics, plain moves for the owner) and write one: a root's state.
+//! - Another thread's tree, with no call waiting for any other (SPEC §3):
+//!   a free swaps the root's state live → killed and hands the page to its
+//!   owner, who releases the tree at its next call (`remote`); a child goes
+//!   into a chunk of the caller's own, tagged with the tree's life, swept
+//!   once the tree is dead (`guest`).
 //!
-//! **Not built in this step.** A call on a tree of another thread, live or
-//! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
-//! (`MAPIFreeBuffer`) as if the pointer were foreign: cross-thread frees,
-//! remote children, thread exit and heap adoption (a thread's heap and
-//! segments are kept when it exits), fork beyond the forking thread's own
-//! trees, valgrind/ASan client requests and the `leaks` report are the next
-//! steps'. Emptied class pages go back only when a segment is used up
-//! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
+//! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
+//! refused (its children are the owner's to move). Thread exit and heap
+//! adoption (a thread's heap, segments and killed trees are kept when it
+//! exits), fork beyond the forking thread's own trees, valgrind/ASan client
+//! requests and the `leaks` report are the next steps'. Counts lag where
+//! `counts::stats` says. Emptied class pages go back only when a segment is
+//! used up (`heap::reclaim_empty_pages`), and free spans are reused by
+//! exact length.
 
 mod alloc;
 mod chunk;

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::sync::mpsc::{Receiver, Sender};
 
 thread_local! {
-    static ARMED: RefCell<Option<(Sender<()>, Receiver<()>)>> = RefCell::new(None);
+    static ARMED: RefCell<Option<(Sender<()>, Receiver<()>)>> = const { RefCell::new(None) };
 }
 
 /// The calling thread's next pass by a hook says so on `parked` and waits
