@@ -11,7 +11,7 @@
 //! for the cross-thread paths (`remote`, `guest`).
 
 use super::chunk::{Chunk, CHUNK_HEADER};
-use super::class::{chunk_class_size, reciprocal, root_class_size, slot_index, CHUNK_CLASSES};
+use super::class::{chunk_class_size, root_class_size, root_reciprocal, slot_index, CHUNK_CLASSES};
 use super::heap::Heap;
 use super::heap::LARGE;
 use super::page::{Kind, Page};
@@ -37,7 +37,11 @@ fn own_segment(heap: &Heap, addr: usize) -> Option<&'static Segment> {
 /// The live root whose client address is `addr`, with its page.
 #[inline(always)]
 pub fn root(heap: &Heap, addr: usize) -> Option<(&'static Page, &'static Root)> {
-    let segment = own_segment(heap, addr)?;
+    root_in(own_segment(heap, addr)?, addr)
+}
+
+#[inline(always)]
+fn root_in(segment: &'static Segment, addr: usize) -> Option<(&'static Page, &'static Root)> {
     let page = segment.page_of(addr);
     if page.kind() != Kind::Root {
         return None;
@@ -58,7 +62,10 @@ pub fn root(heap: &Heap, addr: usize) -> Option<(&'static Page, &'static Root)> 
 
 /// The tree of the live child at `addr`, with the chunk holding it.
 pub fn child(heap: &Heap, addr: usize) -> Option<(&'static Chunk, &'static Root)> {
-    let segment = own_segment(heap, addr)?;
+    child_in(heap, own_segment(heap, addr)?, addr)
+}
+
+fn child_in(heap: &Heap, segment: &'static Segment, addr: usize) -> Option<(&'static Chunk, &'static Root)> {
     let page = segment.page_of(addr);
     if page.kind() != Kind::Chunk || !segment.is_start(addr) {
         return None;
@@ -79,9 +86,11 @@ pub fn child(heap: &Heap, addr: usize) -> Option<(&'static Chunk, &'static Root)
 /// The tree of `addr` when it is a live root or a live child.
 #[inline]
 pub fn tree(heap: &Heap, addr: usize) -> Option<&'static Root> {
-    match root(heap, addr) {
+    // Another thread's block is told once, by its segment.
+    let segment = own_segment(heap, addr)?;
+    match root_in(segment, addr) {
         Some((_, root)) => Some(root),
-        None => child(heap, addr).map(|(_, tree)| tree),
+        None => child_in(heap, segment, addr).map(|(_, tree)| tree),
     }
 }
 
@@ -120,12 +129,9 @@ pub fn any_root(addr: usize) -> Option<AnyRoot> {
     let (slot, slot_index) = if layout.class == LARGE {
         (base, 0)
     } else {
-        let size = root_class_size(layout.class);
-        if !(2 * GRANULE..=PAGE_SIZE).contains(&size) {
-            return None;
-        }
-        let i = slot_index(addr - base, reciprocal(size, PAGE_SIZE / size));
-        (base + i * size, i)
+        let recip = root_reciprocal(layout.class)?;
+        let i = slot_index(addr - base, recip);
+        (base + i * root_class_size(layout.class), i)
     };
     if slot + ROOT_HEADER != addr {
         return None;
