@@ -90,8 +90,8 @@ fn guest_child(parent: usize, size: ULONG) -> Result<Block, Error> {
     let (tree, state) = validate::any_tree(parent).ok_or(Error::InvalidParameter)?;
     let heap = thread::heap().ok_or(Error::NoMemory)?;
     if validate::is_own(heap, tree) {
-        // Only when the calling thread's own tree came to it another way
-        // (none does yet): its own paths then apply.
+        // A child another thread made on this thread's tree, in its own
+        // guest chunk: the child goes where the tree's own children go.
         return child_of(heap, tree, size);
     }
     guest::child(heap, tree, state, size).map(block)

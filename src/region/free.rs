@@ -83,10 +83,13 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
 /// old one must never match it).
 #[inline(always)]
 fn release_root(heap: &Heap, page: &'static Page, root: &Root) {
-    let state = root.state();
-    release(heap, page, root as *const Root as *mut u8);
     if page.class() == LARGE {
+        let state = root.state();
+        heap.free_large(page);
         root.restore(state);
+    } else {
+        // SAFETY: a slot of this class page, handed out and now dead.
+        unsafe { heap.free_slot(page, root as *const Root as *mut u8) }
     }
 }
 
