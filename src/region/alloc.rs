@@ -58,28 +58,27 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 /// is `InvalidParameter`, nothing allocated.
 #[inline(always)]
 pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
-    let heap = match thread::current() {
-        Some(heap) => heap,
-        None => return guest_child(parent, size),
-    };
-    let tree = match heap.cache.tree_of(parent) {
-        Some(tree) => tree,
-        None => match parent_tree(heap, parent) {
-            Some(tree) => tree,
-            None => return guest_child(parent, size),
+    match thread::current() {
+        Some(heap) => match heap.cache.tree_of(parent) {
+            Some(tree) => child_of(heap, tree, size),
+            None => child_of_parent(heap, parent, size),
         },
-    };
-    child_of(heap, tree, size)
+        None => guest_child(parent, size),
+    }
 }
 
-/// Validates a parent of the calling thread's tree that the cache does not
-/// hold, and remembers it.
+/// A parent the cache does not hold: validated, and remembered if it is of
+/// the calling thread's tree; else another thread's (`guest_child`).
 #[cold]
 #[inline(never)]
-fn parent_tree(heap: &Heap, parent: usize) -> Option<&'static Root> {
-    let tree = validate::tree(heap, parent)?;
-    heap.cache.remember(parent, tree);
-    Some(tree)
+fn child_of_parent(heap: &Heap, parent: usize, size: ULONG) -> Result<Block, Error> {
+    match validate::tree(heap, parent) {
+        Some(tree) => {
+            heap.cache.remember(parent, tree);
+            child_of(heap, tree, size)
+        }
+        None => guest_child(parent, size),
+    }
 }
 
 /// A child of another thread's tree (`guest`), if `parent` is a live root
