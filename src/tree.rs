@@ -327,8 +327,6 @@ pub(crate) mod tests {
         assert_eq!(allocate_child(8, grandchild.addr()), Err(Error::InvalidParameter));
     }
 
-    // Another thread's tree: the v3 registry's next step (see `region`).
-    #[cfg(not(feature = "registry-v3"))]
     #[test]
     fn roots_freed_on_another_thread_are_gone_everywhere() {
         let _turn = my_turn();

@@ -9,11 +9,19 @@
  *   misuse past-big-child writes the byte after a child in a chunk of its own
  *   misuse freed-root     reads a freed root, after a root of its size is made
  *   misuse freed-child    reads a child of a freed root, likewise
+ *   misuse past-guest-child      writes the byte after a child another
+ *                                thread made on the main thread's root
+ *   misuse freed-guest-child     reads such a child once its tree was freed
+ *                                and its maker exited
+ *   misuse freed-killed-root     reads a root another thread freed, once its
+ *                                owner made a block again (and released it)
  *
  * Sizes are chosen to end mid-granule (13) and on a granule (16, 64): the
  * byte past the end is then slack in the block's last granule, or the
  * first byte after it.
  */
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +60,39 @@ static void *resized(void *block, ULONG size)
     return moved;
 }
 
+/* Runs `body(arg)` on a thread of its own, to its end. */
+static void *on_a_thread(void *(*body)(void *), void *arg)
+{
+    pthread_t thread;
+    void *result = NULL;
+    if (pthread_create(&thread, NULL, body, arg) != 0 || pthread_join(thread, &result) != 0) {
+        fprintf(stderr, "misuse: no thread\n");
+        exit(2);
+    }
+    return result;
+}
+
+/* Children of another thread's root (guests), one resized: the bytes the
+ * old one held are copied, and nothing else is read. Returns how many
+ * bytes were wrong. */
+static void *guests(void *root)
+{
+    static const ULONG sizes[] = { 1, 13, 16, 64, 1000, 70000 };
+    uintptr_t wrong = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        unsigned char *first = child_of(root, sizes[i]);
+        unsigned char *last = child_of(first, sizes[i]);
+        unsigned char *moved = resized(first, sizes[i] + 7);
+        unsigned char *moved_last = resized(last, sizes[i] / 2 + 1);
+        for (ULONG b = 0; b < sizes[i]; b++)
+            wrong += moved[b] != 0xcd;
+        for (ULONG b = 0; b < sizes[i] / 2 + 1; b++)
+            wrong += moved_last[b] != 0xcd;
+        memset(moved, 2, sizes[i] + 7);
+    }
+    return (void *)wrong;
+}
+
 /* Every kind of block the library makes, used in full, resized and freed,
  * and enough freed memory to pass through the quarantine and be reused:
  * a tool must find nothing wrong. */
@@ -76,6 +117,9 @@ static int clean(void)
             memset(root, 1, sizes[i] + 40);
             MAPIFreeBuffer(root);
         }
+        void *shared = root_of(100);
+        checksum += (unsigned)(uintptr_t)on_a_thread(guests, shared);
+        MAPIFreeBuffer(shared);
     }
     if (checksum != 0) {
         fprintf(stderr, "misuse: %u bytes were not copied\n", checksum);
@@ -93,6 +137,29 @@ static void write_at(unsigned char *at)
 static unsigned read_at(const unsigned char *at)
 {
     return *(const volatile unsigned char *)at;
+}
+
+static void *past_guest_child(void *root)
+{
+    unsigned char *child = child_of(root, 13);
+    child_of(root, 13);
+    write_at(child + 13);
+    return NULL;
+}
+
+/* A guest child of `root`, whose tree this thread then frees (a kill, for
+ * its owner to release); the child goes when this thread exits. */
+static void *guest_then_kill(void *root)
+{
+    void *child = child_of(root, 64);
+    MAPIFreeBuffer(root);
+    return child;
+}
+
+static void *kill_root(void *root)
+{
+    MAPIFreeBuffer(root);
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -146,9 +213,27 @@ int main(int argc, char **argv)
         child_of(next, 64);
         printf("misuse: read %u\n", read_at(child));
         MAPIFreeBuffer(next);
+    } else if (strcmp(what, "past-guest-child") == 0) {
+        void *root = root_of(8);
+        on_a_thread(past_guest_child, root);
+        MAPIFreeBuffer(root);
+    } else if (strcmp(what, "freed-guest-child") == 0) {
+        void *root = root_of(8);
+        unsigned char *child = on_a_thread(guest_then_kill, root);
+        void *next = root_of(8);
+        child_of(next, 64);
+        printf("misuse: read %u\n", read_at(child));
+        MAPIFreeBuffer(next);
+    } else if (strcmp(what, "freed-killed-root") == 0) {
+        unsigned char *root = root_of(64);
+        on_a_thread(kill_root, root);
+        void *next = root_of(64);
+        printf("misuse: read %u\n", read_at(root));
+        MAPIFreeBuffer(next);
     } else {
         fprintf(stderr, "usage: misuse clean|past-root|past-root-16|past-child|past-child-16|"
-                        "past-big-child|freed-root|freed-child\n");
+                        "past-big-child|freed-root|freed-child|past-guest-child|"
+                        "freed-guest-child|freed-killed-root\n");
         return 2;
     }
     /* Reached under valgrind, which reports and goes on; its exit code says. */

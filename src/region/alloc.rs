@@ -5,11 +5,11 @@
 
 use super::chunk::{Chunk, CHUNK_HEADER, HEADER_GRANULES};
 use super::class::{chunk_class_for, chunk_class_size, root_class, CHUNK_CLASSES, CHUNK_GROWTH, ROOT_SLOT_MAX};
-use super::free;
 use super::heap::Heap;
 use super::page::Kind;
 use super::root::{Root, ROOT_HEADER};
 use super::segment::Segment;
+use super::{free, guest, remote};
 use super::{thread, track, validate, Block, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
@@ -60,6 +60,7 @@ fn tracked_root(size: ULONG) -> Result<Block, Error> {
 #[inline(always)]
 fn root_with(size: ULONG, tracked: bool) -> Result<Block, Error> {
     let heap = thread::heap().ok_or(Error::NoMemory)?;
+    remote::drain(heap);
     let redzone = if tracked { track::REDZONE } else { 0 };
     let bytes = root_slot_bytes(size, redzone).ok_or(Error::NoMemory)?;
     let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
@@ -78,32 +79,33 @@ fn root_with(size: ULONG, tracked: bool) -> Result<Block, Error> {
 }
 
 /// A new child of `size` bytes in the tree of `parent`, a live root or
-/// child of the calling thread's (`MAPIAllocateMore`; tree.rs handles a
-/// null parent). Anything else is `InvalidParameter`, nothing allocated.
+/// child (`MAPIAllocateMore`; tree.rs handles a null parent). Anything else
+/// is `InvalidParameter`, nothing allocated.
 #[inline(always)]
 pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
     if track::enabled() {
         return tracked_child(parent, size);
     }
-    // A thread with no heap owns no tree.
-    let heap = thread::current().ok_or(Error::InvalidParameter)?;
-    let tree = match heap.cache.tree_of(parent) {
-        Some(tree) => tree,
-        None => parent_tree(heap, parent)?,
-    };
-    child_of(heap, tree, child_granules(size), size)
+    match thread::current() {
+        Some(heap) => match heap.cache.tree_of(parent) {
+            Some(tree) => child_of(heap, tree, child_granules(size), size),
+            None => child_of_parent(heap, parent, size),
+        },
+        None => guest_child(parent, size),
+    }
 }
 
 /// A child for valgrind or ASan: `allocate_child` with a redzone.
 #[cold]
 #[inline(never)]
 fn tracked_child(parent: usize, size: ULONG) -> Result<Block, Error> {
-    let heap = thread::current().ok_or(Error::InvalidParameter)?;
-    let tree = match heap.cache.tree_of(parent) {
-        Some(tree) => tree,
-        None => parent_tree(heap, parent)?,
-    };
-    tracked_child_of(heap, tree, size)
+    match thread::current() {
+        Some(heap) => match heap.cache.tree_of(parent) {
+            Some(tree) => tracked_child_of(heap, tree, size),
+            None => child_of_parent(heap, parent, size),
+        },
+        None => guest_child(parent, size),
+    }
 }
 
 /// A child of `size` bytes and its redzone in `tree`, the tool told.
@@ -115,13 +117,43 @@ fn tracked_child_of(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Erro
     Ok(child)
 }
 
-/// Validates a parent the cache does not hold, and remembers it.
+/// A child of `size` bytes in `tree`, one of `heap`'s (the caller's), off
+/// the fast path: with a redzone if a tool watches.
+fn own_child(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
+    if track::enabled() {
+        tracked_child_of(heap, tree, size)
+    } else {
+        child_of(heap, tree, child_granules(size), size)
+    }
+}
+
+/// A parent the cache does not hold: validated, and remembered if it is of
+/// the calling thread's tree; else another thread's (`guest_child`).
 #[cold]
 #[inline(never)]
-fn parent_tree(heap: &Heap, parent: usize) -> Result<&'static Root, Error> {
-    let tree = validate::tree(heap, parent).ok_or(Error::InvalidParameter)?;
-    heap.cache.remember(parent, tree);
-    Ok(tree)
+fn child_of_parent(heap: &Heap, parent: usize, size: ULONG) -> Result<Block, Error> {
+    match validate::tree(heap, parent) {
+        Some(tree) => {
+            heap.cache.remember(parent, tree);
+            own_child(heap, tree, size)
+        }
+        None => guest_child(parent, size),
+    }
+}
+
+/// A child of another thread's tree (`guest`), if `parent` is a live root
+/// or child of one.
+#[cold]
+#[inline(never)]
+fn guest_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    let (tree, state) = validate::any_tree(parent).ok_or(Error::InvalidParameter)?;
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    if validate::is_own(heap, tree) {
+        // A child another thread made on this thread's tree, in its own
+        // guest chunk: the child goes where the tree's own children go.
+        return own_child(heap, tree, size);
+    }
+    guest::child(heap, tree, state, size).map(block)
 }
 
 /// A child of `size` bytes taking `granules` granules.
@@ -152,6 +184,8 @@ fn child_made(heap: &Heap, chunk: &Chunk, addr: usize, size: ULONG) -> Block {
 #[cold]
 #[inline(never)]
 fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) -> Result<Block, Error> {
+    #[cfg(test)]
+    super::park::here();
     // SAFETY: as in `child_of`.
     let newest = unsafe { tree.first().as_ref() };
     let next_class = newest.map_or(0, |chunk| (chunk.class() + CHUNK_GROWTH).min(CHUNK_CLASSES - 1));
@@ -188,11 +222,15 @@ fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) ->
     Ok(child_made(heap, chunk, chunk.children_start(), size))
 }
 
-/// `MAPIReallocateBuffer` of a live block of the calling thread's (tree.rs
-/// handles 0): a root is replaced by a new root that takes its children; a
-/// child gets a new sibling. The first `min(old, size)` bytes are copied.
+/// `MAPIReallocateBuffer` of a live block (tree.rs handles 0): a root of
+/// the calling thread's is replaced by a new root that takes its children;
+/// a child gets a new sibling, of any thread's tree. The first
+/// `min(old, size)` bytes are copied.
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
-    let heap = thread::current().ok_or(Error::InvalidParameter)?;
+    let heap = match thread::current() {
+        Some(heap) => heap,
+        None => return reallocate_guest(addr, size),
+    };
     if let Some((page, old)) = validate::root(heap, addr) {
         let new = allocate_root(size)?;
         copy(addr, new, (old.size() as usize).min(size as usize));
@@ -209,15 +247,84 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
         free::free_root_alone(heap, page, old);
         return Ok(new);
     }
-    let (chunk, tree) = validate::child(heap, addr).ok_or(Error::InvalidParameter)?;
+    let (chunk, tree) = match validate::child(heap, addr) {
+        Some(found) => found,
+        None => return reallocate_guest(addr, size),
+    };
     let extent = child_extent(chunk, addr);
-    let new = if track::enabled() {
-        tracked_child_of(heap, tree, size)?
+    let new = own_child(heap, tree, size)?;
+    copy(addr, new, extent.min(size as usize));
+    Ok(new)
+}
+
+/// `MAPIReallocateBuffer` of a child of another thread's tree, or of one
+/// in a guest chunk: a new guest child, holding the old one's bytes up to
+/// the next child's start or its chunk's end (what the old child may
+/// hold; its own size is its owner's to read).
+///
+/// A root of another thread's is refused: its children are its owner's,
+/// and cannot move to a new root without the owner (not built yet).
+#[cold]
+#[inline(never)]
+fn reallocate_guest(addr: usize, size: ULONG) -> Result<Block, Error> {
+    let (tree, state) = validate::any_child(addr).ok_or(Error::InvalidParameter)?;
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    let extent = guest_extent(heap, addr);
+    let new = if validate::is_own(heap, tree) {
+        own_child(heap, tree, size)?
     } else {
-        child_of(heap, tree, child_granules(size), size)?
+        block(guest::child(heap, tree, state, size)?)
     };
     copy(addr, new, extent.min(size as usize));
     Ok(new)
+}
+
+/// The bytes a child validated by `validate::any_child` may hold: up to
+/// the next start bit, or the end of its chunk slot (of a one-child chunk,
+/// its span's first page), read from the tables only. With a tool
+/// watching, what it asked for (`track::child_size`), where its end is
+/// known: a next child's start, or the fill mark of a chunk of `heap`'s.
+fn guest_extent(heap: &Heap, addr: usize) -> usize {
+    // SAFETY: `addr` is a validated child, in a published segment.
+    let segment = unsafe { Segment::of(addr) };
+    let page = segment.page((addr >> super::PAGE_SHIFT) & (super::PAGES - 1));
+    let layout = page.layout();
+    let page_end = (addr & !(super::PAGE_SIZE - 1)) + super::PAGE_SIZE;
+    if layout.class >= CHUNK_CLASSES {
+        // A chunk of one child, at its span's start: the size it asked for,
+        // written before the child's address was handed to anyone.
+        // SAFETY: the chunk header of a validated child's span.
+        return unsafe { Chunk::at(addr & !(super::PAGE_SIZE - 1)) }.bytes() as usize;
+    }
+    let size = chunk_class_size(layout.class);
+    let slot = addr & !(size - 1);
+    let bound = (slot + size).min(page_end);
+    let next = segment.next_start(addr, bound);
+    if track::enabled() {
+        return tracked_guest_extent(heap, segment, slot, addr, next, bound);
+    }
+    next - addr
+}
+
+/// `guest_extent` with a tool: the size kept in the child's redzone, whose
+/// end is the next start or, for the last child of a chunk of `heap`'s,
+/// the chunk's fill mark. The last child of another heap's chunk has no
+/// end any thread but its owner may read: the copy takes up to its
+/// chunk's end, as without a tool (the tool may report the read).
+#[cold]
+#[inline(never)]
+fn tracked_guest_extent(heap: &Heap, segment: &Segment, slot: usize, addr: usize, next: usize, bound: usize) -> usize {
+    if next < bound {
+        return track::child_size(next);
+    }
+    if core::ptr::eq(segment.owner(), heap) {
+        // SAFETY: a chunk slot of the caller's heap, holding `addr`.
+        let end = unsafe { Chunk::at(slot) }.used_end();
+        if end > addr {
+            return track::child_size(end);
+        }
+    }
+    next - addr
 }
 
 /// The bytes a child may hold: up to the next child's start, or the

@@ -6,11 +6,17 @@
 //! The header records the tree's state word (generation) when it was made,
 //! so a child validates only while that tree is the live one, and it stores
 //! its end beside its fill mark, so a bump is a compare with one load.
+//!
+//! A chunk may belong to a tree of another thread (`remote`): made by a
+//! thread's `MAPIAllocateMore` on that tree, in the maker's own pages, on
+//! the maker's list of such chunks rather than the tree's. Its state and
+//! tree are atomics because other threads validate children through them.
 
 use super::root::{generation, Root, CHUNK, GENERATION_SHIFT};
 use super::{GRANULE, GRANULE_SHIFT};
 use core::cell::Cell;
 use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// Bytes in front of a chunk's first child.
 pub const CHUNK_HEADER: usize = 32;
@@ -20,7 +26,7 @@ pub const HEADER_GRANULES: usize = CHUNK_HEADER >> GRANULE_SHIFT;
 #[derive(Debug)]
 pub struct Chunk {
     /// The tree's generation | class << 2 | `CHUNK`.
-    state: Cell<u32>,
+    state: AtomicU32,
     /// Granules from the chunk's start in use, header included; and its
     /// size in granules (64 KiB at most). A chunk of one big child is made
     /// full: both are its header and one granule.
@@ -28,7 +34,7 @@ pub struct Chunk {
     end: Cell<u16>,
     /// The next older chunk of the tree. A free slot's link.
     next: Cell<*const Chunk>,
-    tree: Cell<*const Root>,
+    tree: AtomicPtr<Root>,
     /// Its children and the bytes they asked for, taken off the heap's
     /// counts when the tree is freed.
     count: Cell<u32>,
@@ -54,7 +60,13 @@ impl Chunk {
     /// granules long, whose first `used` granules (header included) are
     /// taken.
     pub fn begin(&self, tree: &Root, class: usize, used: usize, end: usize) {
-        self.adopt(tree, class);
+        self.begin_in(tree, tree.state(), class, used, end)
+    }
+
+    /// As `begin`, for the life of `tree` that `state` names (another
+    /// thread's tree, whose state may move on at any moment).
+    pub fn begin_in(&self, tree: &Root, state: u32, class: usize, used: usize, end: usize) {
+        self.tag(tree, state, class);
         self.used.set(used as u16);
         self.end.set(end as u16);
         self.next.set(ptr::null());
@@ -65,22 +77,42 @@ impl Chunk {
     /// Makes the chunk belong to `tree` (a new one, when a root is
     /// reallocated), keeping its class.
     pub fn adopt(&self, tree: &Root, class: usize) {
-        self.tree.set(tree);
-        self.state.set(generation(tree.state()) | (class as u32) << 2 | CHUNK);
+        self.tag(tree, tree.state(), class)
+    }
+
+    fn tag(&self, tree: &Root, state: u32, class: usize) {
+        self.tree.store(tree as *const Root as *mut Root, Ordering::Relaxed);
+        self.state.store(generation(state) | (class as u32) << 2 | CHUNK, Ordering::Relaxed);
     }
 
     #[inline(always)]
     pub fn class(&self) -> usize {
-        ((self.state.get() & ((1 << GENERATION_SHIFT) - 1)) >> 2) as usize
+        ((self.state() & ((1 << GENERATION_SHIFT) - 1)) >> 2) as usize
+    }
+
+    #[inline(always)]
+    pub fn state(&self) -> u32 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// The tree's root slot (in some life: see `live_tree`).
+    pub fn tree(&self) -> *const Root {
+        self.tree.load(Ordering::Relaxed)
+    }
+
+    /// The state word its tree has while the chunk belongs to it.
+    #[inline(always)]
+    pub fn live_state(&self) -> u32 {
+        generation(self.state()) | super::root::LIVE
     }
 
     /// The tree, and whether the chunk belongs to it in its current life.
     #[inline(always)]
     pub fn live_tree(&self) -> Option<&Root> {
-        // SAFETY: `tree` is the slot of a root of the same heap, set at
-        // `begin`/`adopt`; root slots stay mapped for good.
-        let tree = unsafe { &*self.tree.get() };
-        if tree.state() == generation(self.state.get()) | super::root::LIVE {
+        // SAFETY: `tree` is a root slot, set at `begin`/`adopt`, in a
+        // segment, and segments stay mapped for good.
+        let tree = unsafe { &*self.tree() };
+        if tree.state() == self.live_state() {
             Some(tree)
         } else {
             None
@@ -129,6 +161,11 @@ impl Chunk {
 
     pub fn set_next(&self, next: *const Chunk) {
         self.next.set(next)
+    }
+
+    /// The link to the next chunk, to unlink the one after.
+    pub fn next_link(&self) -> &Cell<*const Chunk> {
+        &self.next
     }
 }
 

@@ -74,6 +74,26 @@ pub const fn reciprocal(slot_size: usize, slots: usize) -> u32 {
     (((1u64 << 32) + slot_size as u64 - 1) / slot_size as u64) as u32
 }
 
+/// `reciprocal` of each root class's one-page layout, for the threads that
+/// find another thread's root from its class alone (`validate::any_root`),
+/// without a division.
+const ROOT_RECIPROCALS: [u32; ROOT_CLASSES] = {
+    let mut table = [0u32; ROOT_CLASSES];
+    let mut class = 2; // classes 0 and 1 are never used
+    while class < ROOT_CLASSES {
+        let size = root_class_size(class);
+        table[class] = reciprocal(size, PAGE_SIZE / size);
+        class += 1;
+    }
+    table
+};
+
+/// The reciprocal of a page of root class `class`, if it is one.
+#[inline(always)]
+pub fn root_reciprocal(class: usize) -> Option<u32> {
+    ROOT_RECIPROCALS.get(class).copied().filter(|&recip| recip != 0)
+}
+
 /// The index of the slot holding offset `off` of a page of slots with this
 /// reciprocal.
 #[inline(always)]
@@ -87,6 +107,16 @@ const _: () = assert!((PAGE_SIZE as u64) * (ROOT_SLOT_MAX as u64) < 1 << 32);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_reciprocal_table_matches_the_pages() {
+        for class in 2..ROOT_CLASSES {
+            let size = root_class_size(class);
+            assert_eq!(root_reciprocal(class), Some(reciprocal(size, PAGE_SIZE / size)), "class {class}");
+        }
+        assert_eq!(root_reciprocal(0), None);
+        assert_eq!(root_reciprocal(ROOT_CLASSES), None);
+    }
 
     #[test]
     fn classes_round_up_and_waste_at_most_a_quarter() {

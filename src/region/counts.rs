@@ -89,6 +89,15 @@ impl HeapCounts {
         self.freed.add(1 + children);
     }
 
+    /// `children` children of a tree, `bytes` bytes in all, are freed
+    /// apart from it (a guest chunk swept: see `guest`).
+    pub fn children_freed(&self, children: u64, bytes: u64) {
+        self.take_peak();
+        self.live_children.sub(children);
+        self.live_bytes.sub(bytes);
+        self.freed.add(children);
+    }
+
     /// The counts as `mapi32_stats` reports them.
     pub fn snapshot(&self) -> Counts {
         let (roots, children, live) = (self.live_roots.get(), self.live_children.get(), self.live_bytes.get());
@@ -102,11 +111,31 @@ impl HeapCounts {
     }
 }
 
-/// Every heap's counts added up. Each tree is counted in one heap, so live
-/// counts are exact; the peak is the sum of each heap's (exact with one).
+/// Every heap's counts added up. Each block is counted in one heap: a root
+/// and its own chunks' children in the root's, a guest child in its
+/// maker's. The peak is the sum of each heap's (exact with one heap).
+///
+/// The calling thread first releases the trees other threads freed in its
+/// heap and sweeps its guest chunks, so its own share is exact. Another
+/// heap's share still counts the trees freed by other threads until that
+/// heap's thread next calls, and the guest children of dead trees until
+/// their maker sweeps; an orphan (its thread exited) is caught up here
+/// (see `remote`, `guest`, `thread::catch_up`).
 pub fn stats() -> Counts {
+    if let Some(heap) = thread::current() {
+        thread::catch_up(heap);
+    }
     let mut total = Counts::default();
     for heap in thread::heaps() {
+        let behind = super::remote::has_kills(heap) || heap.guests.count() != 0;
+        if behind && !heap.is_owned() && heap.try_claim() {
+            // An orphan with trees other threads freed or guest children:
+            // caught up as its owner would (`Heap::try_claim`'s rule). Only
+            // then, so that a thread looking for an orphan to adopt seldom
+            // finds it taken.
+            thread::catch_up(heap);
+            heap.give_up();
+        }
         let counts = heap.counts.snapshot();
         total.live_roots = total.live_roots.wrapping_add(counts.live_roots);
         total.live_children = total.live_children.wrapping_add(counts.live_children);

@@ -1,37 +1,49 @@
 //! Freeing a tree (`MAPIFreeBuffer`): the root's state moves to the next
 //! generation (every child and the parent cache stop matching at once), its
 //! chunks go back chunk by chunk with their start bits cleared, then its
-//! slot. A child, or anything that is not a live root of the calling
-//! thread's, is left alone.
+//! slot. A live root of another thread's is killed for its owner to
+//! release (`remote`). A child, or anything that is not a live root, is
+//! left alone.
 
 use super::chunk::Chunk;
 use super::heap::{Heap, LARGE};
-use super::page::Page;
+use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::Segment;
-use super::{thread, track, validate};
+use super::{remote, thread, track, validate};
 use crate::registry::NotARoot;
 
 /// Frees the root at `addr` and its children; returns how many blocks.
 #[inline(always)]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
-    let heap = thread::current().ok_or(NotARoot::Unknown)?;
+    let heap = match thread::current() {
+        Some(heap) => heap,
+        None => return not_ours(None, addr),
+    };
+    remote::drain(heap);
     match validate::root(heap, addr) {
         Some((page, root)) if root.first().is_null() => {
             free_root_alone(heap, page, root);
             Ok(1)
         }
         Some((page, root)) => Ok(free_tree(heap, page, root)),
-        None => Err(not_a_root(heap, addr)),
+        None => not_ours(Some(heap), addr),
     }
 }
 
+/// Not a live root of the calling thread's: another thread's is killed
+/// (its blocks are counted when its owner releases them: 1 here).
 #[cold]
 #[inline(never)]
-fn not_a_root(heap: &Heap, addr: usize) -> NotARoot {
-    match validate::child(heap, addr) {
-        Some(_) => NotARoot::Child,
-        None => NotARoot::Unknown,
+fn not_ours(heap: Option<&Heap>, addr: usize) -> Result<usize, NotARoot> {
+    if remote::kill(addr) {
+        return Ok(1);
+    }
+    let own_child = heap.and_then(|heap| validate::child(heap, addr)).is_some();
+    if own_child || validate::any_child(addr).is_some() {
+        Err(NotARoot::Child)
+    } else {
+        Err(NotARoot::Unknown)
     }
 }
 
@@ -46,9 +58,12 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
+/// Frees a live or killed root of `heap`'s and its chunks.
 #[cold]
 #[inline(never)]
-fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
+pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
+    #[cfg(test)]
+    super::park::here();
     root.end();
     // Asked once: a tree can have many chunks.
     let tracked = track::enabled();
@@ -63,7 +78,7 @@ fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         if tracked {
             tracked_free_chunk(heap, chunk);
         } else {
-            free_chunk(heap, chunk);
+            untracked_free_chunk(heap, chunk);
         }
     }
     heap.counts.tree_freed(children, bytes);
@@ -75,7 +90,17 @@ fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     1 + children as usize
 }
 
-fn free_chunk(heap: &Heap, chunk: &Chunk) {
+/// Frees a chunk and its children for good: start bits cleared, slot
+/// given back (held back from reuse while a tool watches).
+pub fn free_chunk(heap: &Heap, chunk: &Chunk) {
+    if track::enabled() {
+        return tracked_free_chunk(heap, chunk);
+    }
+    untracked_free_chunk(heap, chunk)
+}
+
+#[inline(always)]
+fn untracked_free_chunk(heap: &Heap, chunk: &Chunk) {
     let start = chunk.children_start();
     // SAFETY: the chunk is ours, in its segment's first unit.
     let segment = unsafe { Segment::of(start) };
@@ -140,9 +165,25 @@ fn tracked_hold(heap: &Heap, page: &'static Page, slot: *mut u8) {
 #[inline(always)]
 fn release_now(heap: &Heap, page: &'static Page, slot: *mut u8) {
     if page.class() == LARGE {
-        heap.free_large(page);
+        release_large(heap, page, slot);
     } else {
         // SAFETY: a slot of this class page, handed out and now dead.
         unsafe { heap.free_slot(page, slot) }
     }
+}
+
+/// Gives back a large block's span. The OS may zero it, and with it a
+/// root's header: a root's state is written again, so the slot's next root
+/// is a later generation (a kill or a chunk that validated the old one must
+/// never match it).
+#[inline(never)]
+fn release_large(heap: &Heap, page: &'static Page, slot: *mut u8) {
+    if page.kind() != Kind::Root {
+        return heap.free_large(page);
+    }
+    // SAFETY: the dead root slot at the start of this large span.
+    let root = unsafe { Root::at(slot as usize) };
+    let state = root.state();
+    heap.free_large(page);
+    root.restore(state);
 }

@@ -1,7 +1,8 @@
 //! A thread's heap: where its roots and chunks get their slots and pages,
 //! its counts, and the last parent it validated. Only its owner touches it
 //! (plain `Cell`s), except the counts, the link to the next heap and the
-//! `owned` flag, which anyone may read.
+//! `owned` flag, which anyone may read, and the stack of pages with roots
+//! other threads killed, which anyone may push on (`remote`).
 //!
 //! **Ownership.** A heap is owned by one thread at a time, or by nobody (an
 //! orphan: its thread exited). Whoever wants to touch an orphan's `Cell`s,
@@ -10,8 +11,11 @@
 //! takes it with [`Heap::try_claim`] (a CAS, Acquire: it sees everything the
 //! last owner wrote) and lets go with [`Heap::give_up`] (Release). Anything
 //! else (a free from another thread into an orphan's tree) must use only
-//! the atomic, owner-independent protocol that serves a live owner's heap,
-//! and leave the rest to whoever claims the heap next.
+//! the atomic, owner-independent protocol that serves a live owner's heap
+//! (`remote`: the root's state word, the killed bits, the page stack), and
+//! leave the rest to whoever claims the heap next, who drains the killed
+//! trees and sweeps the guest chunks as the owner would
+//! (`thread::catch_up`).
 //!
 //! Slots come from the class's current page; when it is full, from a page
 //! of the class that had slots freed since, else from a fresh page. Pages
@@ -22,6 +26,7 @@
 
 use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES, ROOT_CLASSES};
 use super::counts::HeapCounts;
+use super::guest::Guests;
 use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::Segment;
@@ -134,6 +139,10 @@ pub struct Heap {
     /// Freed slots held back from reuse while valgrind or ASan watch
     /// (`track`); always empty otherwise.
     pub quarantine: Quarantine,
+    /// Pages holding roots other threads freed, for this heap to release.
+    pub killed: AtomicPtr<Page>,
+    /// Chunks of children this heap made on other threads' trees.
+    pub guests: Guests,
     /// The heap made before this one (`thread::heaps`); set before the heap
     /// is published, never after.
     older: AtomicPtr<Heap>,
@@ -157,6 +166,8 @@ impl Heap {
         cache: ParentCache::EMPTY,
         counts: HeapCounts::ZERO,
         quarantine: Quarantine::EMPTY,
+        killed: AtomicPtr::new(ptr::null_mut()),
+        guests: Guests::EMPTY,
         older: AtomicPtr::new(ptr::null_mut()),
         owned: AtomicBool::new(true),
         segments: Cell::new(ptr::null()),
@@ -253,7 +264,7 @@ impl Heap {
             let mut next = list.get();
             // SAFETY: the lists hold retired first pages of this heap's spans.
             while let Some(page) = unsafe { next.as_ref() } {
-                if page.is_resident() {
+                if page.is_resident() && no_kill_under_way(page) {
                     if page.span() <= keep {
                         keep -= page.span();
                     } else {
@@ -399,6 +410,11 @@ impl Heap {
     /// free one-page span, for any class or block to use. Run when a segment
     /// is used up: a heap whose blocks all went back can serve new ones of
     /// other sizes without a new segment; and when its thread exits.
+    ///
+    /// A root page keeps its class while another thread's kill is under way
+    /// in its segment: that thread found a root's state word from the class
+    /// alone, and its swap must never hit a client's byte (`remote`). Such
+    /// a page waits for the next reclaim.
     #[cold]
     fn reclaim_empty_pages(&self, discard: bool) -> bool {
         let mut reclaimed = false;
@@ -406,7 +422,7 @@ impl Heap {
             let mut link = &queue.with_room;
             // SAFETY (both): pages on a queue are pages of this heap's segments.
             while let Some(page) = unsafe { link.get().as_ref() } {
-                if page.is_empty() {
+                if page.is_empty() && may_retire(page) {
                     link.set(page.next());
                     self.give_back(page, discard);
                     reclaimed = true;
@@ -415,7 +431,7 @@ impl Heap {
                 }
             }
             if let Some(page) = unsafe { queue.current.get().as_ref() } {
-                if page.is_empty() {
+                if page.is_empty() && may_retire(page) {
                     queue.current.set(ptr::null());
                     self.give_back(page, discard);
                     reclaimed = true;
@@ -498,6 +514,27 @@ impl Heap {
             self.huge.set(segment);
         }
     }
+}
+
+/// Whether an empty class page may change its class: a chunk page always,
+/// a root page unless a kill is under way in its segment.
+fn may_retire(page: &Page) -> bool {
+    if page.kind() != Kind::Root {
+        return true;
+    }
+    // SAFETY: `page` is a descriptor in a published segment's header.
+    let segment = unsafe { Segment::of(page as *const Page as usize) };
+    page.retire_root_page(|| segment.no_kill_under_way())
+}
+
+/// Whether a retired span may go back to the OS, which zeroes it: not
+/// while a kill is under way in its segment, which may have read a root's
+/// state there before the span was retired (as `may_retire`; a large
+/// root's own free keeps its state across the discard, `free::release_large`).
+fn no_kill_under_way(page: &Page) -> bool {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    // SAFETY: `page` is a descriptor in a published segment's header.
+    unsafe { Segment::of(page as *const Page as usize) }.no_kill_under_way()
 }
 
 #[cfg(test)]

@@ -135,3 +135,68 @@ fn the_leaks_walk_finds_every_live_root_with_its_tree_bytes() {
     assert_eq!(free_root(r), Ok(3));
     assert_eq!(free_root(large), Ok(1));
 }
+
+/// Another thread's free of an orphan's tree is a kill like any (atomics
+/// only); whoever holds the orphan next releases it as its owner would.
+#[test]
+fn a_kill_into_an_orphan_is_released_by_whoever_catches_it_up() {
+    for _ in 0..20 {
+        let (heap, r) = std::thread::spawn(|| {
+            let r = root(64);
+            child(r, 100);
+            (thread::current().unwrap() as *const Heap as usize, r)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(free_root(r), Ok(1), "killed in the orphan");
+        assert_eq!(allocate_child(r, 8), Err(crate::scode::Error::InvalidParameter), "dead at once");
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*(heap as *const Heap) };
+        if !heap.try_claim() {
+            continue; // adopted meanwhile, and caught up by its adopter
+        }
+        // SAFETY: the slot of a root the orphan handed out.
+        let header = unsafe { root::Root::at(r - root::ROOT_HEADER) };
+        let (killed, before) = (header.is_killed(), heap.counts.snapshot());
+        thread::catch_up(heap);
+        let (released, after) = (!header.is_killed(), heap.counts.snapshot());
+        heap.give_up();
+        if !killed {
+            continue; // caught up by `stats` or an adopter before the claim
+        }
+        assert!(released, "the claimer released the killed tree");
+        assert_eq!(before.live_roots - after.live_roots, 1, "its root left the counts");
+        assert_eq!(before.live_children - after.live_children, 1, "and its child");
+        return;
+    }
+    panic!("the orphan was adopted by another thread every time");
+}
+
+/// A thread's guest chunks of trees that died go back when it exits: the
+/// orphan keeps none of them for an adopter that may never come.
+#[test]
+fn an_exiting_thread_sweeps_its_guests_of_dead_trees() {
+    for _ in 0..20 {
+        let r = root(32);
+        let heap = std::thread::spawn(move || {
+            for _ in 0..10 {
+                child(r, 16);
+            }
+            assert!(thread::current().unwrap().guests.count() > 0, "guests made");
+            assert_eq!(free_root(r), Ok(1), "the tree killed from here");
+            thread::current().unwrap() as *const Heap as usize
+        })
+        .join()
+        .unwrap();
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*(heap as *const Heap) };
+        if !heap.try_claim() {
+            continue;
+        }
+        let guests = heap.guests.count();
+        heap.give_up();
+        assert_eq!(guests, 0, "swept at exit");
+        return;
+    }
+    panic!("the orphan was adopted by another thread every time");
+}

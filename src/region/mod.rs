@@ -1,6 +1,6 @@
-//! Registry v3, step 1 (the `registry-v3` feature, off by default): blocks
-//! in pages the library manages itself, validated from its own tables, on
-//! the owner's paths only. ARCHITECTURE.md, "Where it goes next", has the
+//! Registry v3, steps 1 and 2 (the `registry-v3` feature, off by default):
+//! blocks in pages the library manages itself, validated from its own
+//! tables, used from any thread without waiting. ARCHITECTURE.md, "Where it goes next", has the
 //! design; `bench/mockup/` the C mock-up that measured these fast paths.
 //!
 //! ```text
@@ -25,32 +25,44 @@
 //!   (segments are never unmapped while loaded; freed spans go back with
 //!   `MADV_DONTNEED`).
 //! - Each thread has a heap (`heap`, bound in `thread`) that owns its
-//!   segments; only the owner touches a heap or its segments' metadata,
-//!   with plain loads and stores. Other threads read a segment's `owner`
-//!   word only.
-//! - A heap's life (`thread`): given up when its thread exits (its unused
-//!   pages go back; its live trees stay), adopted by a later thread's first
-//!   call; `fork` needs no handler (no lock exists to be left held);
-//!   `unload` unmaps the empty heaps at `dlclose`; `walk` serves the
-//!   `leaks` report. `Heap::try_claim` has the rule for touching an orphan.
-//! - valgrind and ASan (`track`): detected at load; then every block is
-//!   described to the tool, with a redzone after it and a quarantine for
-//!   freed slots; without a tool, one untaken branch a call.
+//!   segments; the owner makes and frees blocks in them with plain loads
+//!   and stores. Other threads read a few words only (a segment's owner, a
+//!   page's `layout`, start bits, root and chunk state words: relaxed
+//!   atomics, plain moves for the owner) and write one: a root's state.
+//! - Another thread's tree, with no call waiting for any other (SPEC §3):
+//!   a free swaps the root's state live → killed and hands the page to its
+//!   owner, who releases the tree at its next call (`remote`); a child goes
+//!   into a chunk of the caller's own, tagged with the tree's life, swept
+//!   once the tree is dead (`guest`).
+//! - A heap's life (`thread`): given up when its thread exits (its killed
+//!   trees and dead guests go back first, then its unused pages; its live
+//!   trees stay), adopted by a later thread's first call, which drains and
+//!   sweeps it as the owner; `fork` needs no handler (no lock exists to be
+//!   left held); `unload` unmaps the empty heaps at `dlclose`; `walk`
+//!   serves the `leaks` report. `Heap::try_claim` has the rule for
+//!   touching an orphan; a free into an orphan's tree is a kill like any.
+//! - valgrind and ASan (`track`): detected at load; then every block, a
+//!   guest child too, is described to the tool, with a redzone after it
+//!   and a quarantine for freed slots; without a tool, one untaken branch
+//!   a call. A tree another thread frees is freed for the tool when its
+//!   owner releases it, and a guest child of a dead tree when its maker
+//!   sweeps it: until then the tool still lets it be read.
 //!
-//! **Not built in this step.** A call on a tree of another thread, live or
-//! dead, is refused (`MAPIAllocateMore`, `MAPIReallocateBuffer`) or ignored
-//! (`MAPIFreeBuffer`) as if the pointer were foreign, until that thread
-//! exits and the caller's heap is the one that adopts its heap: cross-thread
-//! frees and remote children are the next step's. Emptied class pages go back only when a segment is used up
-//! (`heap::reclaim_empty_pages`), and free spans are reused by exact length.
+//! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
+//! refused (its children are the owner's to move). Counts lag where
+//! `counts::stats` says. Emptied class pages go back only when a segment is
+//! used up or the thread exits (`heap::reclaim_empty_pages`), and free
+//! spans are reused by exact length.
 
 mod alloc;
 mod chunk;
 mod class;
 mod counts;
 mod free;
+mod guest;
 mod heap;
 mod page;
+mod remote;
 mod root;
 mod segmap;
 mod segment;
@@ -62,8 +74,12 @@ mod validate;
 mod walk;
 
 // Thread exit is served by the POSIX exit hook only (see `thread`).
+#[cfg(test)]
+mod cross_thread_tests;
 #[cfg(all(test, unix))]
 mod life_tests;
+#[cfg(test)]
+mod park;
 #[cfg(test)]
 mod tests;
 

@@ -3,13 +3,18 @@
 //! large block) and which of its slots are free.
 //!
 //! Descriptors live in their segment's metadata page, zeroed by the OS
-//! (which is a valid, unused descriptor), and are touched only by the heap
-//! that owns the segment: plain `Cell`s.
+//! (which is a valid, unused descriptor), and are written only by the heap
+//! that owns the segment. Other threads read one word of it, `layout` (the
+//! kind and class, so one load gives a pair that belongs together), to
+//! validate a block of another thread's, and use the `killed` links to hand
+//! the owner pages with roots they freed (`remote`); everything else is
+//! the owner's alone: plain `Cell`s.
 
 use super::class::{reciprocal, slot_index};
 use super::PAGE_SIZE;
 use core::cell::Cell;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, Ordering};
 
 /// What a page holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +38,8 @@ pub const FREE_LINK_OFFSET: usize = 8;
 #[repr(C)]
 #[derive(Debug)]
 pub struct Page {
-    kind: Cell<Kind>,
-    /// The root or chunk class of its slots.
-    class: Cell<u8>,
+    /// Its `Kind` | the root or chunk class of its slots << 8.
+    layout: AtomicU16,
     /// On its heap's queue for its class (current or with room): a free
     /// into a full page puts it back.
     queued: Cell<bool>,
@@ -59,6 +63,31 @@ pub struct Page {
     free: Cell<*mut u8>,
     /// The next page on a heap's list (pages with room, free spans).
     next: Cell<*const Page>,
+    /// On its owner's stack of pages with killed roots (`remote`), and the
+    /// next page on that stack.
+    pub killed_pending: AtomicBool,
+    pub killed_next: AtomicPtr<Page>,
+}
+
+impl Kind {
+    /// The kind in a layout word's low bits: every value of two bits is a
+    /// kind, and the match compiles to the mask alone.
+    #[inline(always)]
+    fn from_bits(bits: u16) -> Kind {
+        match bits & 3 {
+            0 => Kind::Unused,
+            1 => Kind::Root,
+            2 => Kind::Chunk,
+            _ => Kind::Tail,
+        }
+    }
+}
+
+/// A page's kind and class, read together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub kind: Kind,
+    pub class: usize,
 }
 
 impl Page {
@@ -66,7 +95,6 @@ impl Page {
     /// slots of `slot_size` bytes of `kind` and `class`.
     pub fn init(&self, kind: Kind, class: usize, slot_size: usize, span: usize, base: *mut u8) {
         let slots = (span * PAGE_SIZE).checked_div(slot_size).unwrap_or(0);
-        self.class.set(class as u8);
         self.queued.set(true);
         self.back.set(0);
         self.recip.set(reciprocal(slot_size, slots));
@@ -78,12 +106,25 @@ impl Page {
         self.base.set(base);
         self.free.set(ptr::null_mut());
         self.next.set(ptr::null());
-        self.kind.set(kind);
+        self.set_layout(kind, class);
+    }
+
+    /// Release: a thread that reads the new layout reads the fields above
+    /// as they were set for it.
+    fn set_layout(&self, kind: Kind, class: usize) {
+        self.layout.store(kind as u16 | (class as u16 & 0xFF) << 8, Ordering::Release);
+    }
+
+    /// The kind and class as another thread reads them.
+    #[inline(always)]
+    pub fn layout(&self) -> Layout {
+        let bits = self.layout.load(Ordering::Acquire);
+        Layout { kind: Kind::from_bits(bits), class: (bits >> 8) as usize }
     }
 
     /// Makes this page the first of an unused span of `span` pages at `base`.
     pub fn init_unused(&self, base: usize, span: usize) {
-        self.kind.set(Kind::Unused);
+        self.set_layout(Kind::Unused, 0);
         self.base.set(base as *mut u8);
         self.span.set(span as u32);
         self.next.set(ptr::null());
@@ -92,13 +133,25 @@ impl Page {
     /// Makes this page the `back`th page of a span.
     pub fn init_tail(&self, back: usize) {
         self.back.set(back as u16);
-        self.kind.set(Kind::Tail);
+        self.set_layout(Kind::Tail, 0);
+    }
+
+    /// Takes an empty root page's class away, if no kill is under way in
+    /// its segment (`remote`); false, with nothing changed, if one is.
+    pub fn retire_root_page(&self, no_kill_under_way: impl FnOnce() -> bool) -> bool {
+        let layout = self.layout.load(Ordering::Relaxed);
+        self.layout.store(Kind::Unused as u16, Ordering::SeqCst);
+        if no_kill_under_way() {
+            return true;
+        }
+        self.layout.store(layout, Ordering::Relaxed);
+        false
     }
 
     /// A freed span's first page: nothing in it validates any more.
     /// `resident`: whether its memory was left in place.
     pub fn retire(&self, resident: bool) {
-        self.kind.set(Kind::Unused);
+        self.set_layout(Kind::Unused, 0);
         self.resident.set(resident);
         self.next.set(ptr::null());
     }
@@ -114,12 +167,12 @@ impl Page {
 
     #[inline(always)]
     pub fn kind(&self) -> Kind {
-        self.kind.get()
+        Kind::from_bits(self.layout.load(Ordering::Relaxed))
     }
 
     #[inline(always)]
     pub fn class(&self) -> usize {
-        self.class.get() as usize
+        (self.layout.load(Ordering::Relaxed) >> 8) as usize
     }
 
     pub fn back(&self) -> usize {
@@ -278,8 +331,7 @@ mod tests {
 
     fn unused() -> Page {
         Page {
-            kind: Cell::new(Kind::Unused),
-            class: Cell::new(0),
+            layout: AtomicU16::new(0),
             queued: Cell::new(false),
             resident: Cell::new(false),
             back: Cell::new(0),
@@ -292,6 +344,8 @@ mod tests {
             base: Cell::new(ptr::null_mut()),
             free: Cell::new(ptr::null_mut()),
             next: Cell::new(ptr::null()),
+            killed_pending: AtomicBool::new(false),
+            killed_next: AtomicPtr::new(ptr::null_mut()),
         }
     }
 }

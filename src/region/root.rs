@@ -7,17 +7,29 @@
 //! cache (which records the state it validated) both stop matching the
 //! moment their tree dies, with no list of them to clear. A free slot keeps
 //! its state word (kind `FREE`), so a stale pointer to it is refused.
+//!
+//! The state word is the one word of a root another thread writes: a free
+//! from another thread moves it from live to `KILLED` by a compare-and-swap
+//! of the exact word it validated (`remote`), and the owner releases the
+//! tree later. The owner's own free stays a load and a store: if a kill
+//! lands between them, the owner's store still ends the same life (same
+//! generation), the owner releases the tree, and the kill's mark finds the
+//! slot no longer killed. Either way the tree is released once.
 
 use super::chunk::Chunk;
 use super::GRANULE;
 use core::cell::Cell;
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The kinds a state word holds in its low bits.
 pub const FREE: u32 = 0;
 pub const LIVE: u32 = 1;
 /// A chunk's state word: its tree's generation, its class, this kind.
 pub const CHUNK: u32 = 2;
+/// Freed by another thread, not yet released by its owner: dead to every
+/// call, its slot and chunks still held.
+pub const KILLED: u32 = 3;
 const KIND_MASK: u32 = 3;
 pub const GENERATION_SHIFT: u32 = 8;
 const GENERATION_STEP: u32 = 1 << GENERATION_SHIFT;
@@ -28,8 +40,11 @@ pub const ROOT_HEADER: usize = 16;
 #[repr(C)]
 #[derive(Debug)]
 pub struct Root {
-    state: Cell<u32>,
-    size: Cell<u32>,
+    /// Atomic because other threads read it and `kill` swaps it; the
+    /// owner's loads and stores are relaxed (plain moves).
+    state: AtomicU32,
+    /// Read by a thread that kills the root (it takes it off the counts).
+    size: AtomicU32,
     /// The newest chunk, where children are bumped; older ones follow it.
     /// A free slot's link in its page's free list.
     first: Cell<*const Chunk>,
@@ -60,32 +75,58 @@ impl Root {
     /// children, in the generation the slot's last root left it.
     #[inline(always)]
     pub fn begin(&self, size: u32) -> u32 {
-        let state = generation(self.state.get()) | LIVE;
-        self.state.set(state);
-        self.size.set(size);
+        let state = generation(self.state()) | LIVE;
+        self.size.store(size, Ordering::Relaxed);
         self.first.set(ptr::null());
+        // Release: another thread that reads this state reads the size too.
+        self.state.store(state, Ordering::Release);
         state
     }
 
     /// Ends the root's life: the next generation, kind free.
     #[inline(always)]
     pub fn end(&self) {
-        self.state.set(generation(self.state.get()).wrapping_add(GENERATION_STEP) | FREE);
+        self.state.store(generation(self.state()).wrapping_add(GENERATION_STEP) | FREE, Ordering::Relaxed);
+    }
+
+    /// Puts back a state word a discard of the slot's page zeroed, so the
+    /// slot's generations keep moving on.
+    pub fn restore(&self, state: u32) {
+        self.state.store(state, Ordering::Relaxed)
+    }
+
+    /// Another thread's free: live in the life `state` names → killed.
+    /// False if the root is in another life or already dead.
+    pub fn kill(&self, state: u32) -> bool {
+        let killed = generation(state) | KILLED;
+        state & KIND_MASK == LIVE
+            && self.state.compare_exchange(state, killed, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     #[inline(always)]
     pub fn state(&self) -> u32 {
-        self.state.get()
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// The state word as another thread reads it.
+    #[inline(always)]
+    pub fn state_acquire(&self) -> u32 {
+        self.state.load(Ordering::Acquire)
     }
 
     #[inline(always)]
     pub fn is_live(&self) -> bool {
-        self.state.get() & KIND_MASK == LIVE
+        self.state() & KIND_MASK == LIVE
+    }
+
+    #[inline(always)]
+    pub fn is_killed(&self) -> bool {
+        self.state() & KIND_MASK == KILLED
     }
 
     #[inline(always)]
     pub fn size(&self) -> u32 {
-        self.size.get()
+        self.size.load(Ordering::Relaxed)
     }
 
     #[inline(always)]

@@ -17,9 +17,12 @@ use super::start_bits::StartBits;
 use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 const START_WORDS: usize = (SEGMENT_SIZE >> GRANULE_SHIFT) / usize::BITS as usize;
+/// Words of killed bits a page needs: one bit per slot of the smallest
+/// root class (32 bytes).
+pub const KILLED_WORDS: usize = (PAGE_SIZE / 32) / usize::BITS as usize;
 
 #[repr(C)]
 #[derive(Debug)]
@@ -37,6 +40,13 @@ pub struct Segment {
     older: Cell<*const Segment>,
     pages: [Page; PAGES],
     starts: StartBits<START_WORDS>,
+    /// Per root page, a bit per slot whose root another thread killed and
+    /// the owner has not released yet (`remote`): set by any thread, taken
+    /// by the owner.
+    killed: [[AtomicUsize; KILLED_WORDS]; PAGES],
+    /// Kills under way in the segment (`remote`): while any is, its owner
+    /// changes no root page's class.
+    kills: AtomicUsize,
 }
 
 // The header fits its page, and the zeroes the OS maps are a valid header:
@@ -129,6 +139,49 @@ impl Segment {
             return &self.pages[index.saturating_sub(page.back())];
         }
         page
+    }
+
+    /// The descriptor of page `index` itself (no following of spans).
+    #[inline(always)]
+    pub fn page(&self, index: usize) -> &Page {
+        &self.pages[index & (PAGES - 1)]
+    }
+
+    /// The index of `page`, a descriptor of this segment.
+    pub fn index_of(&self, page: &Page) -> usize {
+        (page as *const Page as usize - self.pages.as_ptr() as usize) / core::mem::size_of::<Page>()
+    }
+
+    /// Marks slot `slot` of page `index` killed. SeqCst, with the owner's
+    /// side in `take_killed`: see `remote`.
+    pub fn mark_killed(&self, index: usize, slot: usize) {
+        let bits = &self.killed[index & (PAGES - 1)];
+        if let Some(word) = bits.get(slot / usize::BITS as usize) {
+            word.fetch_or(1 << (slot % usize::BITS as usize), Ordering::SeqCst);
+        }
+    }
+
+    /// A kill starts (true) or ends (false) in this segment. SeqCst, paired
+    /// with `Heap::reclaim_empty_pages`: see `remote`.
+    pub fn kill_under_way(&self, starts: bool) {
+        if starts {
+            self.kills.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.kills.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Whether no kill is under way in the segment.
+    pub fn no_kill_under_way(&self) -> bool {
+        self.kills.load(Ordering::SeqCst) == 0
+    }
+
+    /// Takes word `word` of page `index`'s killed bits, leaving it clear.
+    pub fn take_killed(&self, index: usize, word: usize) -> usize {
+        match self.killed[index & (PAGES - 1)].get(word) {
+            Some(word) => word.swap(0, Ordering::SeqCst),
+            None => 0,
+        }
     }
 
     /// How many pages are left to hand out.

@@ -2,8 +2,12 @@
 //! what tells a child's address from an address inside a child, without
 //! reading anything at it. Only chunk pages have bits set; a chunk's bits
 //! are cleared when its tree is freed, so a stale child pointer fails too.
+//!
+//! Only the segment's owner writes them; other threads read them to
+//! validate a child, hence atomics, used with relaxed loads and stores
+//! (plain moves: the owner's read-modify-writes are not atomic ones).
 
-use core::cell::Cell;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 const WORD_BITS: usize = usize::BITS as usize;
 
@@ -11,7 +15,7 @@ const WORD_BITS: usize = usize::BITS as usize;
 /// word `g / W`.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct StartBits<const WORDS: usize>([Cell<usize>; WORDS]);
+pub struct StartBits<const WORDS: usize>([AtomicUsize; WORDS]);
 
 impl<const WORDS: usize> StartBits<WORDS> {
     /// Granules covered.
@@ -20,14 +24,14 @@ impl<const WORDS: usize> StartBits<WORDS> {
     #[inline(always)]
     pub fn set(&self, granule: usize) {
         if let Some(word) = self.0.get(granule / WORD_BITS) {
-            word.set(word.get() | 1 << (granule % WORD_BITS));
+            word.store(word.load(Ordering::Relaxed) | 1 << (granule % WORD_BITS), Ordering::Relaxed);
         }
     }
 
     #[inline(always)]
     pub fn test(&self, granule: usize) -> bool {
         match self.0.get(granule / WORD_BITS) {
-            Some(word) => (word.get() >> (granule % WORD_BITS)) & 1 != 0,
+            Some(word) => (word.load(Ordering::Relaxed) >> (granule % WORD_BITS)) & 1 != 0,
             None => false,
         }
     }
@@ -41,7 +45,7 @@ impl<const WORDS: usize> StartBits<WORDS> {
             let take = (WORD_BITS - bit).min(end - granule);
             let mask = if take == WORD_BITS { usize::MAX } else { ((1 << take) - 1) << bit };
             if let Some(word) = self.0.get(granule / WORD_BITS) {
-                word.set(word.get() & !mask);
+                word.store(word.load(Ordering::Relaxed) & !mask, Ordering::Relaxed);
             }
             granule += take;
         }
@@ -53,7 +57,7 @@ impl<const WORDS: usize> StartBits<WORDS> {
         let mut granule = from;
         while granule < end {
             let bits = match self.0.get(granule / WORD_BITS) {
-                Some(word) => word.get() >> (granule % WORD_BITS),
+                Some(word) => word.load(Ordering::Relaxed) >> (granule % WORD_BITS),
                 None => 0,
             };
             if bits != 0 {
@@ -72,7 +76,7 @@ mod tests {
     const WORDS: usize = 4;
 
     fn bits() -> StartBits<WORDS> {
-        StartBits([(); WORDS].map(|_| Cell::new(0)))
+        StartBits([(); WORDS].map(|_| AtomicUsize::new(0)))
     }
 
     #[test]

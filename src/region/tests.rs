@@ -283,22 +283,6 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
     crate::sys::fail_allocation_after(None);
 }
 
-/// Not built in this step (see `region`): another thread's tree is
-/// nothing of ours, and it is left alone, also once that thread has exited
-/// and its heap is an orphan (only the thread that adopts it may free it).
-#[test]
-fn another_threads_tree_is_left_alone_in_this_step() {
-    let _mine = root(8);
-    let (r, c) = std::thread::spawn(|| {
-        let r = root(32);
-        (r, child(r, 32))
-    })
-    .join()
-    .unwrap();
-    assert_eq!(free_root(r), Err(NotARoot::Unknown));
-    assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter));
-}
-
 /// Once every block went back, blocks of other sizes need no new segment:
 /// the emptied class pages serve them (the C suite's `oom_never_aborts`
 /// shape, with the OS refusing every new mapping).

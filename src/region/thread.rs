@@ -10,9 +10,12 @@
 //! - The exit hook is the default registry's `pthread_key` (made at load,
 //!   its destructor also run for a thread whose first call comes from
 //!   another thread-exit path: a heap claimed there is registered again
-//!   and given up in the next destructor round). At exit the heap gives
-//!   its unused memory back (`Heap::trim`) and becomes an orphan; its live
-//!   trees stay where they are, valid, until someone frees them.
+//!   and given up in the next destructor round). At exit the heap releases
+//!   the trees other threads killed and its guest chunks of dead trees
+//!   (`catch_up`), gives its unused memory back (`Heap::trim`) and becomes
+//!   an orphan; its live trees and live guests stay where they are, valid,
+//!   until someone frees them. Another thread may kill an orphan's tree
+//!   (only atomics: `remote`); its adopter, or `stats`, catches up.
 //! - `fork` needs nothing here: no lock is ever held, so none is left held
 //!   in the child. A heap that another thread owned at the fork stays owned
 //!   in the child, by nobody: never adopted, so its memory is not reused
@@ -47,7 +50,10 @@ pub fn heap() -> Option<&'static Heap> {
 #[inline(never)]
 fn claim() -> Option<&'static Heap> {
     let heap = match heaps().find(|heap| heap.try_claim()) {
-        Some(orphan) => orphan,
+        Some(orphan) => {
+            catch_up(orphan);
+            orphan
+        }
         None => create()?,
     };
     if !exit_hook::register(heap) {
@@ -85,9 +91,21 @@ pub fn on_thread_exit(heap: *const ()) {
     slot::set(core::ptr::null());
     // SAFETY: the key's value is a heap `claim` registered, never freed.
     if let Some(heap) = unsafe { heap.cast::<Heap>().as_ref() } {
+        catch_up(heap);
         heap.trim();
         heap.give_up();
     }
+}
+
+/// Does for `heap`, which the caller holds, what its owner's next calls
+/// would: releases the trees other threads killed in it (`remote`) and
+/// frees its guest chunks whose trees are dead (`guest`). Run when a thread
+/// exits (before its pages are trimmed), when a heap is adopted (kills that
+/// came after its thread's exit), and by `stats` for each orphan it can
+/// claim, so an orphan nobody adopts does not keep them for good.
+pub fn catch_up(heap: &Heap) {
+    super::remote::drain(heap);
+    super::guest::sweep(heap);
 }
 
 /// Every heap ever made, newest first.

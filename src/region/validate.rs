@@ -5,16 +5,20 @@
 //! chunk header and tree state. Any value is accepted: 0, odd, interior,
 //! unmapped, the C heap's, the kernel's.
 //!
-//! Only the calling heap's own segments are looked into (see `region`):
-//! another thread's block is, in this step, nothing of ours.
+//! The owner's paths (`root`, `child`, `tree`) look into the calling
+//! heap's own segments with its own fields; `any_root` and `any_child`
+//! find a block of any thread's from the few words other threads may read,
+//! for the cross-thread paths (`remote`, `guest`).
 
-use super::chunk::Chunk;
+use super::chunk::{Chunk, CHUNK_HEADER};
+use super::class::{chunk_class_size, root_class_size, root_reciprocal, slot_index, CHUNK_CLASSES};
 use super::heap::Heap;
+use super::heap::LARGE;
 use super::page::{Kind, Page};
 use super::root::{Root, ROOT_HEADER};
 use super::segmap;
 use super::segment::Segment;
-use super::GRANULE;
+use super::{GRANULE, PAGES, PAGE_SHIFT, PAGE_SIZE};
 
 /// `addr`'s segment, if it is one of `heap`'s and `addr` could start a block.
 #[inline(always)]
@@ -25,7 +29,7 @@ fn own_segment(heap: &Heap, addr: usize) -> Option<&'static Segment> {
     // SAFETY: the segment map says `addr`'s unit starts a published segment.
     let segment = unsafe { Segment::of(addr) };
     if !core::ptr::eq(segment.owner(), heap) {
-        return None; // another thread's: not built in this step
+        return None; // another thread's: `any_root`, `any_child`
     }
     Some(segment)
 }
@@ -33,7 +37,11 @@ fn own_segment(heap: &Heap, addr: usize) -> Option<&'static Segment> {
 /// The live root whose client address is `addr`, with its page.
 #[inline(always)]
 pub fn root(heap: &Heap, addr: usize) -> Option<(&'static Page, &'static Root)> {
-    let segment = own_segment(heap, addr)?;
+    root_in(own_segment(heap, addr)?, addr)
+}
+
+#[inline(always)]
+fn root_in(segment: &'static Segment, addr: usize) -> Option<(&'static Page, &'static Root)> {
     let page = segment.page_of(addr);
     if page.kind() != Kind::Root {
         return None;
@@ -54,7 +62,10 @@ pub fn root(heap: &Heap, addr: usize) -> Option<(&'static Page, &'static Root)> 
 
 /// The tree of the live child at `addr`, with the chunk holding it.
 pub fn child(heap: &Heap, addr: usize) -> Option<(&'static Chunk, &'static Root)> {
-    let segment = own_segment(heap, addr)?;
+    child_in(heap, own_segment(heap, addr)?, addr)
+}
+
+fn child_in(heap: &Heap, segment: &'static Segment, addr: usize) -> Option<(&'static Chunk, &'static Root)> {
     let page = segment.page_of(addr);
     if page.kind() != Kind::Chunk || !segment.is_start(addr) {
         return None;
@@ -62,14 +73,129 @@ pub fn child(heap: &Heap, addr: usize) -> Option<(&'static Chunk, &'static Root)
     // SAFETY: a start bit is only set inside a live chunk of this heap, and
     // is cleared before the chunk is freed.
     let chunk = unsafe { Chunk::at(page.slot_of(addr)) };
-    Some((chunk, chunk.live_tree()?))
+    let tree = chunk.live_tree()?;
+    // A chunk of ours may hold children of another thread's tree (`guest`):
+    // those the owner's paths must not touch.
+    if is_own(heap, tree) {
+        Some((chunk, tree))
+    } else {
+        None
+    }
 }
 
 /// The tree of `addr` when it is a live root or a live child.
 #[inline]
 pub fn tree(heap: &Heap, addr: usize) -> Option<&'static Root> {
-    match root(heap, addr) {
+    // Another thread's block is told once, by its segment.
+    let segment = own_segment(heap, addr)?;
+    match root_in(segment, addr) {
         Some((_, root)) => Some(root),
-        None => child(heap, addr).map(|(_, tree)| tree),
+        None => child_in(heap, segment, addr).map(|(_, tree)| tree),
     }
+}
+
+/// A live root anywhere, found from the tables any thread may read (see
+/// `remote`): the segment, the index of its page, its slot's index in the
+/// page, the root, and the state word it was live in.
+pub struct AnyRoot {
+    pub segment: &'static Segment,
+    pub page: usize,
+    pub slot: usize,
+    pub root: &'static Root,
+    pub state: u32,
+}
+
+/// The live root whose client address is `addr`, whoever owns it.
+///
+/// Reads only the segment map, the page's `layout` word and the slot's
+/// state word. The slot is found from the class alone, never from fields
+/// an owner may be rewriting; a large root's header is its span's first
+/// word, which starts a slot in whatever the span holds next. So the word
+/// read is a header's, unless the owner gave the page another class since:
+/// `remote::kill`, the one caller that writes it, keeps the owner from
+/// doing that while it runs.
+pub fn any_root(addr: usize) -> Option<AnyRoot> {
+    if addr % GRANULE != 0 || !segmap::contains(addr) {
+        return None;
+    }
+    // SAFETY: the segment map says `addr`'s unit starts a published segment.
+    let segment = unsafe { Segment::of(addr) };
+    let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
+    let layout = segment.page(index).layout();
+    if layout.kind != Kind::Root || index == 0 {
+        return None;
+    }
+    let base = addr & !(PAGE_SIZE - 1);
+    let (slot, slot_index) = if layout.class == LARGE {
+        (base, 0)
+    } else {
+        let recip = root_reciprocal(layout.class)?;
+        let i = slot_index(addr - base, recip);
+        (base + i * root_class_size(layout.class), i)
+    };
+    if slot + ROOT_HEADER != addr {
+        return None;
+    }
+    // SAFETY: a slot start in a root page of a published segment: mapped
+    // for good, and a root header's place (see above).
+    let root = unsafe { Root::at(slot) };
+    let state = root.state_acquire();
+    if state & 3 != super::root::LIVE {
+        return None;
+    }
+    Some(AnyRoot { segment, page: index, slot: slot_index, root, state })
+}
+
+/// The tree, and the state it is live in, of the live child at `addr`,
+/// whoever owns it. Reads the page's layout, the start bit, the chunk's
+/// header (state and tree, atomics) and then the tree as `any_root` does:
+/// a chunk header read from a page whose layout just changed yields a
+/// pointer that is validated like any other, and nothing is written.
+pub fn any_child(addr: usize) -> Option<(&'static Root, u32)> {
+    if addr % GRANULE != 0 || !segmap::contains(addr) {
+        return None;
+    }
+    // SAFETY: as in `any_root`.
+    let segment = unsafe { Segment::of(addr) };
+    let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
+    let layout = segment.page(index).layout();
+    if layout.kind != Kind::Chunk || index == 0 || !segment.is_start(addr) {
+        return None;
+    }
+    let base = addr & !(PAGE_SIZE - 1);
+    let slot = if layout.class == LARGE {
+        base
+    } else if layout.class < CHUNK_CLASSES {
+        base + ((addr - base) & !(chunk_class_size(layout.class) - 1))
+    } else {
+        return None;
+    };
+    if addr < slot + CHUNK_HEADER {
+        return None;
+    }
+    // SAFETY: a slot start in a chunk page of a published segment.
+    let chunk = unsafe { Chunk::at(slot) };
+    let live = chunk.live_state();
+    let tree = any_root(chunk.tree() as usize + ROOT_HEADER)?;
+    if tree.state == live {
+        Some((tree.root, tree.state))
+    } else {
+        None
+    }
+}
+
+/// The tree of `addr`, a live root or child of any thread's.
+pub fn any_tree(addr: usize) -> Option<(&'static Root, u32)> {
+    match any_root(addr) {
+        Some(found) => Some((found.root, found.state)),
+        None => any_child(addr),
+    }
+}
+
+/// Whether the root `tree` is one of `heap`'s.
+#[inline]
+pub fn is_own(heap: &Heap, tree: &Root) -> bool {
+    let addr = tree as *const Root as usize;
+    // SAFETY: checked just before that `addr` is in a published segment.
+    segmap::contains(addr) && core::ptr::eq(unsafe { Segment::of(addr) }.owner(), heap)
 }

@@ -1,0 +1,156 @@
+//! A root freed by a thread other than its owner's: killed at once, released
+//! by its owner later, with no call of either thread ever waiting for the
+//! other (SPEC §3).
+//!
+//! The freeing thread validates the root from the tables any thread may
+//! read (`validate::any_root`), then swaps its state word from the exact
+//! live word it read to killed (`Root::kill`). From that moment the tree is
+//! dead to every call: its root and children no longer validate, and the
+//! owner's parent cache no longer matches. The winner of the swap sets the
+//! slot's bit in its page's killed bits (in the segment) and, if the page
+//! is not on the owner's stack already, pushes it there (a lock-free stack
+//! that only the owner empties, all at once, so no ABA).
+//!
+//! The owner takes the whole stack at its next `MAPIAllocateBuffer`,
+//! `MAPIFreeBuffer` or `mapi32_stats` (one relaxed load each when there is
+//! nothing), and releases every slot whose bit is set and whose root is
+//! still killed: its chunks and slot go back, and the tree leaves the
+//! counts. A heap whose thread exits drains them then; kills that come
+//! later, into the orphan, are drained by its adopter, or by `stats`, as
+//! the owner (`thread::catch_up`).
+//!
+//! Races, each settled by the state word:
+//! - two frees from other threads: one swap wins, the other finds the root
+//!   dead and does nothing;
+//! - the owner's free against a kill: the owner's load and store keep the
+//!   generation, so the slot ends that life once, released by the owner;
+//!   the kill's bit then finds a slot that is not killed, and is dropped;
+//! - a kill of a root whose slot was freed and reused meanwhile: the swap
+//!   expects the old generation and fails;
+//! - a kill against the owner reclaiming the (empty) page for another
+//!   class: the killer finds the slot from the page's class alone, so a
+//!   new class could put a client's byte where it swaps. So a kill counts
+//!   itself in its segment (`Segment::kill_under_way`) before it reads the
+//!   class, and the owner changes a root page's class only after it has
+//!   hidden it (layout unused) and then seen no kill under way (SeqCst
+//!   both): a kill that starts later sees the page unused, one that started
+//!   earlier is seen, and the page keeps its class until a later reclaim.
+//!   No one waits.
+//!
+//! The bits and the `pending` flag are ordered SeqCst on both sides: a
+//! killer sets its bit and then tests-and-sets the flag; the owner clears
+//! the flag and then takes the bits. Either the killer sees the flag clear
+//! and pushes the page again, or the owner's take sees the bit.
+
+use super::free;
+use super::heap::Heap;
+use super::page::{Kind, Page};
+use super::root::Root;
+use super::segment::{Segment, KILLED_WORDS};
+use super::validate;
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+/// Frees the root at `addr` if it is a live root of any thread's, for the
+/// owner to release. False if it is not (any more) a live root.
+#[cold]
+#[inline(never)]
+pub fn kill(addr: usize) -> bool {
+    if addr % super::GRANULE != 0 || !super::segmap::contains(addr) {
+        return false;
+    }
+    // SAFETY: the segment map says `addr`'s unit starts a published segment.
+    let segment = unsafe { Segment::of(addr) };
+    segment.kill_under_way(true);
+    let killed = kill_in(addr);
+    segment.kill_under_way(false);
+    killed
+}
+
+fn kill_in(addr: usize) -> bool {
+    let found = match validate::any_root(addr) {
+        Some(found) => found,
+        None => return false,
+    };
+    if !found.root.kill(found.state) {
+        return false;
+    }
+    let page = found.segment.page(found.page);
+    found.segment.mark_killed(found.page, found.slot);
+    if !page.killed_pending.swap(true, Ordering::SeqCst) {
+        // SAFETY: a published segment's owner is a heap, never freed.
+        if let Some(owner) = unsafe { found.segment.owner().as_ref() } {
+            push(owner, page);
+        }
+    }
+    true
+}
+
+/// Pushes `page` on `owner`'s stack of pages to look at.
+fn push(owner: &Heap, page: &Page) {
+    let page_ptr = page as *const Page as *mut Page;
+    let mut head = owner.killed.load(Ordering::Relaxed);
+    loop {
+        page.killed_next.store(head, Ordering::Relaxed);
+        match owner.killed.compare_exchange_weak(head, page_ptr, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Whether other threads killed trees in `heap` that it has not released
+/// (a hint: any thread may ask).
+pub fn has_kills(heap: &Heap) -> bool {
+    !heap.killed.load(Ordering::Relaxed).is_null()
+}
+
+/// Releases the trees other threads killed in `heap`'s pages; `heap` is the
+/// calling thread's. One load when there are none.
+#[inline(always)]
+pub fn drain(heap: &Heap) {
+    if !heap.killed.load(Ordering::Relaxed).is_null() {
+        drain_pages(heap);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drain_pages(heap: &Heap) {
+    let mut next = heap.killed.swap(ptr::null_mut(), Ordering::Acquire) as *const Page;
+    // SAFETY: pushed pages are descriptors of this heap's segments, mapped
+    // for good.
+    while let Some(page) = unsafe { next.as_ref() } {
+        next = page.killed_next.load(Ordering::Relaxed);
+        page.killed_pending.store(false, Ordering::SeqCst);
+        // SAFETY: a page descriptor lies in its segment's first unit.
+        let segment = unsafe { Segment::of(page as *const Page as usize) };
+        let index = segment.index_of(page);
+        for word in 0..KILLED_WORDS {
+            let mut bits = segment.take_killed(index, word);
+            while bits != 0 {
+                let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                release(heap, page, slot);
+            }
+        }
+    }
+}
+
+/// Releases slot `slot` of `page` if it holds a root that is still killed:
+/// a bit may be stale (the owner freed the root first, or the page holds
+/// something else now).
+fn release(heap: &Heap, page: &'static Page, slot: usize) {
+    if page.kind() != Kind::Root {
+        return;
+    }
+    let addr = page.base() as usize + slot * page.slot_size();
+    if !page.was_handed_out(addr) {
+        return;
+    }
+    // SAFETY: a handed-out slot of a root page of this heap.
+    let root = unsafe { Root::at(addr) };
+    if root.is_killed() {
+        free::free_tree(heap, page, root);
+    }
+}
