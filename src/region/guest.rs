@@ -10,8 +10,9 @@
 //! sweeps its guest chunks and finds the tree dead: when the count of guest
 //! chunks reaches twice what the last sweep left (at least
 //! `SWEEP_MIN`), when the maker reads `mapi32_stats`, and when its thread
-//! exits; guests of trees still live then are the adopter's to sweep (at
-//! adoption and after, as its own), or the unloading's (`thread::catch_up`).
+//! exits; guests of trees still live then are swept by the adopter (at
+//! adoption and after, as its own), by `stats` (which claims an orphan
+//! holding guests for it) or at unloading (`thread::catch_up`).
 //! Until then the child stays in the maker's counts.
 //!
 //! A call racing the tree's free either validated the tree live first (its
