@@ -652,7 +652,10 @@ mod tests {
         let regions = is_parked.recv().expect("owner");
         // An address in a region the held heap has no block in; never mapped,
         // which the lookup must not care about, since it reads nothing there.
-        let foreign = (1..64usize).map(|k| (k << 26) | 0x10).find(|&addr| !regions.may_hold(addr)).expect("a free bit");
+        let foreign = (1..64usize)
+            .map(|k| (k << regions::REGION_SHIFT) | 0x10)
+            .find(|&addr| !regions.may_hold(addr))
+            .expect("a free bit");
         let (answered, answer) = mpsc::channel();
         let freer = std::thread::spawn(move || {
             // The receiver outlives this thread (joined below).

@@ -21,7 +21,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-const REGION_SHIFT: u32 = if cfg!(target_pointer_width = "64") { 26 } else { 20 };
+pub(super) const REGION_SHIFT: u32 = if cfg!(target_pointer_width = "64") { 26 } else { 20 };
 
 /// Read by every other thread's lookups, written only when a heap first uses
 /// a region or empties.

@@ -120,7 +120,7 @@ mod slot {
     pub(in crate::registry) mod imp {
         use super::Heap;
         use core::ffi::c_void;
-        use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        use core::sync::atomic::{AtomicU32, Ordering};
 
         #[link(name = "kernel32")]
         extern "system" {
@@ -130,30 +130,35 @@ mod slot {
             fn TlsSetValue(index: u32, value: *mut c_void) -> i32;
         }
 
+        /// Refused by Windows, or freed as the DLL is unloaded.
         const NO_INDEX: u32 = 0xFFFF_FFFF; // TLS_OUT_OF_INDEXES
         /// Claimed by the first `init`, so that racing ones make one index.
         const MAKING: u32 = 0xFFFF_FFFE;
+        const UNMADE: u32 = 0xFFFF_FFFD;
 
-        static INDEX: AtomicU32 = AtomicU32::new(NO_INDEX);
-        static TRIED: AtomicBool = AtomicBool::new(false);
+        static INDEX: AtomicU32 = AtomicU32::new(UNMADE);
 
         /// Makes the index, once: when the DLL is loaded (or, where no
-        /// loader runs our initialiser, at a thread's first claim).
+        /// loader runs our initialiser, at a thread's first call).
         pub(in crate::registry) fn init() {
-            if TRIED.swap(true, Ordering::AcqRel) {
-                while INDEX.load(Ordering::Acquire) == MAKING {
-                    core::hint::spin_loop();
-                }
+            if INDEX.compare_exchange(UNMADE, MAKING, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                // SAFETY: takes no arguments; a refusal is TLS_OUT_OF_INDEXES.
+                INDEX.store(unsafe { TlsAlloc() }, Ordering::Release);
                 return;
             }
-            INDEX.store(MAKING, Ordering::Relaxed);
-            // SAFETY: takes no arguments; a refusal is TLS_OUT_OF_INDEXES.
-            INDEX.store(unsafe { TlsAlloc() }, Ordering::Release);
+            while INDEX.load(Ordering::Acquire) == MAKING {
+                core::hint::spin_loop();
+            }
         }
 
         fn index() -> Option<u32> {
-            match INDEX.load(Ordering::Acquire) {
-                NO_INDEX | MAKING => None,
+            let mut index = INDEX.load(Ordering::Acquire);
+            if index == UNMADE {
+                init();
+                index = INDEX.load(Ordering::Acquire);
+            }
+            match index {
+                NO_INDEX | MAKING | UNMADE => None,
                 index => Some(index),
             }
         }
@@ -186,7 +191,7 @@ mod slot {
         /// Frees the index as the DLL is unloaded: no thread can call in after.
         pub(in crate::registry) fn shutdown() {
             let index = INDEX.swap(NO_INDEX, Ordering::AcqRel);
-            if index != NO_INDEX && index != MAKING {
+            if !matches!(index, NO_INDEX | MAKING | UNMADE) {
                 // SAFETY: our index, freed once (the swap above).
                 unsafe { TlsFree(index) };
             }
