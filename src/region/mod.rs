@@ -44,9 +44,10 @@
 //! - valgrind and ASan (`track`): detected at load; then every block, a
 //!   guest child too, is described to the tool, with a redzone after it
 //!   and a quarantine for freed slots; without a tool, one untaken branch
-//!   a call. A tree another thread frees is freed for the tool when its
-//!   owner releases it, and a guest child of a dead tree when its maker
-//!   sweeps it: until then the tool still lets it be read.
+//!   a call. A root another thread frees is freed for the tool by that
+//!   free; its children when its owner releases them, and a guest child of
+//!   a dead tree when its maker sweeps it: until then the tool still lets
+//!   them be read.
 //!
 //! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
 //! refused (its children are the owner's to move). Counts lag where
