@@ -147,6 +147,29 @@ fn drain_pages(heap: &Heap) {
     }
 }
 
+/// In a forked child, for `heap`, which the caller holds and which was
+/// idle at the fork (`fork`): finishes what the kills that other threads
+/// had under way at the fork left undone, those threads being gone. A
+/// kill stopped after its swap but before its push left its page flagged
+/// and off the stack, so no later kill in that page would push it: pushed
+/// now, once the stack is drained (a page on the stack is flagged too).
+/// And the segments' counts of kills under way go to zero, or the owner
+/// would never change a root page's class again. A kill stopped between
+/// its swap and its bit leaves that one tree killed and kept.
+pub fn recover_after_fork(heap: &Heap) {
+    drain(heap);
+    for segment in heap.segments() {
+        segment.forget_kills();
+        for index in 1..super::PAGES {
+            let page = segment.page(index);
+            if page.killed_pending.load(Ordering::Relaxed) {
+                push(heap, page);
+            }
+        }
+    }
+    drain(heap);
+}
+
 /// Releases slot `slot` of `page` if it holds a root that is still killed:
 /// a bit may be stale (the owner freed the root first, or the page holds
 /// something else now).
