@@ -421,13 +421,14 @@ impl Heap {
                 return Some(page);
             }
         }
+        // Asked for first, so that a refusal leaves the heap as it was.
+        let fresh = self.new_segment(1)?;
         if let Some(old) = segment {
             // What is left of the old segment is a free span like any other.
             if let Some(rest) = old.take_pages(old.pages_left()) {
                 self.keep_span(rest, false);
             }
         }
-        let fresh = self.new_segment(1)?;
         self.segment.set(fresh);
         fresh.take_pages(count)
     }
