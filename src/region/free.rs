@@ -17,7 +17,7 @@ use crate::registry::NotARoot;
 /// Frees the root at `addr` and its children; returns how many blocks.
 #[inline(always)]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
-    let heap = match thread::current() {
+    let heap = match thread::entered() {
         Some(heap) => heap,
         None => return not_ours(None, addr),
     };

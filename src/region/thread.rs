@@ -35,29 +35,39 @@ pub fn current() -> Option<&'static Heap> {
     unsafe { slot::get().as_ref() }
 }
 
-/// The calling thread's heap, adopted or made now if it has none; `None`
-/// when the OS refuses the memory or the exit hook its slot.
+/// The calling thread's heap, if it has made one, busy until the end of
+/// the call (`Call`): for a call that may change it.
+#[inline(always)]
+pub fn entered() -> Option<&'static Heap> {
+    let heap = current()?;
+    heap.enter();
+    Some(heap)
+}
+
+/// The calling thread's heap, adopted or made now if it has none, busy
+/// until the end of the call (`Call`); `None` when the OS refuses the
+/// memory or the exit hook its slot.
 #[inline(always)]
 pub fn heap() -> Option<&'static Heap> {
     match current() {
-        Some(heap) => Some(heap),
+        Some(heap) => {
+            heap.enter();
+            Some(heap)
+        }
         None => claim(),
     }
 }
 
-/// One call of the library on the calling thread: its heap is busy
-/// (`Heap::enter`) from here to the end of the call, so that a child forked
-/// meanwhile leaves it alone (`fork`). A heap claimed during the call is
-/// busy from its claim. Not nested: only the library's entry points make
-/// one.
+/// One call of the library on the calling thread. The call marks its heap
+/// busy when it takes it ([`entered`], [`heap`]; a heap claimed during the
+/// call is busy from its claim), so that a child forked meanwhile leaves it
+/// alone (`fork`); the end of the call marks it idle again. Not nested:
+/// only the library's entry points make one.
 pub struct Call(());
 
 impl Call {
     #[inline(always)]
     pub fn begin() -> Call {
-        if let Some(heap) = current() {
-            heap.enter();
-        }
         Call(())
     }
 }
