@@ -15,6 +15,9 @@
  * - In a child forked while other threads build trees, the library works
  *   at once: the forking thread's tree and an exited thread's tree made
  *   before the fork are freed there, and new threads allocate.
+ * - In a child forked while other threads hold trees between calls, those
+ *   threads' trees are freed there, leave the counts at once, and the
+ *   child's new threads make as many in the memory they held.
  *
  * Every test runs in a process of its own (FORKED): what earlier tests left
  * (heaps, orphans) cannot help or hide anything.
@@ -285,11 +288,127 @@ static void fork_child_frees_trees_made_before_the_fork(void)
     CHECK(tree_intact(mine) && tree_intact(orphaned));
 }
 
+enum { LEFT_BEHIND = 4, HELD_ROOTS = 1000, HELD_SIZE = 3000 };
+#define SMALL_STACK (128u * 1024u)
+
+struct held {
+    void *roots[HELD_ROOTS];
+};
+
+static atomic_int holders_ready, holders_go, takers_ready, takers_go;
+
+static int start_small(pthread_t *thread, void *(*body)(void *), void *argument)
+{
+    pthread_attr_t attributes;
+    pthread_attr_init(&attributes);
+    pthread_attr_setstacksize(&attributes, SMALL_STACK);
+    int status = pthread_create(thread, &attributes, body, argument);
+    pthread_attr_destroy(&attributes);
+    return status;
+}
+
+/* Roots of HELD_SIZE bytes (3 MB in all), each with a child, held until
+ * `go`, outside any call: idle at the fork. NULL if a call failed. */
+static void *hold_trees(struct held *held, atomic_int *ready, atomic_int *go)
+{
+    for (int i = 0; i < HELD_ROOTS; i++) {
+        void *child = NULL;
+        if (MAPIAllocateBuffer(HELD_SIZE, &held->roots[i]) != S_OK ||
+            MAPIAllocateMore(16, held->roots[i], &child) != S_OK)
+            return NULL;
+        memset(held->roots[i], 0x77, HELD_SIZE);
+    }
+    atomic_fetch_add(ready, 1);
+    while (!atomic_load(go))
+        sched_yield();
+    return held;
+}
+
+static void *hold_until_the_fork_is_over(void *held)
+{
+    return hold_trees(held, &holders_ready, &holders_go);
+}
+
+static void *take_over(void *held)
+{
+    return hold_trees(held, &takers_ready, &takers_go);
+}
+
+/* In the child: the trees of the threads left behind are freed from here,
+ * counted out at once, and as many again made by new threads fit in the
+ * memory they held. Exits 0 only if all of it held. */
+static _Noreturn void catch_up_in_child(struct held *left)
+{
+    for (int t = 0; t < LEFT_BEHIND; t++)
+        for (int i = 0; i < HELD_ROOTS; i++)
+            MAPIFreeBuffer(left[t].roots[i]);
+    MAPI32_STATS freed = stats_now();
+    int held = freed.live_roots == 0 && freed.live_children == 0 && freed.live_bytes == 0;
+    if (!held)
+        printf("  child: %llu roots, %llu children, %llu bytes still live after the frees\n",
+               (unsigned long long)freed.live_roots, (unsigned long long)freed.live_children,
+               (unsigned long long)freed.live_bytes);
+    static struct held again[LEFT_BEHIND];
+    pthread_t takers[LEFT_BEHIND];
+    struct memory before = memory_now();
+    int started = 0;
+    while (started < LEFT_BEHIND && start_small(&takers[started], take_over, &again[started]) == 0)
+        started++;
+    while (atomic_load(&takers_ready) < started)
+        sched_yield();
+    struct memory after = memory_now();
+    atomic_store(&takers_go, 1);
+    for (int t = 0; t < started; t++) {
+        void *result = NULL;
+        pthread_join(takers[t], &result);
+        held &= result != NULL;
+    }
+    /* The new threads' stacks, and less than a segment of the library's. */
+    long grown = after.mapped - before.mapped, allowed = LEFT_BEHIND * (SMALL_STACK + 4096l) + (4l << 20);
+    if (grown >= allowed)
+        printf("  child: mappings grew by %ld KiB for trees the freed ones had room for\n", grown / 1024);
+    held &= started == LEFT_BEHIND && grown < allowed;
+    _exit(held ? 0 : 1);
+}
+
+/* Threads that hold trees but are in no call at the fork do not come along;
+ * the child frees their trees, its counts say so at once, and its own new
+ * threads reuse the memory (their heaps are the child's orphans). */
+static void fork_child_catches_up_the_heaps_left_behind(void)
+{
+    static struct held left[LEFT_BEHIND];
+    pthread_t holders[LEFT_BEHIND];
+    for (int t = 0; t < LEFT_BEHIND; t++)
+        REQUIRE(start_small(&holders[t], hold_until_the_fork_is_over, &left[t]) == 0);
+    while (atomic_load(&holders_ready) < LEFT_BEHIND)
+        sched_yield();
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0)
+        catch_up_in_child(left);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    atomic_store(&holders_go, 1);
+    for (int t = 0; t < LEFT_BEHIND; t++) {
+        void *result = NULL;
+        pthread_join(holders[t], &result);
+        CHECK(result == &left[t]);
+    }
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (wait status %#x)", status);
+    for (int t = 0; t < LEFT_BEHIND; t++)
+        for (int i = 0; i < HELD_ROOTS; i++)
+            MAPIFreeBuffer(left[t].roots[i]);
+    MAPI32_STATS end = stats_now();
+    CHECK(end.live_roots == 0 && end.live_children == 0);
+}
+
 static const struct test_case tests[] = {
     FORKED(exited_threads_tree_stays_counted_until_a_later_thread_frees_it),
     FORKED(threads_coming_and_going_keep_memory_flat),
     FORKED(an_exiting_thread_gives_back_what_it_freed),
     FORKED(fork_child_frees_trees_made_before_the_fork),
+    FORKED(fork_child_catches_up_the_heaps_left_behind),
 };
 
 int main(int argc, char **argv)

@@ -8,7 +8,9 @@
 #                             fails if any did
 #   make fault-sweep-process  out of memory at every request of every caller,
 #                             at thread start and exit, fork, the registry's
-#                             growth and the client's blocks
+#                             growth and the client's blocks; with registry
+#                             v3, which maps pages of its own, its page
+#                             requests (the program tells which it has)
 #
 # Each test that could abort or hang runs in a forked child with a deadline.
 

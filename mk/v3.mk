@@ -36,9 +36,11 @@ V3_VALGRIND := $(VALGRIND) -q --error-exitcode=99
 # whole program, all required: the last of them (guests on another
 # thread's tree, frees from other threads, the fork storm's child freeing
 # the main thread's trees) came with the cross-thread work.
-# fault-sweep-process does not apply: it fails the C allocator's requests,
-# which v3 never makes (the crate's fault-injection tests refuse its pages).
-V3_DEFECTS := exit_path_leak fork_handler_calls dlclose_cycles first_call_oom fork_malloc_lock membarrier_refused
+# fault_sweep_process finds that v3 maps pages of its own and fails those
+# requests (and any other of the process) at thread start and exit, fork,
+# growth and client blocks, in a fresh process each time.
+V3_DEFECTS := exit_path_leak fork_handler_calls dlclose_cycles first_call_oom fork_malloc_lock membarrier_refused \
+	fault_sweep_process
 V3_STRESS := stress_cross_thread_frees stress_many_threads_one_root stress_more_racing_free stress_fork_storm
 
 # Runs each program[:case] of $(1) in $(V3_BUILD)/$(2); fails if any did.

@@ -20,6 +20,8 @@
  * Anonymous mmap is counted too (not glibc's own, which calls the kernel
  * directly, but any other caller's, the library's included): a library that
  * takes its pages from mmap must survive a refusal as it survives malloc's.
+ * mapped_bytes() says how much such callers hold mapped (their anonymous
+ * mmaps less their munmaps), so a test can tell pages lost from pages kept.
  *
  * Include in exactly one translation unit, not under a sanitizer or valgrind.
  */
@@ -57,13 +59,18 @@ struct injection_log {
 static __thread unsigned long thread_countdown;
 /* The same for the process as a whole. */
 static atomic_ulong process_countdown;
-/* Counts requests while fail_in_process is armed, to size a sweep. */
-static atomic_ulong process_requests;
+/* Counts requests while fail_in_process is armed, to size a sweep; a test
+ * may place it in memory shared with its forked children
+ * (use_request_counter) to count theirs too. */
+static atomic_ulong own_process_requests;
+static atomic_ulong *process_requests = &own_process_requests;
 static struct injection_log own_injection_log;
 static struct injection_log *injection_log = &own_injection_log;
 /* C-allocator blocks alive: a count, where bytes would vary with the
  * chunk glibc happens to pick. */
 static atomic_long blocks_alive;
+/* Bytes mapped by anonymous mmap through here, less those unmapped. */
+static atomic_long bytes_mapped;
 
 static inline void fail_on_this_thread(unsigned long nth)
 {
@@ -72,7 +79,7 @@ static inline void fail_on_this_thread(unsigned long nth)
 
 static inline void fail_in_process(unsigned long nth)
 {
-    atomic_store(&process_requests, 0);
+    atomic_store(process_requests, 0);
     atomic_store(&process_countdown, nth);
 }
 
@@ -80,7 +87,7 @@ static inline void fail_in_process(unsigned long nth)
 static inline unsigned long stop_failing_in_process(void)
 {
     atomic_store(&process_countdown, 0);
-    return atomic_load(&process_requests);
+    return atomic_load(process_requests);
 }
 
 static inline void use_injection_log(struct injection_log *log)
@@ -88,9 +95,19 @@ static inline void use_injection_log(struct injection_log *log)
     injection_log = log;
 }
 
+static inline void use_request_counter(atomic_ulong *counter)
+{
+    process_requests = counter;
+}
+
 static inline long live_blocks(void)
 {
     return atomic_load(&blocks_alive);
+}
+
+static inline long mapped_bytes(void)
+{
+    return atomic_load(&bytes_mapped);
 }
 
 /* Whether this request is the one to fail; counts it either way. */
@@ -100,7 +117,7 @@ static inline int should_fail(const char *function, size_t size, void *caller)
     if (thread_countdown != 0 && --thread_countdown == 0)
         fail = 1;
     if (atomic_load_explicit(&process_countdown, memory_order_relaxed) != 0) {
-        atomic_fetch_add(&process_requests, 1);
+        atomic_fetch_add(process_requests, 1);
         unsigned long left = atomic_load(&process_countdown);
         /* Exactly one thread takes the count from 1 to 0. */
         while (left != 0 && !atomic_compare_exchange_weak(&process_countdown, &left, left - 1)) {
@@ -193,7 +210,19 @@ void *mmap(void *address, size_t length, int protection, int flags, int fd, off_
     if ((flags & MAP_ANONYMOUS) && should_fail("mmap", length, CALLER))
         return MAP_FAILED;
     long mapped = syscall(SYS_mmap, address, length, protection, flags, fd, offset);
+    if ((flags & MAP_ANONYMOUS) && (void *)mapped != MAP_FAILED)
+        atomic_fetch_add(&bytes_mapped, (long)length);
     return (void *)mapped;
+}
+
+/* Only the callers whose mmap comes here call this one (glibc's own unmap
+ * their pages directly), so the two balance. */
+int munmap(void *address, size_t length)
+{
+    int unmapped = (int)syscall(SYS_munmap, address, length);
+    if (unmapped == 0)
+        atomic_fetch_sub(&bytes_mapped, (long)length);
+    return unmapped;
 }
 
 #ifdef __USE_LARGEFILE64

@@ -33,6 +33,22 @@
  * failure nothing may grow either: a phase that leaks anyway is reported
  * once.
  *
+ * Registry v3 asks the C allocator for nothing (the sweep finds out at
+ * start whether its first call maps pages, so it serves either registry): its requests are anonymous mmaps of its own pages, made when a
+ * thread first needs a heap and when a heap outgrows its segments, and
+ * never again for memory it already holds. A warmed-up phase would make
+ * none, so under v3 the failing run is the first, in a process that has
+ * never called the library (the sweep's own makes no call), and REPEATS
+ * runs without a failure follow it. The leak checks are then: C blocks as
+ * above, and pages: the bytes mapped (failing_malloc.h's mapped_bytes) must
+ * not grow in each of the last two repeats either. A refused request cannot
+ * lose a mapping made before it (each is a mapping of its own, linked only
+ * once made), but it changes which blocks the failing run held, and so
+ * where freed spans lie: the runs after it may keep a segment more than
+ * they would have, for good but not growing. The report says how much at
+ * most, and how many failures were the library's own page requests; every
+ * phase must have had some.
+ *
  * Usage: fault_sweep_process [--list] [phase ...]; prints one line
  * "fault-sweep-process: N failures injected: ...".
  */
@@ -58,12 +74,21 @@
 #define MOST_REPORTED 4
 #define RUN_SECONDS 5
 #define STACK_SIZE (128u * 1024u)
+/* Bigger than a v3 segment (4 MiB), so that it is a page request of its own. */
+#define BIG_BLOCK (5u << 20)
+
+/* Whether the library takes its memory as pages of its own (v3), found out
+ * at start (pages_or_malloc), so that the sweep serves either registry. */
+static int pages_of_its_own;
 
 /* What a run's processes tell the sweep, in memory shared with them. */
 struct run_report {
     struct injection_log log;
     unsigned long requests; /* seen by the phase while armed */
     long blocks_kept;       /* C blocks the last repeat of the run kept */
+    long bytes_mapped;      /* by mmap through failing_malloc.h, at its end */
+    long bytes_grown;       /* mapped by the last repeat, at the least */
+    atomic_ulong requests_counted; /* under v3, children's requests too */
 };
 
 static struct run_report *report;
@@ -175,6 +200,10 @@ static void calls_at_exit(void *unused)
     if (allocated("MAPIAllocateBuffer", MAPIAllocateBuffer(40, &root), &root))
         allocated("MAPIAllocateMore", MAPIAllocateMore(40, root, &child), &child);
     free_root(root);
+    /* Memory of its own (v3: pages no heap holds yet), on the way out. */
+    void *big = UNSET;
+    if (allocated("MAPIAllocateBuffer", MAPIAllocateBuffer(BIG_BLOCK, &big), &big))
+        free_root(big);
 }
 
 static void wait_to_exit(int turn)
@@ -269,6 +298,10 @@ static int child_after_fork(void *before)
     if (allocated("MAPIAllocateBuffer", MAPIAllocateBuffer(16, &root), &root))
         allocated("MAPIAllocateMore", MAPIAllocateMore(16, root, &child), &child);
     free_root(root);
+    /* Memory the parent never had (v3: pages asked for in the child). */
+    void *big = UNSET;
+    if (allocated("MAPIAllocateBuffer", MAPIAllocateBuffer(BIG_BLOCK, &big), &big))
+        free_root(big);
     return atomic_load(&problems) != 0;
 }
 
@@ -356,14 +389,15 @@ struct phase {
     void (*run)(unsigned long nth);
     unsigned long max_runs;
     unsigned long injected; /* failures injected in all its runs */
+    unsigned long pages;    /* runs whose failure was the library's mmap */
 };
 
 static struct phase phases[] = {
-    { "thread start", thread_start, MAX_RUNS, 0 },
-    { "thread exit", thread_exit, MAX_RUNS, 0 },
-    { "fork", fork_phase, MAX_FORK_RUNS, 0 },
-    { "library growth", library_growth, MAX_RUNS, 0 },
-    { "client blocks", client_blocks, MAX_RUNS, 0 },
+    { "thread start", thread_start, MAX_RUNS, 0, 0 },
+    { "thread exit", thread_exit, MAX_RUNS, 0, 0 },
+    { "fork", fork_phase, MAX_FORK_RUNS, 0, 0 },
+    { "library growth", library_growth, MAX_RUNS, 0, 0 },
+    { "client blocks", client_blocks, MAX_RUNS, 0, 0 },
 };
 
 static struct phase *current_phase;
@@ -373,15 +407,51 @@ static struct phase *current_phase;
  * memory that still grows from the second to the last is kept for good. */
 #define REPEATS 4
 
+/* What each of the last two repeats added to `after` (C blocks or bytes
+ * mapped after each run), at the least: growth in both is a leak. */
+static long kept_by_the_last(const long after[REPEATS + 1])
+{
+    long last = after[REPEATS] - after[REPEATS - 1], before_last = after[REPEATS - 1] - after[REPEATS - 2];
+    long kept = last < before_last ? last : before_last;
+    return kept > 0 ? kept : 0;
+}
+
+/* one_run for a library of its own pages: the failing run first (see the
+ * top), then the repeats without. */
+static int one_run_failing_first(unsigned long nth)
+{
+    long after[REPEATS + 1], mapped[REPEATS + 1];
+    memset(report, 0, sizeof *report);
+    current_phase->run(nth);
+    unsigned long requests = report->requests;
+    check_nothing_live();
+    after[0] = live_blocks();
+    mapped[0] = mapped_bytes();
+    for (int repeat = 1; repeat <= REPEATS; repeat++) {
+        current_phase->run(0);
+        check_nothing_live();
+        after[repeat] = live_blocks();
+        mapped[repeat] = mapped_bytes();
+    }
+    report->requests = requests;
+    report->bytes_mapped = mapped[REPEATS];
+    report->bytes_grown = kept_by_the_last(mapped);
+    report->blocks_kept = kept_by_the_last(after);
+    return atomic_load(&problems) != 0;
+}
+
 /* In a forked child: the phase once to warm up, then REPEATS times with its
  * nth request failing (0: none). The report says what each of the last two
- * repeats kept, at the least: growth in both is a leak. */
+ * repeats kept, at the least: growth in both is a leak. A library of its
+ * own pages is run the other way round. */
 static int one_run(void *nth_pointer)
 {
     unsigned long nth = *(unsigned long *)nth_pointer;
+    long after[REPEATS + 1];
+    if (pages_of_its_own)
+        return one_run_failing_first(nth);
     current_phase->run(0);
     check_nothing_live();
-    long after[REPEATS + 1];
     memset(report, 0, sizeof *report);
     after[0] = live_blocks();
     for (int repeat = 1; repeat <= REPEATS; repeat++) {
@@ -389,10 +459,7 @@ static int one_run(void *nth_pointer)
         check_nothing_live();
         after[repeat] = live_blocks();
     }
-    long last = after[REPEATS] - after[REPEATS - 1], before_last = after[REPEATS - 1] - after[REPEATS - 2];
-    report->blocks_kept = last < before_last ? last : before_last;
-    if (report->blocks_kept < 0)
-        report->blocks_kept = 0;
+    report->blocks_kept = kept_by_the_last(after);
     return atomic_load(&problems) != 0;
 }
 
@@ -403,6 +470,15 @@ static const char *library_of(void *address)
         return "?";
     const char *slash = strrchr(info.dli_fname, '/');
     return slash != NULL ? slash + 1 : info.dli_fname;
+}
+
+/* Whether the first failure of the run was a page request of libmapi32's. */
+static int failed_a_page_request(void)
+{
+    if (atomic_load(&report->log.count) == 0)
+        return 0;
+    const struct injected_failure *first = &report->log.first[0];
+    return strcmp(first->function, "mmap") == 0 && strncmp(library_of(first->caller), "libmapi32", 9) == 0;
 }
 
 static void describe_injection(char *text, size_t room)
@@ -429,9 +505,11 @@ static void sweep(struct phase *phase)
     REQUIRE_MSG(requests > 0, "%s made no request", phase->name);
     /* What the phase keeps each time with no failure at all is a leak too,
      * reported once (a failure's own leak cannot be told from it then). */
-    long kept_anyway = report->blocks_kept;
+    long kept_anyway = report->blocks_kept, mapped_anyway = report->bytes_mapped, most_mapped = 0;
     CHECK_MSG(kept_anyway == 0, "%s keeps %ld C blocks each time, with no failure injected", phase->name,
               kept_anyway);
+    CHECK_MSG(report->bytes_grown <= 0, "%s maps %ld bytes more each time, with no failure injected", phase->name,
+              report->bytes_grown);
 
     unsigned long step = requests <= phase->max_runs ? 1 : (requests + phase->max_runs - 1) / phase->max_runs;
     int crashed = 0, leaked = 0;
@@ -447,10 +525,24 @@ static void sweep(struct phase *phase)
         } else if (kept_anyway == 0 && report->blocks_kept > 0 && leaked++ < MOST_REPORTED) {
             CHECK_MSG(0, "%s, request %lu of %lu failing (%s): each time, %ld C blocks kept", phase->name,
                       nth, requests, what, report->blocks_kept);
+        } else if (report->bytes_grown > 0 && leaked++ < MOST_REPORTED) {
+            CHECK_MSG(0, "%s, request %lu of %lu failing (%s): each time, %ld bytes more mapped", phase->name, nth,
+                      requests, what, report->bytes_grown);
         }
+        if (outcome.held && report->bytes_mapped - mapped_anyway > most_mapped)
+            most_mapped = report->bytes_mapped - mapped_anyway;
+        phase->pages += (unsigned long)failed_a_page_request();
     }
-    printf("  %s: %lu requests, %lu failures injected%s\n", phase->name, requests, phase->injected,
-           crashed >= MOST_REPORTED ? " (stopped after the first failed runs)" : "");
+    printf("  %s: %lu requests, %lu failures injected", phase->name, requests, phase->injected);
+    if (pages_of_its_own)
+        printf(", %lu of them the library's page requests; at most %ld bytes kept mapped more than without a "
+               "failure",
+               phase->pages, most_mapped);
+    printf("%s\n", crashed >= MOST_REPORTED ? " (stopped after the first failed runs)" : "");
+    /* Under v3 a phase whose failures never reached the library's own
+     * requests would prove nothing about it. */
+    CHECK_MSG(!pages_of_its_own || phase->pages > 0, "%s: no page request of the library's was failed",
+              phase->name);
 }
 
 static void thread_start_phase(void)
@@ -483,6 +575,27 @@ static const struct test_case tests[] = {
     IN_PROCESS(library_growth_phase), IN_PROCESS(client_blocks_phase),
 };
 
+/* Whether a first MAPIAllocateBuffer maps pages through mmap (v3) rather
+ * than asking malloc (today's registry): asked of a child, so that this
+ * process still never calls the library. */
+static int pages_or_malloc(void)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        long before = mapped_bytes();
+        void *block = NULL;
+        MAPIAllocateBuffer(16, &block);
+        _exit(mapped_bytes() > before ? 1 : 0);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) {
+        perror("fault-sweep-process: the probe for the library's memory");
+        exit(1);
+    }
+    return WEXITSTATUS(status) == 1;
+}
+
 int main(int argc, char **argv)
 {
     report = mmap(NULL, sizeof *report, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -491,6 +604,14 @@ int main(int argc, char **argv)
         return 1;
     }
     use_injection_log(&report->log);
+    pages_of_its_own = pages_or_malloc();
+    if (pages_of_its_own) {
+        /* Its requests at a fork are the child's: count them (a failure
+         * armed before the fork may then come in both processes). */
+        use_request_counter(&report->requests_counted);
+    }
+    printf("fault-sweep-process: the library takes its memory %s\n",
+           pages_of_its_own ? "as pages of its own (mmap)" : "from the C allocator");
     int failed = harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
     unsigned long total = 0;
     for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++)

@@ -15,6 +15,9 @@
  *                                and its maker exited
  *   misuse freed-killed-root     reads a root another thread freed, once its
  *                                owner made a block again (and released it)
+ *   misuse read-after-remote-free  reads a root another thread freed, at
+ *                                once: its owner makes no call in between,
+ *                                so only the free itself can have told the tool
  *
  * Sizes are chosen to end mid-granule (13) and on a granule (16, 64): the
  * byte past the end is then slack in the block's last granule, or the
@@ -93,6 +96,8 @@ static void *guests(void *root)
     return (void *)wrong;
 }
 
+static void *kill_root(void *root);
+
 /* Every kind of block the library makes, used in full, resized and freed,
  * and enough freed memory to pass through the quarantine and be reused:
  * a tool must find nothing wrong. */
@@ -120,6 +125,12 @@ static int clean(void)
         void *shared = root_of(100);
         checksum += (unsigned)(uintptr_t)on_a_thread(guests, shared);
         MAPIFreeBuffer(shared);
+        /* Freed by another thread (the tool told then), released by this
+         * one's next call: told once, not twice. */
+        void *killed = root_of(sizes[round]);
+        child_of(killed, 13);
+        on_a_thread(kill_root, killed);
+        MAPIFreeBuffer(root_of(8));
     }
     if (checksum != 0) {
         fprintf(stderr, "misuse: %u bytes were not copied\n", checksum);
@@ -230,10 +241,14 @@ int main(int argc, char **argv)
         void *next = root_of(64);
         printf("misuse: read %u\n", read_at(root));
         MAPIFreeBuffer(next);
+    } else if (strcmp(what, "read-after-remote-free") == 0) {
+        unsigned char *root = root_of(64);
+        on_a_thread(kill_root, root);
+        printf("misuse: read %u\n", read_at(root));
     } else {
         fprintf(stderr, "usage: misuse clean|past-root|past-root-16|past-child|past-child-16|"
                         "past-big-child|freed-root|freed-child|past-guest-child|"
-                        "freed-guest-child|freed-killed-root\n");
+                        "freed-guest-child|freed-killed-root|read-after-remote-free\n");
         return 2;
     }
     /* Reached under valgrind, which reports and goes on; its exit code says. */

@@ -31,7 +31,7 @@ nm "$asan" | grep -q ' __asan_init$' || {
 for pair in past-root:'Invalid write' past-root-16:'Invalid write' past-child:'Invalid write' \
     past-child-16:'Invalid write' past-big-child:'Invalid write' freed-root:'Invalid read' \
     freed-child:'Invalid read' past-guest-child:'Invalid write' freed-guest-child:'Invalid read' \
-    freed-killed-root:'Invalid read'; do
+    freed-killed-root:'Invalid read' read-after-remote-free:'Invalid read'; do
     what=${pair%%:*}
     says=${pair#*:}
     status=0

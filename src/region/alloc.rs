@@ -86,7 +86,7 @@ pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
     if track::enabled() {
         return tracked_child(parent, size);
     }
-    match thread::current() {
+    match thread::entered() {
         Some(heap) => match heap.cache.tree_of(parent) {
             Some(tree) => child_of(heap, tree, child_granules(size), size),
             None => child_of_parent(heap, parent, size),
@@ -99,7 +99,7 @@ pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
 #[cold]
 #[inline(never)]
 fn tracked_child(parent: usize, size: ULONG) -> Result<Block, Error> {
-    match thread::current() {
+    match thread::entered() {
         Some(heap) => match heap.cache.tree_of(parent) {
             Some(tree) => tracked_child_of(heap, tree, size),
             None => child_of_parent(heap, parent, size),
@@ -227,7 +227,7 @@ fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) ->
 /// a child gets a new sibling, of any thread's tree. The first
 /// `min(old, size)` bytes are copied.
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
-    let heap = match thread::current() {
+    let heap = match thread::entered() {
         Some(heap) => heap,
         None => return reallocate_guest(addr, size),
     };

@@ -122,7 +122,7 @@ impl HeapCounts {
 /// their maker sweeps; an orphan (its thread exited) is caught up here
 /// (see `remote`, `guest`, `thread::catch_up`).
 pub fn stats() -> Counts {
-    if let Some(heap) = thread::current() {
+    if let Some(heap) = thread::entered() {
         thread::catch_up(heap);
     }
     let mut total = Counts::default();

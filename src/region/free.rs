@@ -2,8 +2,9 @@
 //! generation (every child and the parent cache stop matching at once), its
 //! chunks go back chunk by chunk with their start bits cleared, then its
 //! slot. A live root of another thread's is killed for its owner to
-//! release (`remote`). A child, or anything that is not a live root, is
-//! left alone.
+//! release (`remote`); a tool watching (`track`) is told of that root at
+//! the kill, of its children when the owner releases them. A child, or
+//! anything that is not a live root, is left alone.
 
 use super::chunk::Chunk;
 use super::heap::{Heap, LARGE};
@@ -16,7 +17,7 @@ use crate::registry::NotARoot;
 /// Frees the root at `addr` and its children; returns how many blocks.
 #[inline(always)]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
-    let heap = match thread::current() {
+    let heap = match thread::entered() {
         Some(heap) => heap,
         None => return not_ours(None, addr),
     };
@@ -50,23 +51,55 @@ fn not_ours(heap: Option<&Heap>, addr: usize) -> Result<usize, NotARoot> {
 /// Frees a root whose children are gone or moved to another root.
 #[inline(always)]
 pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
+    if track::enabled() {
+        return tracked_free_root_alone(heap, page, root);
+    }
     root.end();
     heap.counts.tree_freed(0, root.size() as u64);
-    if track::enabled() {
-        return tracked_release(heap, page, root);
-    }
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
-/// Frees a live or killed root of `heap`'s and its chunks.
+/// `free_root_alone` with a tool watching: nothing to do if another thread
+/// killed the root first (its drain releases it, `free_killed_tree`).
+#[cold]
+#[inline(never)]
+fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
+    if root.end_unless_killed() {
+        heap.counts.tree_freed(0, root.size() as u64);
+        track::block_freed(root.client(), root.size() as usize);
+        tracked_hold(heap, page, root as *const Root as *mut u8);
+    }
+}
+
+/// Frees a live root of `heap`'s and its chunks.
 #[cold]
 #[inline(never)]
 pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     #[cfg(test)]
     super::park::here();
-    root.end();
     // Asked once: a tree can have many chunks.
     let tracked = track::enabled();
+    if !tracked {
+        root.end();
+    } else if !root.end_unless_killed() {
+        // Killed by another thread meanwhile: the tree is its drain's now.
+        return 1;
+    } else {
+        track::block_freed(root.client(), root.size() as usize);
+    }
+    release_tree(heap, page, root, tracked)
+}
+
+/// Releases a root of `heap`'s that another thread killed (`remote`), and
+/// its chunks. That thread told the tool, if one watches, of the root.
+pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
+    root.end();
+    release_tree(heap, page, root, track::enabled())
+}
+
+/// Gives back the chunks and the slot of `root`, whose life has ended and
+/// whose root the tool, if `tracked`, was told of.
+fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of this heap; each
@@ -82,10 +115,11 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         }
     }
     heap.counts.tree_freed(children, bytes);
+    let slot = root as *const Root as *mut u8;
     if tracked {
-        tracked_release(heap, page, root);
+        tracked_hold(heap, page, slot);
     } else {
-        release_now(heap, page, root as *const Root as *mut u8);
+        release_now(heap, page, slot);
     }
     1 + children as usize
 }
@@ -121,14 +155,6 @@ fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
     tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
     segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
     tracked_hold(heap, page, slot);
-}
-
-/// Tells the tool a root is freed, and holds its slot back from reuse.
-#[cold]
-#[inline(never)]
-fn tracked_release(heap: &Heap, page: &'static Page, root: &Root) {
-    track::block_freed(root.client(), root.size() as usize);
-    tracked_hold(heap, page, root as *const Root as *mut u8);
 }
 
 /// Tells the tool the children of a chunk are freed: each start bit from

@@ -15,7 +15,9 @@
 //! (`remote`: the root's state word, the killed bits, the page stack), and
 //! leave the rest to whoever claims the heap next, who drains the killed
 //! trees and sweeps the guest chunks as the owner would
-//! (`thread::catch_up`).
+//! (`thread::catch_up`). Its holder also marks it busy while it changes
+//! it ([`Heap::enter`]), for a forked child to know whether its plain
+//! stores may be half done (`fork`).
 //!
 //! Slots come from the class's current page; when it is full, from a page
 //! of the class that had slots freed since, else from a fresh page. Pages
@@ -35,7 +37,7 @@ use super::{PAGES, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, Ordering};
 
 /// The class byte of a page holding one large block.
 pub const LARGE: usize = u8::MAX as usize;
@@ -148,6 +150,10 @@ pub struct Heap {
     older: AtomicPtr<Heap>,
     /// Whether a thread (or the unloading, or the `leaks` report) holds it.
     owned: AtomicBool,
+    /// Whether its holder is changing it now (inside a call, or catching
+    /// it up): what a forked child asks of a heap whose thread did not
+    /// come along (`fork`). Written by the holder only.
+    busy: AtomicBool,
     /// Every segment it ever made, newest first, linked by `Segment::older`:
     /// for the `leaks` report and the unloading.
     segments: Cell<*const Segment>,
@@ -170,6 +176,7 @@ impl Heap {
         guests: Guests::EMPTY,
         older: AtomicPtr::new(ptr::null_mut()),
         owned: AtomicBool::new(true),
+        busy: AtomicBool::new(true),
         segments: Cell::new(ptr::null()),
     };
 
@@ -208,17 +215,45 @@ impl Heap {
         self.older.store(older as *mut Heap, Ordering::Relaxed)
     }
 
-    /// Takes the heap if it is an orphan. Acquire: the caller sees all that
-    /// its last owner wrote before [`give_up`](Heap::give_up).
+    /// Takes the heap if it is an orphan, busy (`enter`). Acquire: the
+    /// caller sees all that its last owner wrote before
+    /// [`give_up`](Heap::give_up).
     pub fn try_claim(&self) -> bool {
-        !self.owned.load(Ordering::Relaxed)
-            && self.owned.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        let claimed = !self.owned.load(Ordering::Relaxed)
+            && self.owned.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if claimed {
+            self.enter();
+        }
+        claimed
     }
 
     /// Lets the heap go, with everything written to it (Release), for the
     /// next [`try_claim`](Heap::try_claim).
     pub fn give_up(&self) {
+        self.leave();
         self.owned.store(false, Ordering::Release)
+    }
+
+    /// Its holder starts changing it. The fence keeps every store the
+    /// holder makes next after this one, so that a child forked at any
+    /// moment that sees one of them sees the heap busy (`fork`).
+    #[inline(always)]
+    pub fn enter(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
+    /// Its holder is done changing it for now; Release: a forked child that
+    /// sees the heap idle sees everything written to it before.
+    #[inline(always)]
+    pub fn leave(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Whether its holder was changing it (for a forked child, which has no
+    /// other thread: whether that was so at the fork).
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// Whether some thread holds the heap now (a hint to anyone but it).
@@ -386,13 +421,14 @@ impl Heap {
                 return Some(page);
             }
         }
+        // Asked for first, so that a refusal leaves the heap as it was.
+        let fresh = self.new_segment(1)?;
         if let Some(old) = segment {
             // What is left of the old segment is a free span like any other.
             if let Some(rest) = old.take_pages(old.pages_left()) {
                 self.keep_span(rest, false);
             }
         }
-        let fresh = self.new_segment(1)?;
         self.segment.set(fresh);
         fresh.take_pages(count)
     }

@@ -37,16 +37,19 @@
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
 //!   trees stay), adopted by a later thread's first call, which drains and
-//!   sweeps it as the owner; `fork` needs no handler (no lock exists to be
-//!   left held); `unload` unmaps the empty heaps at `dlclose`; `walk`
-//!   serves the `leaks` report. `Heap::try_claim` has the rule for
-//!   touching an orphan; a free into an orphan's tree is a kill like any.
+//!   sweeps it as the owner; in a forked child, heaps of threads that did
+//!   not come along become orphans too, unless they were in a call, which
+//!   leaves them frozen (`fork`); `unload` unmaps the empty heaps at
+//!   `dlclose`; `walk` serves the `leaks` report. `Heap::try_claim` has
+//!   the rule for touching an orphan; a free into an orphan's tree is a
+//!   kill like any.
 //! - valgrind and ASan (`track`): detected at load; then every block, a
 //!   guest child too, is described to the tool, with a redzone after it
 //!   and a quarantine for freed slots; without a tool, one untaken branch
-//!   a call. A tree another thread frees is freed for the tool when its
-//!   owner releases it, and a guest child of a dead tree when its maker
-//!   sweeps it: until then the tool still lets it be read.
+//!   a call. A root another thread frees is freed for the tool by that
+//!   free; its children when its owner releases them, and a guest child of
+//!   a dead tree when its maker sweeps it: until then the tool still lets
+//!   them be read.
 //!
 //! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
 //! refused (its children are the owner's to move). Counts lag where
@@ -58,6 +61,7 @@ mod alloc;
 mod chunk;
 mod class;
 mod counts;
+mod fork;
 mod free;
 mod guest;
 mod heap;
@@ -77,20 +81,64 @@ mod walk;
 #[cfg(test)]
 mod cross_thread_tests;
 #[cfg(all(test, unix))]
+mod fork_tests;
+#[cfg(all(test, unix))]
 mod life_tests;
 #[cfg(test)]
 mod park;
 #[cfg(test)]
 mod tests;
 
-pub use alloc::{allocate_child, allocate_root, reallocate};
-pub use counts::stats;
-pub use free::free_root;
 pub use thread::on_thread_exit;
-pub use unload::{init, unload};
+pub use unload::unload;
 pub use walk::for_each_root;
 
+use crate::registry::{Counts, NotARoot};
+use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
+
+// The entry points: each is one call (`thread::Call`), during which the
+// calling thread's heap is busy for a forked child's sake (`fork`).
+
+/// A new root of `size` bytes (`MAPIAllocateBuffer`).
+#[inline(always)]
+pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
+    let _call = thread::Call::begin();
+    alloc::allocate_root(size)
+}
+
+/// A new child of `size` bytes in the tree of `parent` (`MAPIAllocateMore`).
+#[inline(always)]
+pub fn allocate_child(parent: usize, size: ULONG) -> Result<Block, Error> {
+    let _call = thread::Call::begin();
+    alloc::allocate_child(parent, size)
+}
+
+/// `MAPIReallocateBuffer` of a live block.
+#[inline]
+pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
+    let _call = thread::Call::begin();
+    alloc::reallocate(addr, size)
+}
+
+/// Frees the root at `addr` and its children (`MAPIFreeBuffer`).
+#[inline(always)]
+pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
+    let _call = thread::Call::begin();
+    free::free_root(addr)
+}
+
+/// Every heap's counts added up (`mapi32_stats`).
+pub fn stats() -> Counts {
+    let _call = thread::Call::begin();
+    counts::stats()
+}
+
+/// When the library is loaded.
+pub fn init() {
+    unload::init();
+    fork::init();
+}
 
 /// Segments are `SEGMENT_SIZE` bytes, aligned to their size.
 pub const SEGMENT_SHIFT: u32 = if cfg!(target_pointer_width = "64") { 22 } else { 20 };

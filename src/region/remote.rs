@@ -47,7 +47,7 @@ use super::heap::Heap;
 use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::{Segment, KILLED_WORDS};
-use super::validate;
+use super::{track, validate};
 use core::ptr;
 use core::sync::atomic::Ordering;
 
@@ -74,6 +74,16 @@ fn kill_in(addr: usize) -> bool {
     };
     if !found.root.kill(found.state) {
         return false;
+    }
+    // The root is dead from here: a tool watching is told now, so a read of
+    // it once this free returns is reported, while its owner may sleep.
+    // Before the killed bit: the owner releases the slot (which may then
+    // be reused and described to the tool again) only once its drain takes
+    // that bit, and a free of its own that lost to this kill leaves the
+    // tree to that drain (`Root::end_unless_killed`). The children
+    // stay the owner's to tell of: their chunks are its to read.
+    if track::enabled() {
+        track::block_freed(found.root.client(), found.root.size() as usize);
     }
     let page = found.segment.page(found.page);
     found.segment.mark_killed(found.page, found.slot);
@@ -137,6 +147,29 @@ fn drain_pages(heap: &Heap) {
     }
 }
 
+/// In a forked child, for `heap`, which the caller holds and which was
+/// idle at the fork (`fork`): finishes what the kills that other threads
+/// had under way at the fork left undone, those threads being gone. A
+/// kill stopped after its swap but before its push left its page flagged
+/// and off the stack, so no later kill in that page would push it: pushed
+/// now, once the stack is drained (a page on the stack is flagged too).
+/// And the segments' counts of kills under way go to zero, or the owner
+/// would never change a root page's class again. A kill stopped between
+/// its swap and its bit leaves that one tree killed and kept.
+pub fn recover_after_fork(heap: &Heap) {
+    drain(heap);
+    for segment in heap.segments() {
+        segment.forget_kills();
+        for index in 1..super::PAGES {
+            let page = segment.page(index);
+            if page.killed_pending.load(Ordering::Relaxed) {
+                push(heap, page);
+            }
+        }
+    }
+    drain(heap);
+}
+
 /// Releases slot `slot` of `page` if it holds a root that is still killed:
 /// a bit may be stale (the owner freed the root first, or the page holds
 /// something else now).
@@ -151,6 +184,6 @@ fn release(heap: &Heap, page: &'static Page, slot: usize) {
     // SAFETY: a handed-out slot of a root page of this heap.
     let root = unsafe { Root::at(addr) };
     if root.is_killed() {
-        free::free_tree(heap, page, root);
+        free::free_killed_tree(heap, page, root);
     }
 }

@@ -14,7 +14,11 @@
 //! tree later. The owner's own free stays a load and a store: if a kill
 //! lands between them, the owner's store still ends the same life (same
 //! generation), the owner releases the tree, and the kill's mark finds the
-//! slot no longer killed. Either way the tree is released once.
+//! slot no longer killed. Either way the tree is released once. While a
+//! tool watches (`track`), the owner's free is a compare-and-swap too
+//! (`end_unless_killed`): a kill tells the tool at once, so a free that
+//! loses to it leaves the tree to the owner's drain, where it is released
+//! without telling the tool again.
 
 use super::chunk::Chunk;
 use super::GRANULE;
@@ -87,6 +91,19 @@ impl Root {
     #[inline(always)]
     pub fn end(&self) {
         self.state.store(generation(self.state()).wrapping_add(GENERATION_STEP) | FREE, Ordering::Relaxed);
+    }
+
+    /// The owner's free while a tool watches (`track`): ends the root's
+    /// life, as [`end`](Root::end), unless another thread killed it first,
+    /// which it says with false. Then the killer, which already told the
+    /// tool, is the one to hand the tree to the owner's drain: the slot must
+    /// not be released (and perhaps reused) before that thread's call to the
+    /// tool is done.
+    pub fn end_unless_killed(&self) -> bool {
+        let state = self.state();
+        let next = generation(state).wrapping_add(GENERATION_STEP) | FREE;
+        state & KIND_MASK == LIVE
+            && self.state.compare_exchange(state, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Puts back a state word a discard of the slot's page zeroed, so the

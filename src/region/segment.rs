@@ -171,6 +171,12 @@ impl Segment {
         }
     }
 
+    /// Forgets the kills counted under way: in a forked child, where the
+    /// threads that started them do not exist (`fork`).
+    pub fn forget_kills(&self) {
+        self.kills.store(0, Ordering::Relaxed);
+    }
+
     /// Whether no kill is under way in the segment.
     pub fn no_kill_under_way(&self) -> bool {
         self.kills.load(Ordering::SeqCst) == 0

@@ -16,12 +16,11 @@
 //!   an orphan; its live trees and live guests stay where they are, valid,
 //!   until someone frees them. Another thread may kill an orphan's tree
 //!   (only atomics: `remote`); its adopter, or `stats`, catches up.
-//! - `fork` needs nothing here: no lock is ever held, so none is left held
-//!   in the child. A heap that another thread owned at the fork stays owned
-//!   in the child, by nobody: never adopted, so its memory is not reused
-//!   there, which is what makes it safe if that thread was half-way through
-//!   changing it. The forking thread keeps its own heap; orphans stay
-//!   adoptable.
+//! - `fork`: no lock is ever held, so none is left held in the child. A
+//!   heap another thread owned at the fork is made an orphan there, as if
+//!   that thread had exited, unless it was busy (in a call: `Call`), which
+//!   leaves it frozen (`fork` has the rules). The forking thread keeps its
+//!   own heap; orphans stay adoptable.
 
 use super::heap::Heap;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -36,13 +35,49 @@ pub fn current() -> Option<&'static Heap> {
     unsafe { slot::get().as_ref() }
 }
 
-/// The calling thread's heap, adopted or made now if it has none; `None`
-/// when the OS refuses the memory or the exit hook its slot.
+/// The calling thread's heap, if it has made one, busy until the end of
+/// the call (`Call`): for a call that may change it.
+#[inline(always)]
+pub fn entered() -> Option<&'static Heap> {
+    let heap = current()?;
+    heap.enter();
+    Some(heap)
+}
+
+/// The calling thread's heap, adopted or made now if it has none, busy
+/// until the end of the call (`Call`); `None` when the OS refuses the
+/// memory or the exit hook its slot.
 #[inline(always)]
 pub fn heap() -> Option<&'static Heap> {
     match current() {
-        Some(heap) => Some(heap),
+        Some(heap) => {
+            heap.enter();
+            Some(heap)
+        }
         None => claim(),
+    }
+}
+
+/// One call of the library on the calling thread. The call marks its heap
+/// busy when it takes it ([`entered`], [`heap`]; a heap claimed during the
+/// call is busy from its claim), so that a child forked meanwhile leaves it
+/// alone (`fork`); the end of the call marks it idle again. Not nested:
+/// only the library's entry points make one.
+pub struct Call(());
+
+impl Call {
+    #[inline(always)]
+    pub fn begin() -> Call {
+        Call(())
+    }
+}
+
+impl Drop for Call {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(heap) = current() {
+            heap.leave();
+        }
     }
 }
 
@@ -64,6 +99,23 @@ fn claim() -> Option<&'static Heap> {
     }
     slot::set(heap);
     Some(heap)
+}
+
+/// Makes `heap`, an orphan, the calling thread's (which has none), as its
+/// first call would adopt one: for tests that must know which.
+#[cfg(test)]
+pub fn adopt(heap: &'static Heap) -> bool {
+    if current().is_some() || !heap.try_claim() {
+        return false;
+    }
+    catch_up(heap);
+    heap.leave();
+    if !exit_hook::register(heap) {
+        heap.give_up();
+        return false;
+    }
+    slot::set(heap);
+    true
 }
 
 /// A new heap, owned by the caller, published on the list.
@@ -91,6 +143,7 @@ pub fn on_thread_exit(heap: *const ()) {
     slot::set(core::ptr::null());
     // SAFETY: the key's value is a heap `claim` registered, never freed.
     if let Some(heap) = unsafe { heap.cast::<Heap>().as_ref() } {
+        heap.enter();
         catch_up(heap);
         heap.trim();
         heap.give_up();
