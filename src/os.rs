@@ -89,56 +89,133 @@ mod imp {
 
     const MEM_COMMIT: u32 = 0x1000;
     const MEM_RESERVE: u32 = 0x2000;
-    const MEM_RESET: u32 = 0x8_0000;
+    const MEM_DECOMMIT: u32 = 0x4000;
     const MEM_RELEASE: u32 = 0x8000;
+    const MEM_RESET: u32 = 0x8_0000;
     const PAGE_READWRITE: u32 = 0x04;
+
+    #[repr(C)]
+    struct MemoryBasicInformation {
+        base_address: *mut c_void,
+        allocation_base: *mut c_void,
+        allocation_protect: u32,
+        #[cfg(target_pointer_width = "64")]
+        partition_id: u16,
+        region_size: usize,
+        state: u32,
+        protect: u32,
+        kind: u32,
+    }
 
     #[link(name = "kernel32")]
     extern "system" {
         fn VirtualAlloc(address: *mut c_void, size: usize, kind: u32, protect: u32) -> *mut c_void;
         fn VirtualFree(address: *mut c_void, size: usize, kind: u32) -> i32;
+        fn VirtualQuery(address: *const c_void, info: *mut MemoryBasicInformation, length: usize) -> usize;
     }
 
+    fn is_aligned(address: *mut c_void, align: usize) -> bool {
+        address as usize & (align - 1) == 0
+    }
+
+    /// VirtualAlloc at `address` (NULL: the system's choice); NULL if refused.
+    fn allocate(address: usize, size: usize, kind: u32) -> *mut c_void {
+        // SAFETY: reserving or committing at an address of the system's
+        // choosing, or at one that was free a moment ago (the call then fails
+        // if anything took it since), or committing inside a reservation of
+        // ours that nothing uses yet, touches no memory anyone else uses.
+        unsafe { VirtualAlloc(address as *mut c_void, size, kind, PAGE_READWRITE) }
+    }
+
+    fn release(reservation: *mut c_void) {
+        // SAFETY: the base of a reservation of ours that nothing uses; a
+        // refusal leaves it in place, which only costs address space.
+        unsafe { VirtualFree(reservation, 0, MEM_RELEASE) };
+    }
+
+    /// Windows cannot trim a reservation, and places them on its 64 KiB
+    /// granularity: enough for the heaps, not for a segment.
     pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
         let whole = match size.checked_add(align) {
             Some(whole) => whole,
             None => return ptr::null_mut(),
         };
-        // A reservation cannot be trimmed: reserve enough to find an aligned
-        // address, release it, and map exactly there. Another thread may
-        // take the range in between, so try again a few times.
-        for _ in 0..8 {
-            // SAFETY: a reservation at an address of the system's choosing
-            // touches no existing memory.
-            let probe = unsafe { VirtualAlloc(ptr::null_mut(), whole, MEM_RESERVE, PAGE_READWRITE) };
+        let exact = allocate(0, size, MEM_RESERVE | MEM_COMMIT);
+        if exact.is_null() || is_aligned(exact, align) {
+            return exact.cast();
+        }
+        release(exact);
+        // Reserve enough to hold an aligned range, release it and map that
+        // range alone: another thread may take it in between, so a few times.
+        for _ in 0..4 {
+            let probe = allocate(0, whole, MEM_RESERVE);
             if probe.is_null() {
                 return ptr::null_mut();
             }
             let start = (probe as usize + align - 1) & !(align - 1);
-            // SAFETY: releases the reservation just made, which nothing uses.
-            unsafe { VirtualFree(probe, 0, MEM_RELEASE) };
-            // SAFETY: maps a range that was free a moment ago; if anything
-            // took it since, the call fails and touches nothing.
-            let mapped = unsafe { VirtualAlloc(start as *mut c_void, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE) };
+            release(probe);
+            let mapped = allocate(start, size, MEM_RESERVE | MEM_COMMIT);
             if !mapped.is_null() {
                 return mapped.cast();
             }
         }
-        ptr::null_mut()
+        // Always taken from under us: keep the oversized reservation and
+        // commit its aligned part (`unmap` finds the reservation's base).
+        let probe = allocate(0, whole, MEM_RESERVE);
+        if probe.is_null() {
+            return ptr::null_mut();
+        }
+        let start = (probe as usize + align - 1) & !(align - 1);
+        let mapped = allocate(start, size, MEM_COMMIT);
+        if mapped.is_null() {
+            release(probe);
+        }
+        mapped.cast()
     }
 
     pub fn discard(start: *mut u8, len: usize) {
         // MEM_RESET rather than a decommit: the pages stay committed, so a
-        // later touch can never fault, whatever the commit limit then.
+        // later touch can never fault, whatever the commit limit then. What
+        // they then read is unspecified (old bytes or zeroes), as `discard`
+        // says.
         // SAFETY: the range lies in one of our own mappings (the caller's
         // contract); a refusal leaves the pages resident, which is harmless.
         unsafe { VirtualAlloc(start.cast(), len, MEM_RESET, PAGE_READWRITE) };
     }
 
-    pub fn unmap(start: *mut u8, _len: usize) {
-        // SAFETY: `start` is the base of a whole mapping of ours that nothing
-        // refers to (the only unmap Windows is asked for).
-        unsafe { VirtualFree(start.cast(), 0, MEM_RELEASE) };
+    /// A whole mapping goes back with its reservation: `start` is its base,
+    /// or, where `map_aligned` kept an oversized reservation, the first
+    /// committed byte after an uncommitted head. Any other range (part of a
+    /// mapping) is decommitted, its addresses kept reserved.
+    pub fn unmap(start: *mut u8, len: usize) {
+        let start = start.cast::<c_void>();
+        let base = match query(start) {
+            Some(info) => info.allocation_base,
+            None => return,
+        };
+        let whole = base == start
+            || query(base).map_or(false, |head| {
+                head.state == MEM_RESERVE && (base as usize).wrapping_add(head.region_size) == start as usize
+            });
+        if whole {
+            release(base);
+        } else {
+            // SAFETY: part of a mapping of ours that nothing refers to (the
+            // caller's contract); its pages go, its addresses stay reserved.
+            unsafe { VirtualFree(start, len, MEM_DECOMMIT) };
+        }
+    }
+
+    fn query(address: *const c_void) -> Option<MemoryBasicInformation> {
+        let mut info = core::mem::MaybeUninit::<MemoryBasicInformation>::uninit();
+        let size = core::mem::size_of::<MemoryBasicInformation>();
+        // SAFETY: `info` is writable for `size` bytes; VirtualQuery reads no
+        // memory at `address`, only the address space's bookkeeping.
+        if unsafe { VirtualQuery(address, info.as_mut_ptr(), size) } != size {
+            return None;
+        }
+        // SAFETY: VirtualQuery filled all `size` bytes.
+        Some(unsafe { info.assume_init() })
     }
 }
 

@@ -73,7 +73,8 @@ mod unload;
 mod validate;
 mod walk;
 
-// Thread exit is served by the POSIX exit hook only (see `thread`).
+// The life tests read residency with `mincore`: POSIX only (Windows' exit
+// hook is tested by the C cases of c_tests/windows/).
 #[cfg(test)]
 mod cross_thread_tests;
 #[cfg(all(test, unix))]
