@@ -159,9 +159,17 @@ mod imp {
                 return mapped.cast();
             }
         }
-        // Always taken from under us: keep the oversized reservation and
-        // commit its aligned part (`unmap` finds the reservation's base).
-        let probe = allocate(0, whole, MEM_RESERVE);
+        // Always taken from under us.
+        map_in_oversized(size, align)
+    }
+
+    /// Keeps a reservation of `size + align` bytes and commits its aligned
+    /// part (`unmap` finds the reservation's base).
+    pub(super) fn map_in_oversized(size: usize, align: usize) -> *mut u8 {
+        let probe = match size.checked_add(align) {
+            Some(whole) => allocate(0, whole, MEM_RESERVE),
+            None => return ptr::null_mut(),
+        };
         if probe.is_null() {
             return ptr::null_mut();
         }
@@ -204,6 +212,12 @@ mod imp {
             // caller's contract); its pages go, its addresses stay reserved.
             unsafe { VirtualFree(start, len, MEM_DECOMMIT) };
         }
+    }
+
+    /// The state of the page at `address`: MEM_COMMIT, MEM_RESERVE or MEM_FREE.
+    #[cfg(test)]
+    pub(super) fn state(address: *mut u8) -> u32 {
+        query(address.cast()).map_or(0, |info| info.state)
     }
 
     fn query(address: *const c_void) -> Option<MemoryBasicInformation> {
@@ -252,6 +266,33 @@ mod tests {
             *p.add(4096) = 8;
         }
         unmap(p, 2 * ALIGN);
+    }
+
+    /// Windows gives a reservation back whole or not at all: `unmap` of a
+    /// part decommits it, and of a whole mapping, an oversized one too,
+    /// releases it from its base.
+    #[cfg(windows)]
+    #[test]
+    fn windows_releases_whole_mappings_and_decommits_parts() {
+        const ALIGN: usize = 4 << 20;
+        const MEM_COMMIT: u32 = 0x1000;
+        const MEM_RESERVE: u32 = 0x2000;
+        const MEM_FREE: u32 = 0x1_0000;
+        let p = map_aligned(2 * ALIGN, ALIGN);
+        assert!(!p.is_null());
+        unmap(p.wrapping_add(ALIGN), ALIGN);
+        assert_eq!((imp::state(p), imp::state(p.wrapping_add(ALIGN))), (MEM_COMMIT, MEM_RESERVE));
+        // SAFETY: the first half is still ours, committed.
+        unsafe { *p = 1 };
+        unmap(p, ALIGN);
+        assert_eq!(imp::state(p), MEM_FREE);
+
+        let q = imp::map_in_oversized(ALIGN, ALIGN);
+        assert!(!q.is_null() && q as usize % ALIGN == 0);
+        // SAFETY: the whole mapping is ours, readable and writable.
+        unsafe { *q.add(ALIGN - 1) = 1 };
+        unmap(q, ALIGN);
+        assert_eq!(imp::state(q), MEM_FREE, "the reservation went, its head too");
     }
 
     #[test]
