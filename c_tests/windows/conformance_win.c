@@ -1443,6 +1443,29 @@ static void blocks_come_from_a_heap_of_their_own(void)
     CHECK_LIVE(base, "trees not freed");
 }
 
+/* FreeLibrary takes along what the library keeps for threads, as dlclose
+ * does (SPEC §3): registry v3's heaps and pages, with no block left in them,
+ * go back to the system (VirtualFree, still counted during the DLL's
+ * detach), those of ended threads and of the unloading one alike. Loaded
+ * again, the library works afresh. run_wine.sh runs it with
+ * MAPI32_DEBUG=leaks too: the report, made at the same detach, must come
+ * before the heaps it walks are gone. */
+static void load_mapi32(void);
+
+static void unload_gives_the_mappings_back(void)
+{
+    run_crew(4, use_and_leave, NULL, WITH_CREATE_THREAD);
+    build_check_free_tree(1);
+    REQUIRE(FreeLibrary(mapi), "mapi32.dll not unloaded");
+    CHECKF(mappings_live() == 0, "mappings kept after FreeLibrary", "%ld live", mappings_live());
+    load_mapi32();
+    REQUIRE(hook_allocator_imports(mapi) > 0, "no import to count after loading again");
+    long long base = blocks_live();
+    build_check_free_tree(2);
+    run_crew(2, use_and_leave, NULL, WITH_CREATE_THREAD);
+    CHECK_LIVE(base, "trees not freed after loading again");
+}
+
 /* A process may end while other threads are inside the library. Windows
  * ends those threads wherever they are, perhaps holding a lock of the
  * library's, before the exiting thread runs the DLL's detach code and its
@@ -1573,6 +1596,7 @@ static const struct test_case cases[] = {
     CASE(threads_exit_leave_nothing_behind),
     CASE(exit_with_threads_inside),
     CASE(blocks_come_from_a_heap_of_their_own),
+    CASE(unload_gives_the_mappings_back),
     CASE(debug_misuse_and_leak),
 };
 

@@ -110,7 +110,24 @@ pub fn catch_up(heap: &Heap) {
     super::guest::sweep(heap);
 }
 
-/// Every heap ever made, newest first.
+/// Takes `heap` off the list, `newer` being the heap listed just before it
+/// (`None`: it is the newest). Only as the library is unloaded (`unload`),
+/// when no call is running, so nothing else walks or grows the list.
+pub fn unlink(newer: Option<&Heap>, heap: &Heap) {
+    let older = heap.older();
+    match newer {
+        Some(newer) => newer.set_older(older),
+        None => HEAPS.store(older as *mut Heap, Ordering::Release),
+    }
+}
+
+/// The calling thread has no heap any more (its own was unmapped by
+/// `unload`).
+pub fn forget_current() {
+    slot::set(core::ptr::null());
+}
+
+/// Every heap ever made and not unmapped, newest first.
 pub fn heaps() -> impl Iterator<Item = &'static Heap> {
     // SAFETY (for each step): heaps are published by a release CAS after
     // their `older` link is set, and never freed.

@@ -45,8 +45,9 @@ pub fn init() {
 /// is loaded. mingw-w64's C runtime keeps a DLL's `atexit` functions apart
 /// and runs them, the last registered first, at `DLL_PROCESS_DETACH`: by
 /// `FreeLibrary` and at process exit. Registered here, before
-/// `debug::init` registers the `leaks` report, it runs after that report,
-/// which walks the heaps it unmaps.
+/// `debug::init` registers the `leaks` report, it runs after that report
+/// (which would also be sound after it: `unload` takes the heaps it unmaps
+/// off the list).
 #[cfg(windows)]
 pub fn init() {
     thread::init();
@@ -82,20 +83,34 @@ pub fn unload() {
     if thread::heaps().any(|heap| heap.is_owned() && !is_mine(heap)) {
         return;
     }
+    // The newest heap kept so far: the one whose link skips those unmapped.
+    let mut newer: Option<&Heap> = None;
     for heap in thread::heaps() {
-        // Claimed for good: nobody may adopt it from here on.
         if !is_mine(heap) && !heap.try_claim() {
+            newer = Some(heap);
             continue;
         }
         thread::catch_up(heap);
-        // Guest chunks of another heap's live tree keep it too.
-        if heap.counts.snapshot().live_roots == 0 && heap.guests.count() == 0 {
-            release_segments(heap);
-            // SAFETY: the library is being unloaded and no thread is inside
-            // a call (see above); `heaps` read this heap's link before
-            // yielding it, and nothing reads the list after this loop.
-            unsafe { heap.unmap() };
+        // Guest chunks of another heap's live tree keep it too. A heap kept
+        // is given back, for the `leaks` report to walk.
+        if heap.counts.snapshot().live_roots != 0 || heap.guests.count() != 0 {
+            if !is_mine(heap) {
+                heap.give_up();
+            }
+            newer = Some(heap);
+            continue;
         }
+        release_segments(heap);
+        // A walk after this one (the `leaks` report, which `dlclose` runs
+        // after us) sees the heaps still mapped, and only those.
+        thread::unlink(newer, heap);
+        if is_mine(heap) {
+            thread::forget_current();
+        }
+        // SAFETY: the library is being unloaded and no thread is inside a
+        // call (see above); `heaps` read this heap's link before yielding
+        // it, and the list no longer leads to it.
+        unsafe { heap.unmap() };
     }
     // The heap list and the segment map go with our static data.
 }
