@@ -25,6 +25,11 @@ pub fn discard(start: *mut u8, len: usize) {
     imp::discard(start, len)
 }
 
+/// Whether [`discard`]ed pages read as zeroes: on Linux (`MADV_DONTNEED` on
+/// private anonymous memory), not on Windows (`MEM_RESET` may keep the old
+/// bytes) or other systems.
+pub const DISCARD_ZEROES: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// Unmaps `[start, start + len)`, a mapping from [`map_aligned`] that no one
 /// but the caller has ever seen, or will see again (never a published
 /// segment: those stay mapped while the library can be called, so lookups
