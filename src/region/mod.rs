@@ -23,7 +23,9 @@
 //!   by reciprocal (`class`), then the root's header or the child's start
 //!   bit, chunk and tree state — all in memory the library keeps mapped
 //!   (segments are never unmapped while loaded; freed spans go back with
-//!   `MADV_DONTNEED`).
+//!   `MADV_DONTNEED`, `MEM_RESET` on Windows). Since other threads read a
+//!   slot's state word from the page's class alone, a root page made of
+//!   reused memory starts with every slot's state word clear (`segment`).
 //! - Each thread has a heap (`heap`, bound in `thread`) that owns its
 //!   segments; the owner makes and frees blocks in them with plain loads
 //!   and stores. Other threads read a few words only (a segment's owner, a
@@ -36,10 +38,11 @@
 //!   once the tree is dead (`guest`).
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
-//!   trees stay), adopted by a later thread's first call, which drains and
-//!   sweeps it as the owner; `fork` needs no handler (no lock exists to be
-//!   left held); `unload` unmaps the empty heaps at `dlclose`; `walk`
-//!   serves the `leaks` report. `Heap::try_claim` has the rule for
+//!   trees stay) — from the `pthread_key` destructor, or on Windows a TLS
+//!   callback at `DLL_THREAD_DETACH` — adopted by a later thread's first
+//!   call, which drains and sweeps it as the owner; `fork` needs no handler
+//!   (no lock exists to be left held); `unload` unmaps the empty heaps at
+//!   `dlclose` and `FreeLibrary`; `walk` serves the `leaks` report. `Heap::try_claim` has the rule for
 //!   touching an orphan; a free into an orphan's tree is a kill like any.
 //! - valgrind and ASan (`track`): detected at load; then every block, a
 //!   guest child too, is described to the tool, with a redzone after it
