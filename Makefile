@@ -32,6 +32,12 @@ BUILD := build
 # Extra cargo flags for the library's build: mk/v3.mk builds a variant with
 # `--features registry-v3` in a tree of its own. Empty for the shipped library.
 CARGO_FEATURES ?=
+# The same features as rustc's --cfg flags, for the builds cargo does not run
+# (mk/windows.mk, mk/windows32.mk, mk/linux32.mk): they get the registry the
+# rest of the build gets.
+comma := ,
+RUSTC_FEATURES := $(foreach feature,$(subst $(comma), ,$(filter-out --features,$(CARGO_FEATURES))), \
+	--cfg 'feature="$(feature)"')
 # Every Rust source of the library, for the builds that do not go through cargo.
 RUST_SOURCES := $(wildcard src/*.rs src/*/*.rs)
 # The shipped libmapi32.so and libmapi32.a, made from cargo's staticlib

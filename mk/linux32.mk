@@ -13,7 +13,8 @@
 LINUX32_TARGET := i686-unknown-linux-gnu
 LINUX32_BUILD := $(BUILD)/linux32
 LINUX32_SYSROOT := $(STD_BUILD)/$(LINUX32_TARGET)/sysroot
-LINUX32_RUSTC := $(RUSTC_163) --sysroot $(LINUX32_SYSROOT) --target $(LINUX32_TARGET) --edition 2021 -D warnings
+LINUX32_RUSTC := $(RUSTC_163) --sysroot $(LINUX32_SYSROOT) --target $(LINUX32_TARGET) --edition 2021 -D warnings \
+	$(RUSTC_FEATURES)
 # Cargo.toml's release profile, as in mk/windows.mk.
 LINUX32_RUSTFLAGS := -C panic=abort -C opt-level=3 -C codegen-units=1 -C lto -C debuginfo=1
 LINUX32_CC := $(CC) -m32

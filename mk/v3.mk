@@ -13,10 +13,19 @@
 #                   debug_check.sh, all required
 #   make bench-v3   bench/bench.c against main's library and the variant,
 #                   in turn, BENCH_V3_RUNS times each (3; BENCH_QUICK=1 short)
+#   make test-v3-windows  test-windows and windows-provider-route with the
+#                   feature (mapi32.dll for x86-64, under wine64)
+#   make test-v3-win32    test-win32 with it (32-bit Wine; its provider route too)
+#   make test-v3-linux32  test-linux32 with it (i686 Linux, cc -m32)
+# The last three are the ordinary targets built with the feature: once v3 is
+# the default, the ordinary ones test it with no change.
 
 V3_BUILD := $(BUILD)/v3
+# The 32-bit targets' std (mk/build-std.mk) does not depend on the feature:
+# the variant shares it.
 V3_MAKE := $(MAKE) --no-print-directory BUILD=$(V3_BUILD) CARGO_TARGET_DIR=$(TARGET_DIR)/v3 \
-	CARGO_FEATURES='--features registry-v3' MAPI_CFLAGS='$(MAPI_CFLAGS) -DMAPI32_REGISTRY_V3'
+	CARGO_FEATURES='--features registry-v3' MAPI_CFLAGS='$(MAPI_CFLAGS) -DMAPI32_REGISTRY_V3' \
+	STD_BUILD=$(STD_BUILD)
 BENCH_V3_RUNS ?= 3
 
 # Conformance cases v3 does not cover yet: none (blocks_come_from_c_allocator
@@ -51,7 +60,16 @@ failed=""; for each in $(1); do program=$${each%%:*}; case=$${each#*:}; \
 	[ -z "$$failed" ] || { echo "failed:$$failed" >&2; exit 1; }
 endef
 
-.PHONY: test-v3 test-v3-life bench-v3
+.PHONY: test-v3 test-v3-life bench-v3 test-v3-windows test-v3-win32 test-v3-linux32
+
+test-v3-windows:
+	@$(V3_MAKE) test-windows windows-provider-route
+
+test-v3-win32:
+	@$(V3_MAKE) test-win32
+
+test-v3-linux32:
+	@$(V3_MAKE) test-linux32
 
 # c_tests/thread_life.c, against the library of $(BUILD) (either registry).
 $(BUILD)/thread_life: c_tests/thread_life.c c_tests/harness.h include/mapix.h lib | $(BUILD)
@@ -63,6 +81,9 @@ test-v3-life:
 	./$(V3_BUILD)/thread_life
 	sh c_tests/debug_check.sh ./$(V3_BUILD)/debug_client
 	@$(call v3_run_cases,$(V3_DEFECTS),defects/)
+	@# dlclose runs the leaks report after the unloading: it must walk only
+	@# the heaps still mapped (it crashed when unmapped ones stayed listed).
+	MAPI32_DEBUG=leaks ./$(V3_BUILD)/defects/dlclose_cycles
 	@$(call v3_run_cases,$(V3_STRESS:%=stress:%),,--seconds $(STRESS_SECONDS))
 
 test-v3:

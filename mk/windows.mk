@@ -28,6 +28,9 @@ WIN_BUILD := $(BUILD)/windows
 # of no use to Windows debuggers, and it would make the DLL 10x larger.
 WIN_RUSTFLAGS := --edition 2021 -C panic=abort -C opt-level=3 -C codegen-units=1 -C lto -C strip=debuginfo -D warnings
 WIN_CFLAGS := -std=c11 $(STRICT) -O2
+# What the test programs are told of the library (MAPI32_REGISTRY_V3 from
+# mk/v3.mk); not the include path: they use the MAPI SDK's headers.
+WIN_MAPI_CFLAGS := $(filter -D%,$(MAPI_CFLAGS))
 WIN_SOURCES := $(RUST_SOURCES) mapi32.def
 
 .PHONY: windows windows-exports windows-programs test-windows windows-compare windows-test-if-available
@@ -45,18 +48,18 @@ $(WIN_BUILD)/liblibc.rlib: scripts/build-libc-1.63.sh
 # rustc hands the linker a .def naming every #[no_mangle] export; ours adds
 # the stdcall-decorated aliases and native's ordinals (see mapi32.def).
 $(WIN_BUILD)/mapi32.dll: $(WIN_SOURCES) $(WIN_BUILD)/liblibc.rlib
-	$(WIN_RUSTC) --target $(WIN_TARGET) $(WIN_RUSTFLAGS) --crate-type cdylib --crate-name mapi32 \
+	$(WIN_RUSTC) --target $(WIN_TARGET) $(WIN_RUSTFLAGS) $(RUSTC_FEATURES) --crate-type cdylib --crate-name mapi32 \
 	    --extern libc=$(WIN_BUILD)/liblibc.rlib -L $(WIN_BUILD) \
 	    -C link-arg=$(abspath mapi32.def) src/lib.rs --out-dir $(WIN_BUILD)
 
 # The crate's own unit tests, built for Windows, to run under wine.
 $(WIN_BUILD)/unit_tests.exe: $(WIN_SOURCES) $(WIN_BUILD)/liblibc.rlib
-	$(WIN_RUSTC) --target $(WIN_TARGET) --edition 2021 --test --crate-name mapi32 -D warnings \
+	$(WIN_RUSTC) --target $(WIN_TARGET) --edition 2021 --test --crate-name mapi32 -D warnings $(RUSTC_FEATURES) \
 	    --extern libc=$(WIN_BUILD)/liblibc.rlib -L $(WIN_BUILD) src/lib.rs -o $@
 
 $(WIN_BUILD)/conformance_win.exe: c_tests/windows/conformance_win.c c_tests/patterns.h
 	@mkdir -p $(WIN_BUILD)
-	$(WIN_CC) $(WIN_CFLAGS) $< -o $@
+	$(WIN_CC) $(WIN_CFLAGS) $(WIN_MAPI_CFLAGS) $< -o $@
 
 # Linked as a Windows MAPI client is: the SDK's import library (mingw-w64's).
 $(WIN_BUILD)/sdk_client.exe: c_tests/windows/sdk_client.c

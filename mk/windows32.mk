@@ -44,17 +44,17 @@ $(WIN32_BUILD)/liblibc.rlib: scripts/build-libc-1.63.sh $(WIN32_SYSROOT)/built
 # The same .def as the 64-bit DLL: on x86 the plain names and the decorated
 # ones both name the stdcall functions (see mapi32.def).
 $(WIN32_BUILD)/mapi32.dll: $(WIN_SOURCES) $(WIN32_BUILD)/liblibc.rlib
-	$(WIN32_RUSTC) $(WIN_RUSTFLAGS) --crate-type cdylib --crate-name mapi32 \
+	$(WIN32_RUSTC) $(WIN_RUSTFLAGS) $(RUSTC_FEATURES) --crate-type cdylib --crate-name mapi32 \
 	    --extern libc=$(WIN32_BUILD)/liblibc.rlib -L $(WIN32_BUILD) \
 	    -C link-arg=$(abspath mapi32.def) src/lib.rs --out-dir $(WIN32_BUILD)
 
 $(WIN32_BUILD)/unit_tests.exe: $(WIN_SOURCES) $(WIN32_BUILD)/liblibc.rlib
-	$(WIN32_RUSTC) --edition 2021 --test --crate-name mapi32 -D warnings \
+	$(WIN32_RUSTC) --edition 2021 --test --crate-name mapi32 -D warnings $(RUSTC_FEATURES) \
 	    --extern libc=$(WIN32_BUILD)/liblibc.rlib -L $(WIN32_BUILD) src/lib.rs -o $@
 
 $(WIN32_BUILD)/conformance_win.exe: c_tests/windows/conformance_win.c c_tests/patterns.h
 	@mkdir -p $(WIN32_BUILD)
-	$(WIN32_CC) $(WIN_CFLAGS) $< -o $@
+	$(WIN32_CC) $(WIN_CFLAGS) $(WIN_MAPI_CFLAGS) $< -o $@
 
 $(WIN32_BUILD)/sdk_client.exe: c_tests/windows/sdk_client.c
 	@mkdir -p $(WIN32_BUILD)

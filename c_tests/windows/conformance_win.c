@@ -23,6 +23,9 @@
  * form of the Linux suite's malloc wrappers. Calloc'd blocks, where
  * libmapi32 keeps its registry, are left out, as there. Both DLLs are measured alike,
  * whichever allocator they use; the program's own allocations are not counted.
+ * Built with MAPI32_REGISTRY_V3 (mk/v3.mk), for a libmapi32 whose blocks
+ * lie in pages it maps itself: its blocks are those mapi32_stats counts, and
+ * its mappings (VirtualAlloc reservations) are counted as well.
  *
  * The MAPI declarations are the MAPI SDK's, from mingw-w64's <mapix.h>.
  */
@@ -144,10 +147,54 @@ static void uncounted(void)
     InterlockedDecrement64(&live_blocks);
 }
 
+#ifdef MAPI32_REGISTRY_V3
+/* v3's blocks come from no import to count: they are those it reports
+ * (the builtin DLL has no mapi32_stats, and its blocks are counted above). */
+static long long blocks_reported(void)
+{
+    MAPI32_STATS stats = { .cbSize = sizeof stats };
+    if (mapi32_stats == NULL || mapi32_stats(&stats) != S_OK)
+        return 0;
+    return (long long)(stats.live_roots + stats.live_children);
+}
+#else
+static long long blocks_reported(void)
+{
+    return 0;
+}
+#endif
+
 static long long blocks_live(void)
 {
-    return InterlockedCompareExchange64(&live_blocks, 0, 0);
+    return InterlockedCompareExchange64(&live_blocks, 0, 0) + blocks_reported();
 }
+
+/* The DLL's reservations of address space (VirtualAlloc with MEM_RESERVE,
+ * less VirtualFree with MEM_RELEASE), and the first few bases it got. */
+#define MAPPING_BASES 64
+static volatile LONG live_mappings;
+static volatile LONG mappings_made;
+static void *volatile mapping_bases[MAPPING_BASES];
+
+static long mappings_live(void)
+{
+    return InterlockedCompareExchange(&live_mappings, 0, 0);
+}
+
+#ifdef MAPI32_REGISTRY_V3
+/* Whether `block` lies in a reservation the DLL made itself. */
+static int in_own_mapping(const void *block)
+{
+    MEMORY_BASIC_INFORMATION info;
+    if (VirtualQuery(block, &info, sizeof info) != sizeof info)
+        return 0;
+    LONG made = InterlockedCompareExchange(&mappings_made, 0, 0);
+    for (LONG i = 0; i < made && i < MAPPING_BASES; i++)
+        if (mapping_bases[i] == info.AllocationBase)
+            return 1;
+    return 0;
+}
+#endif
 
 /*
  * libmapi32 keeps its registry (a bitmap of block addresses) in calloc'd
@@ -206,6 +253,8 @@ static void(__cdecl *real_free)(void *);
 static LPVOID(WINAPI *real_HeapAlloc)(HANDLE, DWORD, SIZE_T);
 static LPVOID(WINAPI *real_HeapReAlloc)(HANDLE, DWORD, LPVOID, SIZE_T);
 static BOOL(WINAPI *real_HeapFree)(HANDLE, DWORD, LPVOID);
+static LPVOID(WINAPI *real_VirtualAlloc)(LPVOID, SIZE_T, DWORD, DWORD);
+static BOOL(WINAPI *real_VirtualFree)(LPVOID, SIZE_T, DWORD);
 
 static void *__cdecl counting_malloc(size_t size)
 {
@@ -271,6 +320,26 @@ static BOOL WINAPI counting_HeapFree(HANDLE heap, DWORD flags, LPVOID block)
     return freed;
 }
 
+static LPVOID WINAPI counting_VirtualAlloc(LPVOID address, SIZE_T size, DWORD kind, DWORD protection)
+{
+    void *mapped = real_VirtualAlloc(address, size, kind, protection);
+    if (mapped != NULL && (kind & MEM_RESERVE)) {
+        InterlockedIncrement(&live_mappings);
+        LONG made = InterlockedIncrement(&mappings_made) - 1;
+        if (made < MAPPING_BASES)
+            mapping_bases[made] = mapped;
+    }
+    return mapped;
+}
+
+static BOOL WINAPI counting_VirtualFree(LPVOID address, SIZE_T size, DWORD kind)
+{
+    BOOL freed = real_VirtualFree(address, size, kind);
+    if (freed && (kind & MEM_RELEASE))
+        InterlockedDecrement(&live_mappings);
+    return freed;
+}
+
 struct hook {
     const char *name;
     void **real;
@@ -286,7 +355,8 @@ static struct hook hooks[] = {
     { "malloc", (void **)&real_malloc, NULL, 0 },       { "calloc", (void **)&real_calloc, NULL, 0 },
     { "realloc", (void **)&real_realloc, NULL, 0 },     { "free", (void **)&real_free, NULL, 0 },
     { "HeapAlloc", (void **)&real_HeapAlloc, NULL, 0 }, { "HeapReAlloc", (void **)&real_HeapReAlloc, NULL, 0 },
-    { "HeapFree", (void **)&real_HeapFree, NULL, 0 },
+    { "HeapFree", (void **)&real_HeapFree, NULL, 0 },   { "VirtualAlloc", (void **)&real_VirtualAlloc, NULL, 0 },
+    { "VirtualFree", (void **)&real_VirtualFree, NULL, 0 },
 };
 
 static void set_wrappers(void)
@@ -298,6 +368,8 @@ static void set_wrappers(void)
     hooks[4].wrapper = AS_DATA(counting_HeapAlloc);
     hooks[5].wrapper = AS_DATA(counting_HeapReAlloc);
     hooks[6].wrapper = AS_DATA(counting_HeapFree);
+    hooks[7].wrapper = AS_DATA(counting_VirtualAlloc);
+    hooks[8].wrapper = AS_DATA(counting_VirtualFree);
 }
 
 /* Points the module's import slots for the allocator functions at the
@@ -1320,10 +1392,16 @@ static void use_and_leave(unsigned index, void *shared)
 
 static void threads_exit_leave_nothing_behind(void)
 {
+    /* warm_up's threads have come and gone: what the library keeps for the
+     * next threads (registry v3's heaps, given up at exit and adopted by
+     * later threads, and their pages) is already there. */
     long long base = blocks_live();
+    long mappings = mappings_live();
     for (unsigned i = 0; i < 100; i++)
         run_crew(1 + i % 3, use_and_leave, NULL, i % 2 ? WITH_CREATE_THREAD : WITH_BEGINTHREADEX);
     CHECK_LIVE(base, "memory kept for ended threads");
+    CHECKF(mappings_live() == mappings, "mappings kept for ended threads", "%ld live, %ld before", mappings_live(),
+           mappings);
 }
 
 /* The blocks come from the library's own heap, not the process heap: at
@@ -1356,9 +1434,36 @@ static void blocks_come_from_a_heap_of_their_own(void)
     CHECK_LIVE(base + 2 * ROOTS, "blocks not counted");
     CHECKF(grown < ROOTS / 10, "blocks taken from the process heap", "%ld more busy entries for %d trees", grown,
            ROOTS);
+#ifdef MAPI32_REGISTRY_V3
+    /* v3's own heap is its pages, mapped by the DLL itself with VirtualAlloc. */
+    CHECK(in_own_mapping(roots[0]) && in_own_mapping(roots[ROOTS - 1]), "blocks not in the DLL's own mappings");
+#endif
     for (unsigned i = 0; i < ROOTS; i++)
         free_root(roots[i]);
     CHECK_LIVE(base, "trees not freed");
+}
+
+/* FreeLibrary takes along what the library keeps for threads, as dlclose
+ * does (SPEC §3): registry v3's heaps and pages, with no block left in them,
+ * go back to the system (VirtualFree, still counted during the DLL's
+ * detach), those of ended threads and of the unloading one alike. Loaded
+ * again, the library works afresh. run_wine.sh runs it with
+ * MAPI32_DEBUG=leaks too: the report, made at the same detach, must come
+ * before the heaps it walks are gone. */
+static void load_mapi32(void);
+
+static void unload_gives_the_mappings_back(void)
+{
+    run_crew(4, use_and_leave, NULL, WITH_CREATE_THREAD);
+    build_check_free_tree(1);
+    REQUIRE(FreeLibrary(mapi), "mapi32.dll not unloaded");
+    CHECKF(mappings_live() == 0, "mappings kept after FreeLibrary", "%ld live", mappings_live());
+    load_mapi32();
+    REQUIRE(hook_allocator_imports(mapi) > 0, "no import to count after loading again");
+    long long base = blocks_live();
+    build_check_free_tree(2);
+    run_crew(2, use_and_leave, NULL, WITH_CREATE_THREAD);
+    CHECK_LIVE(base, "trees not freed after loading again");
 }
 
 /* A process may end while other threads are inside the library. Windows
@@ -1491,6 +1596,7 @@ static const struct test_case cases[] = {
     CASE(threads_exit_leave_nothing_behind),
     CASE(exit_with_threads_inside),
     CASE(blocks_come_from_a_heap_of_their_own),
+    CASE(unload_gives_the_mappings_back),
     CASE(debug_misuse_and_leak),
 };
 

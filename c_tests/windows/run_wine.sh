@@ -256,6 +256,18 @@ fi
 report libmapi32 debug_leaks_with_threads_ended_at_exit "$result" "$(elapsed "$case_started")" "$work/debug.out"
 record "MAPI32_DEBUG=leaks, exit_with_threads_inside" "$result" "n/a: no MAPI32_DEBUG"
 
+# Two reports, each of no root: one as FreeLibrary unloads the DLL (a walk
+# of heaps the unloading unmapped would be lost in the detach), one at exit
+# from the DLL loaded again.
+diagnostics leaks unload_gives_the_mappings_back
+if [ "$status" -eq 0 ] && [ "$(grep -c '^libmapi32: 0 root(s) still live at exit, 0 bytes' "$work/debug.err")" -eq 2 ]; then
+    result=pass
+else
+    result="fail: exit status $status, stderr: $(tr '\n' ' ' <"$work/debug.err")"
+fi
+report libmapi32 debug_leaks_then_unload "$result" "$(elapsed "$case_started")" "$work/debug.out"
+record "MAPI32_DEBUG=leaks, unload_gives_the_mappings_back" "$result" "n/a: no MAPI32_DEBUG"
+
 if [ "$mode" = compare ]; then
     echo
     echo "| case | Wine builtin | libmapi32 |"

@@ -23,7 +23,9 @@
 //!   by reciprocal (`class`), then the root's header or the child's start
 //!   bit, chunk and tree state — all in memory the library keeps mapped
 //!   (segments are never unmapped while loaded; freed spans go back with
-//!   `MADV_DONTNEED`).
+//!   `MADV_DONTNEED`, `MEM_RESET` on Windows). Since other threads read a
+//!   slot's state word from the page's class alone, a root page made of
+//!   reused memory starts with every slot's state word clear (`segment`).
 //! - Each thread has a heap (`heap`, bound in `thread`) that owns its
 //!   segments; the owner makes and frees blocks in them with plain loads
 //!   and stores. Other threads read a few words only (a segment's owner, a
@@ -36,13 +38,14 @@
 //!   once the tree is dead (`guest`).
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
-//!   trees stay), adopted by a later thread's first call, which drains and
-//!   sweeps it as the owner; in a forked child, heaps of threads that did
-//!   not come along become orphans too, unless they were in a call, which
-//!   leaves them frozen (`fork`); `unload` unmaps the empty heaps at
-//!   `dlclose`; `walk` serves the `leaks` report. `Heap::try_claim` has
-//!   the rule for touching an orphan; a free into an orphan's tree is a
-//!   kill like any.
+//!   trees stay) — from the `pthread_key` destructor, or on Windows a TLS
+//!   callback at `DLL_THREAD_DETACH` — adopted by a later thread's first
+//!   call, which drains and sweeps it as the owner; in a forked child,
+//!   heaps of threads that did not come along become orphans too, unless
+//!   they were in a call, which leaves them frozen (`fork`); `unload` unmaps
+//!   the empty heaps at `dlclose` and `FreeLibrary`; `walk` serves the
+//!   `leaks` report. `Heap::try_claim` has the rule for touching an orphan;
+//!   a free into an orphan's tree is a kill like any.
 //! - valgrind and ASan (`track`): detected at load; then every block, a
 //!   guest child too, is described to the tool, with a redzone after it
 //!   and a quarantine for freed slots; without a tool, one untaken branch
@@ -77,7 +80,8 @@ mod unload;
 mod validate;
 mod walk;
 
-// Thread exit is served by the POSIX exit hook only (see `thread`).
+// The life tests read residency with `mincore`: POSIX only (Windows' exit
+// hook is tested by the C cases of c_tests/windows/).
 #[cfg(test)]
 mod cross_thread_tests;
 #[cfg(all(test, unix))]

@@ -47,6 +47,10 @@ pub struct Page {
     /// block's, kept resident for the next of its length): `Heap::trim`
     /// gives those back, and only those.
     resident: Cell<bool>,
+    /// A retired span whose memory may hold bytes of its earlier use: kept
+    /// resident, or discarded where the OS does not promise zeroes
+    /// (`os::DISCARD_ZEROES`). A page never handed out holds zeroes.
+    old_bytes: Cell<bool>,
     /// `Tail`: how many pages back its span starts.
     back: Cell<u16>,
     /// `reciprocal(slot_size)`, 0 when the page (or span) is one slot.
@@ -153,6 +157,7 @@ impl Page {
     pub fn retire(&self, resident: bool) {
         self.set_layout(Kind::Unused, 0);
         self.resident.set(resident);
+        self.old_bytes.set(resident || !crate::os::DISCARD_ZEROES);
         self.next.set(ptr::null());
     }
 
@@ -160,9 +165,15 @@ impl Page {
         self.resident.get()
     }
 
+    /// Whether its memory may hold bytes of an earlier use (see `old_bytes`).
+    pub fn holds_old_bytes(&self) -> bool {
+        self.old_bytes.get()
+    }
+
     /// Its memory was given back.
     pub fn set_discarded(&self) {
-        self.resident.set(false)
+        self.resident.set(false);
+        self.old_bytes.set(!crate::os::DISCARD_ZEROES);
     }
 
     #[inline(always)]
@@ -334,6 +345,7 @@ mod tests {
             layout: AtomicU16::new(0),
             queued: Cell::new(false),
             resident: Cell::new(false),
+            old_bytes: Cell::new(false),
             back: Cell::new(0),
             recip: Cell::new(0),
             span: Cell::new(0),

@@ -12,7 +12,9 @@
 //! threads.
 
 use super::heap::Heap;
+use super::heap::LARGE;
 use super::page::{Kind, Page};
+use super::root::Root;
 use super::start_bits::StartBits;
 use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
@@ -223,6 +225,9 @@ impl Segment {
         for (back, tail) in self.pages.iter().skip(first).take(count).enumerate().skip(1) {
             tail.init_tail(back);
         }
+        if kind == Kind::Root && class != LARGE && span.holds_old_bytes() {
+            clear_root_states(span.base() as usize, count * PAGE_SIZE / slot_size, slot_size);
+        }
         span.init(kind, class, slot_size, count, span.base());
         super::track::span_started(span.base(), count * PAGE_SIZE);
     }
@@ -256,8 +261,27 @@ impl Segment {
     }
 }
 
+/// Gives each of the `slots` slots of `slot_size` bytes from `base` a
+/// fresh page's state word (0: free) before the span becomes a root page.
+/// Slots past the page's bump hold no header, but another thread finds a
+/// root from the page's class alone (`validate::any_root`) and reads the
+/// word at a slot's start: in memory of an earlier use that could be a
+/// client's bytes, or a chunk's, that read as a live root, which a free
+/// from that thread would then kill.
+fn clear_root_states(base: usize, slots: usize, slot_size: usize) {
+    for slot in (0..slots).map(|i| base + i * slot_size) {
+        // Writable for memcheck too, until `span_started` takes it back.
+        super::track::header(slot, core::mem::size_of::<u32>());
+        // SAFETY: a slot start in a span of this heap's, which no thread
+        // reads as a root page yet (it is retired: `Kind::Unused`); the
+        // page's `init` publishes the layout after these stores (Release).
+        unsafe { Root::at(slot) }.restore(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::root::ROOT_HEADER;
     use super::*;
 
     /// A segment of this test's own, owned by no heap.
@@ -306,6 +330,27 @@ mod tests {
         assert_eq!(s.next_start(base + 64, base + 4096), base + 4096, "none after the last");
         s.clear_starts(base + 16, 3); // 16, 32 and 48
         assert!(s.is_start(base) && !s.is_start(base + 48) && s.is_start(base + 64));
+    }
+
+    /// A page that held other bytes (here, a chunk's children, all reading
+    /// as a live root's state word) and becomes a root page: slots never
+    /// handed out are no root to another thread, which reads their state
+    /// word from the class alone.
+    #[test]
+    fn a_reused_page_has_no_root_where_no_slot_was_handed_out() {
+        let s = segment(1);
+        let page = s.take_pages(1).unwrap();
+        let base = page.base() as usize;
+        s.start_span(page, Kind::Chunk, 0, 64);
+        // SAFETY: the page is this test's, mapped and writable.
+        let words = unsafe { core::slice::from_raw_parts_mut(base as *mut u32, PAGE_SIZE / 4) };
+        words.fill(super::super::root::LIVE);
+        page.retire(true);
+        let class = super::super::class::root_class(48);
+        s.start_span(page, Kind::Root, class, 48);
+        for addr in [base + ROOT_HEADER, base + 48 + ROOT_HEADER, base + PAGE_SIZE - 48 + ROOT_HEADER] {
+            assert!(super::super::validate::any_root(addr).is_none(), "{:#x}", addr - base);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The operations together: validation, chunks, large blocks, the parent
 //! cache, reallocation, counts, running out of memory. Each test runs on a
-//! thread of its own (the test harness's), so each has a heap of its own
-//! and its counts are exact.
+//! thread of its own (the test harness's), so each has a heap to itself
+//! (perhaps one an earlier test's thread gave up at its exit, with that
+//! test's blocks still in it) and its counts move by its own calls alone.
 
 use super::chunk::{Chunk, CHUNK_HEADER};
 use super::class::chunk_class_size;
@@ -91,8 +92,14 @@ fn foreign_interior_freed_and_child_pointers_are_refused() {
         big + PAGE_SIZE,
         big - ROOT_HEADER,
     ];
-    // The unused slot after the root, and the chunk's header.
-    refused.push(r + 80);
+    // A slot of the root's page never handed out (the heap may be one an
+    // earlier test's thread gave up at its exit, the slots after the root
+    // taken), and the chunk's header.
+    // SAFETY: `r` is a live root, so its segment is published.
+    let page = unsafe { segment::Segment::of(r) }.page_of(r);
+    let unused = page.base() as usize + PAGE_SIZE / page.slot_size() * page.slot_size();
+    let unused = (page.slot_of(r)..unused).step_by(page.slot_size()).find(|&slot| !page.was_handed_out(slot));
+    refused.push(unused.expect("a slot never handed out") + ROOT_HEADER);
     refused.push(c - CHUNK_HEADER);
     for &addr in &refused {
         assert_eq!(free_root(addr), Err(NotARoot::Unknown), "free {addr:#x}");

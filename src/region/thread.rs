@@ -7,10 +7,12 @@
 //!   not a thread), else makes one. Heaps are never freed while the library
 //!   is loaded, and the list only grows, so `stats`, the `leaks` report and
 //!   adoption walk it without a lock.
-//! - The exit hook is the default registry's `pthread_key` (made at load,
-//!   its destructor also run for a thread whose first call comes from
-//!   another thread-exit path: a heap claimed there is registered again
-//!   and given up in the next destructor round). At exit the heap releases
+//! - The exit hook is the default registry's `pthread_key` on POSIX systems
+//!   (made at load, its destructor also run for a thread whose first call
+//!   comes from another thread-exit path: a heap claimed there is
+//!   registered again and given up in the next destructor round); on
+//!   Windows a TLS callback of v3's own at `DLL_THREAD_DETACH`, reading the
+//!   thread's slot, a `TlsAlloc` index. At exit the heap releases
 //!   the trees other threads killed and its guest chunks of dead trees
 //!   (`catch_up`), gives its unused memory back (`Heap::trim`) and becomes
 //!   an orphan; its live trees and live guests stay where they are, valid,
@@ -161,7 +163,24 @@ pub fn catch_up(heap: &Heap) {
     super::guest::sweep(heap);
 }
 
-/// Every heap ever made, newest first.
+/// Takes `heap` off the list, `newer` being the heap listed just before it
+/// (`None`: it is the newest). Only as the library is unloaded (`unload`),
+/// when no call is running, so nothing else walks or grows the list.
+pub fn unlink(newer: Option<&Heap>, heap: &Heap) {
+    let older = heap.older();
+    match newer {
+        Some(newer) => newer.set_older(older),
+        None => HEAPS.store(older as *mut Heap, Ordering::Release),
+    }
+}
+
+/// The calling thread has no heap any more (its own was unmapped by
+/// `unload`).
+pub fn forget_current() {
+    slot::set(core::ptr::null());
+}
+
+/// Every heap ever made and not unmapped, newest first.
 pub fn heaps() -> impl Iterator<Item = &'static Heap> {
     // SAFETY (for each step): heaps are published by a release CAS after
     // their `older` link is set, and never freed.
@@ -188,8 +207,47 @@ mod exit_hook {
     }
 }
 
-/// Elsewhere no exit hook is built yet for v3: a heap stays its thread's.
-#[cfg(not(unix))]
+/// The exit hook on Windows: a TLS callback of v3's own, which the loader
+/// calls at every thread's exit (`DLL_THREAD_DETACH`) while the DLL is
+/// loaded, after the Rust and C++ thread-local destructors of this module,
+/// and which reads the heap from the thread's slot. Nothing is registered
+/// per thread beyond the slot's value, which is all `register` sets.
+///
+/// Not while the process exits: `ExitProcess` has then ended the other
+/// threads wherever they were and nobody is left to adopt the heap (the
+/// default registry's hook does the same). A thread whose first call comes
+/// from a later detach (another DLL's) keeps its heap owned for good, as
+/// the default registry's does: its trees stay valid and freeable by any
+/// thread (a free is a kill), only its memory is not reused.
+#[cfg(windows)]
+mod exit_hook {
+    use super::{slot, Heap};
+    use core::ffi::c_void;
+
+    const DLL_THREAD_DETACH: u32 = 3;
+
+    #[used]
+    #[link_section = ".CRT$XLD"]
+    static ON_DETACH: unsafe extern "system" fn(*mut c_void, u32, *mut c_void) = on_detach;
+
+    unsafe extern "system" fn on_detach(_module: *mut c_void, reason: u32, _reserved: *mut c_void) {
+        if reason == DLL_THREAD_DETACH && !crate::registry::process_is_exiting() {
+            let heap = slot::get();
+            if !heap.is_null() {
+                super::on_thread_exit(heap.cast());
+            }
+        }
+    }
+
+    /// False when the slot refused the value (no TLS index, or no memory
+    /// for the thread's expansion slots): the heap would never be given up.
+    pub fn register(heap: &Heap) -> bool {
+        slot::try_set(heap)
+    }
+}
+
+/// Elsewhere no exit hook exists: a heap stays its thread's.
+#[cfg(not(any(unix, windows)))]
 mod exit_hook {
     use super::Heap;
 
@@ -198,11 +256,24 @@ mod exit_hook {
     }
 }
 
+/// Makes the thread slot's TLS index, when the DLL is loaded (`unload`).
+#[cfg(windows)]
+pub fn init() {
+    slot::init();
+}
+
+/// Frees the TLS index as the DLL is unloaded (`unload`): no thread can
+/// call in any more.
+#[cfg(windows)]
+pub fn shutdown() {
+    slot::shutdown();
+}
+
 /// The thread's heap pointer, read on every call, so one load wherever that
 /// can be had: on x86-64 Linux an 8-byte slot in initial-exec TLS (one
 /// `mov` from `%fs`; see ARCHITECTURE.md, "Finding the thread's heap", for
-/// why not `thread_local!` in a shared library), elsewhere a
-/// `thread_local!` with no destructor.
+/// why not `thread_local!` in a shared library), on Windows a TLS index,
+/// elsewhere a `thread_local!` with no destructor.
 mod slot {
     use super::Heap;
 
@@ -250,20 +321,116 @@ mod slot {
         }
     }
 
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    thread_local! {
-        static HEAP: core::cell::Cell<*const Heap> = const { core::cell::Cell::new(core::ptr::null()) };
+    /// On Windows a `TlsAlloc` index of v3's own, made when the DLL is
+    /// loaded (or by the first call, where no loader runs our initialiser):
+    /// reading and writing it allocates nothing, where Rust 1.63's
+    /// `thread_local!` on `windows-gnu` boxes the variable in the process
+    /// heap at a thread's first use, aborts if that fails, and frees it from
+    /// std's own TLS callback (docs/WINDOWS.md has why the process heap must
+    /// not be ours). The slot is the exit hook's too: `exit_hook` reads it.
+    /// With no index (none left, or the DLL unloaded) no heap can be bound,
+    /// and every allocation is refused for want of memory.
+    #[cfg(windows)]
+    mod imp {
+        use super::Heap;
+        use core::ffi::c_void;
+        use core::sync::atomic::{AtomicU32, Ordering};
+
+        #[link(name = "kernel32")]
+        extern "system" {
+            fn TlsAlloc() -> u32;
+            fn TlsFree(index: u32) -> i32;
+            fn TlsGetValue(index: u32) -> *mut c_void;
+            fn TlsSetValue(index: u32, value: *mut c_void) -> i32;
+        }
+
+        /// Refused by Windows, or freed as the DLL is unloaded.
+        const NO_INDEX: u32 = 0xFFFF_FFFF; // TLS_OUT_OF_INDEXES
+        /// Claimed by the first `init`, so that racing ones make one index.
+        const MAKING: u32 = 0xFFFF_FFFE;
+        const UNMADE: u32 = 0xFFFF_FFFD;
+
+        static INDEX: AtomicU32 = AtomicU32::new(UNMADE);
+
+        /// Makes the index, once.
+        pub fn init() {
+            if INDEX.compare_exchange(UNMADE, MAKING, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                // SAFETY: takes no arguments; a refusal is TLS_OUT_OF_INDEXES.
+                INDEX.store(unsafe { TlsAlloc() }, Ordering::Release);
+                return;
+            }
+            while INDEX.load(Ordering::Acquire) == MAKING {
+                core::hint::spin_loop();
+            }
+        }
+
+        #[inline(always)]
+        fn index() -> Option<u32> {
+            let mut index = INDEX.load(Ordering::Acquire);
+            if index == UNMADE {
+                init();
+                index = INDEX.load(Ordering::Acquire);
+            }
+            match index {
+                NO_INDEX | MAKING | UNMADE => None,
+                index => Some(index),
+            }
+        }
+
+        #[inline(always)]
+        pub fn get() -> *const Heap {
+            match index() {
+                // SAFETY: our index; a slot never set reads as NULL.
+                Some(index) => unsafe { TlsGetValue(index) }.cast::<Heap>(),
+                None => core::ptr::null(),
+            }
+        }
+
+        /// Whether the slot took the value: setting an index past the first
+        /// 64 allocates the thread's expansion slots at its first set, which
+        /// can be refused (later sets on that thread cannot).
+        pub fn try_set(heap: *const Heap) -> bool {
+            // SAFETY: our index; the value is only ever read back by us.
+            index().map_or(false, |index| unsafe { TlsSetValue(index, heap as *mut c_void) } != 0)
+        }
+
+        pub fn set(heap: *const Heap) {
+            try_set(heap);
+        }
+
+        /// Frees the index as the DLL is unloaded: no thread can call in after.
+        pub fn shutdown() {
+            let index = INDEX.swap(NO_INDEX, Ordering::AcqRel);
+            if !matches!(index, NO_INDEX | MAKING | UNMADE) {
+                // SAFETY: our index, freed once (the swap above).
+                unsafe { TlsFree(index) };
+            }
+        }
+    }
+
+    /// Elsewhere (32-bit Linux, other POSIX systems) a `thread_local!` with
+    /// no destructor: a native thread-local, which never allocates.
+    #[cfg(not(any(all(target_os = "linux", target_arch = "x86_64"), windows)))]
+    mod imp {
+        use super::Heap;
+
+        thread_local! {
+            static HEAP: core::cell::Cell<*const Heap> = const { core::cell::Cell::new(core::ptr::null()) };
+        }
+
+        #[inline]
+        pub fn get() -> *const Heap {
+            // A Drop-free const thread-local is never torn down.
+            HEAP.try_with(core::cell::Cell::get).unwrap_or(core::ptr::null())
+        }
+
+        pub fn set(heap: *const Heap) {
+            let _ = HEAP.try_with(|slot| slot.set(heap));
+        }
     }
 
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    #[inline]
-    pub fn get() -> *const Heap {
-        // A Drop-free const thread-local is never torn down.
-        HEAP.try_with(core::cell::Cell::get).unwrap_or(core::ptr::null())
-    }
-
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    pub fn set(heap: *const Heap) {
-        let _ = HEAP.try_with(|slot| slot.set(heap));
-    }
+    pub use imp::{get, set};
+    #[cfg(windows)]
+    pub use imp::{init, shutdown, try_set};
 }

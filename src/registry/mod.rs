@@ -39,6 +39,8 @@ use core::ptr;
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use regions::Regions;
 
+#[cfg(all(windows, feature = "registry-v3"))]
+pub(crate) use thread::process_is_exiting;
 #[cfg(all(unix, feature = "registry-v3"))]
 pub(crate) use thread::register_region_heap;
 #[cfg(unix)]

@@ -544,9 +544,10 @@ pub fn shutdown() {
     exit_hook::shutdown();
 }
 
-/// Whether the process is exiting and its other threads are already gone.
+/// Whether the process is exiting and its other threads are already gone
+/// (also for registry v3's exit hook and unloading, `region`).
 #[cfg(windows)]
-pub(super) fn process_is_exiting() -> bool {
+pub(crate) fn process_is_exiting() -> bool {
     #[link(name = "ntdll")]
     extern "system" {
         /// The loader's flag: set once `ExitProcess` has ended the other
@@ -559,7 +560,7 @@ pub(super) fn process_is_exiting() -> bool {
 
 /// Elsewhere a process's exit does not end its other threads first.
 #[cfg(not(windows))]
-pub(super) fn process_is_exiting() -> bool {
+pub(crate) fn process_is_exiting() -> bool {
     false
 }
 
