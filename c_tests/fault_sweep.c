@@ -20,6 +20,13 @@
  * checks and LeakSanitizer checks leaks at exit. Under valgrind, run with a
  * smaller workload (--small), memcheck checks every access too.
  *
+ * Registry v3 (MAPI32_REGISTRY_V3) asks the C allocator for nothing: its
+ * requests are for pages from the OS (a thread's heap, a segment, a span for
+ * a large block), and the hook fails those. It keeps pages it emptied, so a
+ * workload repeated in one heap would reach no request after the first run:
+ * each run goes in a child process, on a thread of its own, whose first call
+ * makes a heap from nothing. The live blocks are mapi32_stats' counts.
+ *
  * Run: ./fault_sweep [--small] [--list] [test-name ...]
  */
 #define _GNU_SOURCE
@@ -28,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "mapix.h"
 
@@ -42,7 +50,25 @@
 #define UNDER_ASAN 0
 #endif
 
-#if UNDER_ASAN
+#ifdef MAPI32_REGISTRY_V3
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* The library's live blocks, roots and children: exact at any moment. */
+static long heap_now(void)
+{
+    MAPI32_STATS stats = { .cbSize = sizeof stats };
+    REQUIRE(mapi32_stats(&stats) == S_OK);
+    return (long)(stats.live_roots + stats.live_children);
+}
+#define HEAP_UNIT "blocks"
+
+static long client_blocks_now(void)
+{
+    return heap_now();
+}
+#elif UNDER_ASAN
 size_t __sanitizer_get_current_allocated_bytes(void);
 /* Bytes asked for: exact across a call that must leave nothing behind. */
 static long heap_now(void)
@@ -59,6 +85,7 @@ static long heap_now(void)
 #define HEAP_UNIT "blocks"
 #endif
 
+#ifndef MAPI32_REGISTRY_V3
 /* The live C blocks but the registry's own nodes: a free may give back a
  * node it emptied, and whether a run needs one depends on where its blocks
  * lie. Only meaningful without ASan. */
@@ -70,6 +97,14 @@ static long client_blocks_now(void)
     return live_client_blocks();
 #endif
 }
+#endif
+
+/* Whether client_blocks_now() counts exactly what a free gives back. */
+#if defined(MAPI32_REGISTRY_V3) || !UNDER_ASAN
+#define CLIENT_BLOCKS_EXACT 1
+#else
+#define CLIENT_BLOCKS_EXACT 0
+#endif
 
 /* The test hook of src/fault_hook.rs (not in mapix.h: test builds only). */
 ULONG mapi32_test_fail_allocation_after(ULONG successes);
@@ -119,7 +154,8 @@ struct figures {
     unsigned long runs, calls, failed_blocks, failed_growths, failed_in_free, failed_in_misuse;
 };
 
-static struct figures figures;
+/* In memory shared with the child processes that run v3's sweeps. */
+static struct figures *figures;
 
 static unsigned char pattern(unsigned seed, size_t index)
 {
@@ -172,7 +208,7 @@ static unsigned char *allocate(struct run *run, ULONG size, int tree, unsigned p
         void *out = SENTINEL;
         SCODE status = parent_address ? MAPIAllocateMore(size, parent_address, &out)
                                       : MAPIAllocateBuffer(size, &out);
-        figures.calls++;
+        figures->calls++;
         if (status == S_OK) {
             REQUIRE_MSG(out != NULL && out != SENTINEL && ((uintptr_t)out & 15) == 0, "block %p", out);
             struct block *block = &run->blocks[run->block_count++];
@@ -218,7 +254,7 @@ static void free_tree(struct run *run, unsigned tree)
     long before = client_blocks_now();
     void *root = run->blocks[t->first].address;
     CHECK(MAPIFreeBuffer(root) == 0);
-    figures.calls++;
+    figures->calls++;
     long after = client_blocks_now();
     long after_all = heap_now();
     t->live = 0;
@@ -227,7 +263,7 @@ static void free_tree(struct run *run, unsigned tree)
         run->failed_in_free++;
         run->failure_reached = 1;
     }
-    if (!UNDER_ASAN)
+    if (CLIENT_BLOCKS_EXACT)
         CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the heap by %+ld blocks",
                   t->count, after - before);
     /* Nothing was allocated since the free, so no address is live again. */
@@ -235,12 +271,12 @@ static void free_tree(struct run *run, unsigned tree)
     for (unsigned i = 0; i < t->count; i++) {
         void *out = SENTINEL;
         SCODE status = MAPIAllocateMore(16, run->blocks[t->first + i].address, &out);
-        figures.calls++;
+        figures->calls++;
         CHECK_MSG(status == MAPI_E_INVALID_PARAMETER && out == NULL,
                   "block %u of a freed tree: status 0x%08x, out %p", i, (unsigned)status, out);
     }
     CHECK(MAPIFreeBuffer(root) == 0);
-    figures.calls++;
+    figures->calls++;
     CHECK_MSG(heap_now() == after_all, "misuse after a free changed the heap by %+ld " HEAP_UNIT,
               heap_now() - after_all);
     if (armed != NO_FAILURE && pending_failure() == NO_FAILURE) {
@@ -326,7 +362,7 @@ typedef void (*workload_fn)(struct run *run);
 
 /* One run with the failure armed after `successes` allocations; returns
  * whether it was reached. */
-static int run_with_failure_after(workload_fn workload, ULONG successes, unsigned n)
+static int run_once(workload_fn workload, ULONG successes, unsigned n)
 {
     static struct run run;
     memset(&run, 0, sizeof run);
@@ -344,15 +380,59 @@ static int run_with_failure_after(workload_fn workload, ULONG successes, unsigne
     long leaked = client_blocks_now() - baseline;
     /* Under ASan the registry's nodes cannot be told apart; LeakSanitizer
      * checks for leaks at exit instead. */
-    if (!UNDER_ASAN)
+    if (CLIENT_BLOCKS_EXACT)
         CHECK_MSG(leaked == 0, "N=%u: %+ld blocks after everything was freed", n, leaked);
-    figures.runs++;
-    figures.failed_blocks += run.failed_blocks;
-    figures.failed_growths += run.failed_growths;
-    figures.failed_in_free += run.failed_in_free;
-    figures.failed_in_misuse += run.failed_in_misuse;
+    figures->runs++;
+    figures->failed_blocks += run.failed_blocks;
+    figures->failed_growths += run.failed_growths;
+    figures->failed_in_free += run.failed_in_free;
+    figures->failed_in_misuse += run.failed_in_misuse;
     return run.failure_reached;
 }
+
+#ifdef MAPI32_REGISTRY_V3
+struct fresh_run {
+    workload_fn workload;
+    ULONG successes;
+    unsigned n;
+    int reached;
+};
+
+static void *fresh_run_thread(void *arg)
+{
+    struct fresh_run *run = arg;
+    run->reached = run_once(run->workload, run->successes, run->n);
+    return NULL;
+}
+
+/* run_once in a child process, on a new thread (the hook counts the calling
+ * thread's requests), so that the run starts with no heap: exit status 0 if
+ * the failure was reached, 1 if not, 2 if a check failed. */
+static int run_with_failure_after(workload_fn workload, ULONG successes, unsigned n)
+{
+    fflush(NULL);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        struct fresh_run run = { workload, successes, n, 0 };
+        pthread_t thread;
+        REQUIRE(pthread_create(&thread, NULL, fresh_run_thread, &run) == 0);
+        REQUIRE(pthread_join(thread, NULL) == 0);
+        fflush(NULL);
+        _exit(atomic_load(&harness_failed_checks) != 0 ? 2 : run.reached ? 0 : 1);
+    }
+    int status;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) <= 1, "N=%u: the run failed (wait status 0x%x)", n,
+              (unsigned)status);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+#else
+static int run_with_failure_after(workload_fn workload, ULONG successes, unsigned n)
+{
+    return run_once(workload, successes, n);
+}
+#endif
 
 /* Every N from 0 until a run no longer reaches the failure (and a few past
  * it, as the registry's tables may have grown or shrunk differently), then
@@ -360,7 +440,7 @@ static int run_with_failure_after(workload_fn workload, ULONG successes, unsigne
  * own allocations, not only blocks. */
 static void sweep(workload_fn workload, const char *name, int grows_registry)
 {
-    struct figures start = figures;
+    struct figures start = *figures;
     unsigned n = 0, unreached = 0;
     for (; unreached < 8; n++) {
         if (run_with_failure_after(workload, n, n))
@@ -375,11 +455,11 @@ static void sweep(workload_fn workload, const char *name, int grows_registry)
     CHECK(!run_with_failure_after(workload, NO_FAILURE, n));
     printf("  %s: %u runs, N = 0..%u; failures injected: %lu into blocks, %lu into registry growth, "
            "%lu into frees (registry shrinking), %lu into refused parents; %lu library calls\n",
-           name, n + 1, n - 1, figures.failed_blocks - start.failed_blocks,
-           figures.failed_growths - start.failed_growths, figures.failed_in_free - start.failed_in_free,
-           figures.failed_in_misuse - start.failed_in_misuse, figures.calls - start.calls);
+           name, n + 1, n - 1, figures->failed_blocks - start.failed_blocks,
+           figures->failed_growths - start.failed_growths, figures->failed_in_free - start.failed_in_free,
+           figures->failed_in_misuse - start.failed_in_misuse, figures->calls - start.calls);
     if (grows_registry)
-        CHECK_MSG(figures.failed_growths > start.failed_growths, "no failure ever struck the registry's growth");
+        CHECK_MSG(figures->failed_growths > start.failed_growths, "no failure ever struck the registry's growth");
 }
 
 /* These two reach the registry's own allocations only where the allocator
@@ -405,10 +485,16 @@ static void sweep_sparse_roots_workload(void)
 static void hook_makes_the_next_allocation_fail(void)
 {
     void *out = SENTINEL;
+#ifdef MAPI32_REGISTRY_V3
+    /* A block larger than a segment always asks the OS for pages. */
+    const ULONG size = 16u << 20;
+#else
+    const ULONG size = 16;
+#endif
     CHECK(mapi32_test_fail_allocation_after(0) == NO_FAILURE);
-    CHECK(MAPIAllocateBuffer(16, &out) == MAPI_E_NOT_ENOUGH_MEMORY && out == NULL);
+    CHECK(MAPIAllocateBuffer(size, &out) == MAPI_E_NOT_ENOUGH_MEMORY && out == NULL);
     CHECK(pending_failure() == NO_FAILURE);
-    CHECK(MAPIAllocateBuffer(16, &out) == S_OK && out != NULL);
+    CHECK(MAPIAllocateBuffer(size, &out) == S_OK && out != NULL);
     CHECK(mapi32_test_fail_allocation_after(5) == NO_FAILURE);
     CHECK(mapi32_test_fail_allocation_after(NO_FAILURE) == 5);
     MAPIFreeBuffer(out);
@@ -429,6 +515,13 @@ int main(int argc, char **argv)
         argc--;
         argv++;
     }
+    figures = mmap(NULL, sizeof *figures, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(figures != MAP_FAILED);
+#ifndef MAPI32_REGISTRY_V3
     warm_up_library();
+#else
+    /* No warm-up: its threads would leave heaps behind, with pages, for a
+     * run's thread to adopt instead of asking for any. */
+#endif
     return harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
 }
