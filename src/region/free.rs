@@ -2,9 +2,10 @@
 //! generation (every child and the parent cache stop matching at once), its
 //! chunks go back chunk by chunk with their start bits cleared, then its
 //! slot. A live root of another thread's is killed for its owner to
-//! release (`remote`); a tool watching (`track`) is told of that root at
-//! the kill, of its children when the owner releases them. A child, or
-//! anything that is not a live root, is left alone.
+//! release (`remote`); a tool watching (`track`) is told of the tree by
+//! whichever thread ends it (memcheck of the children too; ASan of those
+//! when the owner releases them). A child, or anything that is not a live
+//! root, is left alone.
 
 use super::chunk::Chunk;
 use super::heap::{Heap, LARGE};
@@ -66,7 +67,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     if root.end_unless_killed() {
         heap.counts.tree_freed(0, root.size() as u64);
-        track::block_freed(root.client(), root.size() as usize);
+        track::root_freed(root.client(), root.size() as usize);
         tracked_hold(heap, page, root as *const Root as *mut u8);
     }
 }
@@ -85,20 +86,20 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         // Killed by another thread meanwhile: the tree is its drain's now.
         return 1;
     } else {
-        track::block_freed(root.client(), root.size() as usize);
+        track::root_freed(root.client(), root.size() as usize);
     }
     release_tree(heap, page, root, tracked)
 }
 
 /// Releases a root of `heap`'s that another thread killed (`remote`), and
-/// its chunks. That thread told the tool, if one watches, of the root.
+/// its chunks. That thread told the tool, if one watches, of the tree.
 pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     root.end();
     release_tree(heap, page, root, track::enabled())
 }
 
 /// Gives back the chunks and the slot of `root`, whose life has ended and
-/// whose root the tool, if `tracked`, was told of.
+/// whose death the tool, if `tracked`, was told of.
 fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
@@ -142,8 +143,9 @@ fn untracked_free_chunk(heap: &Heap, chunk: &Chunk) {
     release_now(heap, segment.page_of(start), chunk as *const Chunk as *mut u8);
 }
 
-/// `free_chunk` with a tool watching: each child is freed for the tool
-/// (before its start bit is cleared), and the chunk held back from reuse.
+/// `free_chunk` with a tool watching: the chunk's room for children is
+/// freed for the tool (memcheck was told at its tree's death), and the
+/// chunk held back from reuse.
 #[cold]
 #[inline(never)]
 fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
@@ -152,25 +154,9 @@ fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
     let segment = unsafe { Segment::of(start) };
     let page = segment.page_of(start);
     let slot = chunk as *const Chunk as *mut u8;
-    tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
+    track::children_freed(start, slot as usize + page.slot_size());
     segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
     tracked_hold(heap, page, slot);
-}
-
-/// Tells the tool the children of a chunk are freed: each start bit from
-/// `start` to the fill mark `used_end` is one (a chunk of one big child has
-/// one, and its fill mark right after it); `slot_end` ends the chunk.
-#[cold]
-#[inline(never)]
-fn tracked_children_freed(segment: &Segment, start: usize, used_end: usize, slot_end: usize) {
-    let mut next = Some(start);
-    let starts = core::iter::from_fn(|| {
-        let child = next?;
-        let after = segment.next_start(child, used_end);
-        next = if after < used_end { Some(after) } else { None };
-        Some(child)
-    });
-    track::children_freed(starts, start, slot_end);
 }
 
 /// Holds a dead slot in the heap's quarantine; releases what it lets go.
