@@ -50,8 +50,10 @@
 //! (769 chains in valgrind 3.19, about 6 KiB), so each live root costs
 //! that much more under memcheck (100,000 live trees: 700 MB instead of
 //! 80). A pool made only at a tree's first child would need a flag per
-//! root that threads could swap (owner and guests race to make it) and the
-//! root header has no room left; made with the root, it needs none.
+//! root that the owner and guests could swap (they race to make it), and
+//! the one word of a root header other threads write is its state, which
+//! every validation and kill compares whole; made with the root, the pool
+//! needs none.
 //!
 //! A child's redzone also keeps the size it asked for in its last word:
 //! `MAPIReallocateBuffer` copies exactly that many bytes of an old child,
