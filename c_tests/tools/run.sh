@@ -31,7 +31,7 @@ nm "$asan" | grep -q ' __asan_init$' || {
 # case, what memcheck says of it
 for pair in past-root:'Invalid write' past-root-16:'Invalid write' past-child:'Invalid write' \
     past-child-16:'Invalid write' past-big-child:'Invalid write' freed-root:'Invalid read' \
-    freed-child:'Invalid read' past-guest-child:'Invalid write' freed-guest-child:'Invalid read' \
+    freed-child:"block of size 64 free'd" past-guest-child:'Invalid write' freed-guest-child:'Invalid read' \
     freed-killed-root:'Invalid read' read-after-remote-free:'Invalid read'; do
     what=${pair%%:*}
     says=${pair#*:}

@@ -27,33 +27,35 @@
 //! - a freed slot waits in its heap's `Quarantine` before it is reused,
 //!   so a read of a freed block finds it still inaccessible.
 //!
-//! Memcheck learns of a tree's death from whichever thread frees it, and
-//! at once, children included: a root another thread frees is killed
-//! there (`remote`), and its owner, which alone may walk the tree's chunk
-//! list, may never call again (an idle thread), so a child told of one by
-//! one at that release would stay live to memcheck, a read of it
-//! unreported and, at exit, the child "definitely lost". So each live root
-//! anchors a memcheck mempool at its client address, made with the root
-//! (before any thread can see it, so that no two threads ever race to make
-//! it: memcheck aborts on a second `CREATE_MEMPOOL`); every child of the
-//! tree, its owner's or a guest made by another thread, is a chunk of that
-//! pool; and the tree's death, on whichever thread, is one
-//! `DESTROY_MEMPOOL`, which makes every chunk no access with no list
-//! walked. Memcheck's leak check counts pool chunks as blocks, as it does
+//! Memcheck learns of a tree's death from whichever thread frees it, and at
+//! once, children included: a root another thread frees is killed there
+//! (`remote`), and its owner, which alone may walk the tree's chunk list,
+//! may never call again (an idle thread), so a child told of one by one at
+//! that release would stay live to memcheck, a read of it unreported and,
+//! at exit, the child "definitely lost". So each live root anchors a
+//! memcheck mempool at its client address, made with the root (before any
+//! thread can see it, so that no two threads ever race to make it: memcheck
+//! aborts on a second `CREATE_MEMPOOL`); every child of the tree, its
+//! owner's or a guest made by another thread, is a chunk of that pool; and
+//! the tree's death, on whichever thread, is one `DESTROY_MEMPOOL`, which
+//! makes every chunk no access with no list walked. (The owner's own free
+//! walks its chunks anyway: it frees its children from the pool one by one
+//! first, so that memcheck's reports of them say where each was made and
+//! freed, as they do of a root; a pool's destruction keeps no such
+//! history.) Memcheck's leak check counts pool chunks as blocks, as it does
 //! `MALLOCLIKE` ones (it drops only a `malloc` block that holds pool
 //! chunks, and no root holds a child). The release of the chunks later
 //! (drain, guest sweep) tells memcheck nothing more; ASan, which has no
 //! pools, is told there, so a read of a child of a tree another thread
 //! freed goes unreported by ASan until the owner's next call (the killer
 //! cannot find the children: their chunks are the owner's plain stores).
-//! The price is memcheck's, not ours: it keeps a hash table per pool
-//! (769 chains in valgrind 3.19, about 6 KiB), so each live root costs
-//! that much more under memcheck (100,000 live trees: 700 MB instead of
-//! 80). A pool made only at a tree's first child would need a flag per
-//! root that the owner and guests could swap (they race to make it), and
-//! the one word of a root header other threads write is its state, which
-//! every validation and kill compares whole; made with the root, the pool
-//! needs none.
+//! The price is memcheck's, not ours: it keeps a hash table per pool (769
+//! chains in valgrind 3.19, about 6 KiB), so each live root costs that much
+//! more under memcheck (100,000 live trees: 700 MB instead of 80). A pool
+//! made only at a tree's first child would need a flag per root that the
+//! owner and guests could swap (they race to make it), and the one word of
+//! a root header other threads write is its state, which every validation
+//! and kill compares whole; made with the root, the pool needs none.
 //!
 //! A child's redzone also keeps the size it asked for in its last word:
 //! `MAPIReallocateBuffer` copies exactly that many bytes of an old child,
@@ -227,13 +229,19 @@ pub fn child_size(end: usize) -> usize {
     size as usize
 }
 
-/// A chunk of a dead tree is released: `[from, to)` is its room for
-/// children, poisoned again for ASan. Memcheck was told at the tree's
-/// death (`root_freed`), and is not told twice.
+/// The children of a chunk of a dead tree are released: `starts` yields
+/// the address of each, `[from, to)` is the chunk's room for children, all
+/// poisoned again for ASan. Memcheck frees each from `pool`, the tree's
+/// pool if it is still there (the tree's owner frees it, and destroys the
+/// pool after: each child then keeps its history, where it was made and
+/// freed, for memcheck's reports); else it was told at the tree's death
+/// (`root_freed`), and is not told twice.
 #[cold]
-pub fn children_freed(from: usize, to: usize) {
-    if tool() == ASAN {
-        asan::poison(from, to - from);
+pub fn children_freed(pool: Option<usize>, starts: impl Iterator<Item = usize>, from: usize, to: usize) {
+    match (tool(), pool) {
+        (VALGRIND, Some(pool)) => starts.for_each(|child| valgrind::pool_free(pool, child)),
+        (ASAN, _) => asan::poison(from, to - from),
+        _ => {}
     }
 }
 
@@ -326,6 +334,7 @@ mod valgrind {
     const CREATE_MEMPOOL: usize = 0x1303;
     const DESTROY_MEMPOOL: usize = 0x1304;
     const MEMPOOL_ALLOC: usize = 0x1305;
+    const MEMPOOL_FREE: usize = 0x1306;
     const MOVE_MEMPOOL: usize = 0x1308;
     const MEMPOOL_EXISTS: usize = 0x130a;
     /// Memcheck's own requests start at ('M' << 24 | 'C' << 16).
@@ -402,6 +411,12 @@ mod valgrind {
         request(0, [MEMPOOL_ALLOC, pool, addr, size, 0, 0]);
     }
 
+    /// Like `free_like`: the chunk keeps its history in memcheck's queue
+    /// of freed blocks, for the reports of a later access.
+    pub fn pool_free(pool: usize, addr: usize) {
+        request(0, [MEMPOOL_FREE, pool, addr, 0, 0, 0]);
+    }
+
     /// The pool at `from`, chunks and all, is anchored at `to` (where no
     /// pool may be: memcheck would keep both under one key).
     pub fn move_pool(from: usize, to: usize) {
@@ -436,6 +451,7 @@ mod valgrind {
     pub fn create_pool(_: usize) {}
     pub fn destroy_pool(_: usize) {}
     pub fn pool_alloc(_: usize, _: usize, _: usize) {}
+    pub fn pool_free(_: usize, _: usize) {}
     pub fn move_pool(_: usize, _: usize) {}
     pub fn pool_exists(_: usize) -> bool {
         false
