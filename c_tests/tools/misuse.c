@@ -84,8 +84,8 @@ static void *on_a_thread(void *(*body)(void *), void *arg)
 }
 
 /* An idle thread: runs `body(arg)`, hands its result back, then waits
- * until the process ends, making no further call (as a pool's thread
- * would). The library can learn nothing from it after the body. */
+ * until the process ends, making no further call (as a worker of a
+ * thread pool may). The library learns nothing from it after the body. */
 struct idle_job {
     void *(*body)(void *);
     void *arg;
