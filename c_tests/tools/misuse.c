@@ -18,6 +18,14 @@
  *   misuse read-after-remote-free  reads a root another thread freed, at
  *                                once: its owner makes no call in between,
  *                                so only the free itself can have told the tool
+ *   misuse read-child-after-remote-free        likewise a child of that root,
+ *                                made by its owner, which then stays idle
+ *   misuse read-guest-child-after-remote-free  likewise a child another
+ *                                thread made on it, and stays idle after
+ *   misuse remote-free-idle-owner  no misuse: trees freed by another thread
+ *                                than their owner and their guests' maker,
+ *                                both idle until the process ends, whose
+ *                                children must not be reported as leaked
  *
  * Sizes are chosen to end mid-granule (13) and on a granule (16, 64): the
  * byte past the end is then slack in the block's last granule, or the
@@ -75,6 +83,89 @@ static void *on_a_thread(void *(*body)(void *), void *arg)
     return result;
 }
 
+/* An idle thread: runs `body(arg)`, hands its result back, then waits
+ * until the process ends, making no further call (as a worker of a
+ * thread pool may). The library learns nothing from it after the body. */
+struct idle_job {
+    void *(*body)(void *);
+    void *arg;
+    void *result;
+    int done;
+};
+
+static pthread_mutex_t idle_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t idle_wake = PTHREAD_COND_INITIALIZER;
+
+static void *idle_thread(void *p)
+{
+    struct idle_job *job = p;
+    void *result = job->body(job->arg);
+    pthread_mutex_lock(&idle_lock);
+    job->result = result;
+    job->done = 1;
+    pthread_cond_broadcast(&idle_wake);
+    for (;;) /* never signalled again for this thread: idle to the end */
+        pthread_cond_wait(&idle_wake, &idle_lock);
+    return NULL;
+}
+
+static void *on_an_idle_thread(void *(*body)(void *), void *arg)
+{
+    struct idle_job *job = calloc(1, sizeof *job);
+    pthread_t thread;
+    if (job == NULL) {
+        fprintf(stderr, "misuse: no memory\n");
+        exit(2);
+    }
+    job->body = body;
+    job->arg = arg;
+    if (pthread_create(&thread, NULL, idle_thread, job) != 0 || pthread_detach(thread) != 0) {
+        fprintf(stderr, "misuse: no thread\n");
+        exit(2);
+    }
+    pthread_mutex_lock(&idle_lock);
+    while (!job->done)
+        pthread_cond_wait(&idle_wake, &idle_lock);
+    pthread_mutex_unlock(&idle_lock);
+    void *result = job->result;
+    free(job);
+    return result;
+}
+
+/* A tree as a MAPI provider builds one: a root holding the addresses of
+ * its children, which nothing else holds. */
+enum { KIDS = 4 };
+struct tree {
+    unsigned char *kids[KIDS];
+};
+
+static void *tree_of_kids(void *unused)
+{
+    (void)unused;
+    struct tree *tree = root_of(sizeof *tree);
+    for (int k = 0; k < KIDS; k++)
+        tree->kids[k] = child_of(tree, 64);
+    return tree;
+}
+
+/* Guests of the tree at `arg`, kept in its slots after its owner's. */
+static void *guest_kids(void *arg)
+{
+    struct tree *tree = arg;
+    for (int k = KIDS / 2; k < KIDS; k++)
+        tree->kids[k] = child_of(tree, 64);
+    return NULL;
+}
+
+/* A tree whose first half of children its owner made and the second half
+ * another thread, both threads idle from then on. */
+static struct tree *tree_of_idle_threads(void)
+{
+    struct tree *tree = on_an_idle_thread(tree_of_kids, NULL);
+    on_an_idle_thread(guest_kids, tree);
+    return tree;
+}
+
 /* Children of another thread's root (guests), one resized: the bytes the
  * old one held are copied, and nothing else is read. Returns how many
  * bytes were wrong. */
@@ -120,6 +211,12 @@ static int clean(void)
                 checksum += root[sizes[i] - 1] != 0xab;
             root = resized(root, sizes[i] + 40);
             memset(root, 1, sizes[i] + 40);
+            /* The new root took the children: still live, still theirs. */
+            for (int k = 0; k < 16; k++) {
+                ULONG size = sizes[(i + (size_t)k) % 8];
+                if (k != 3 && size > 0)
+                    checksum += ((unsigned char *)kids[k])[size - 1] != 0xcd;
+            }
             MAPIFreeBuffer(root);
         }
         void *shared = root_of(100);
@@ -133,7 +230,7 @@ static int clean(void)
         MAPIFreeBuffer(root_of(8));
     }
     if (checksum != 0) {
-        fprintf(stderr, "misuse: %u bytes were not copied\n", checksum);
+        fprintf(stderr, "misuse: %u bytes were not kept or not copied\n", checksum);
         return 1;
     }
     return 0;
@@ -245,10 +342,28 @@ int main(int argc, char **argv)
         unsigned char *root = root_of(64);
         on_a_thread(kill_root, root);
         printf("misuse: read %u\n", read_at(root));
+    } else if (strcmp(what, "read-child-after-remote-free") == 0) {
+        struct tree *tree = tree_of_idle_threads();
+        unsigned char *kid = tree->kids[0];
+        MAPIFreeBuffer(tree);
+        printf("misuse: read %u\n", read_at(kid));
+    } else if (strcmp(what, "read-guest-child-after-remote-free") == 0) {
+        struct tree *tree = tree_of_idle_threads();
+        unsigned char *kid = tree->kids[KIDS - 1];
+        MAPIFreeBuffer(tree);
+        printf("misuse: read %u\n", read_at(kid));
+    } else if (strcmp(what, "remote-free-idle-owner") == 0) {
+        /* Freed here, on neither idle thread: the children's addresses
+         * were only in the roots, so a leak check at exit that still
+         * counts them live finds them "definitely lost". */
+        for (int i = 0; i < 3; i++)
+            MAPIFreeBuffer(tree_of_idle_threads());
     } else {
         fprintf(stderr, "usage: misuse clean|past-root|past-root-16|past-child|past-child-16|"
                         "past-big-child|freed-root|freed-child|past-guest-child|"
-                        "freed-guest-child|freed-killed-root|read-after-remote-free\n");
+                        "freed-guest-child|freed-killed-root|read-after-remote-free|"
+                        "read-child-after-remote-free|read-guest-child-after-remote-free|"
+                        "remote-free-idle-owner\n");
         return 2;
     }
     /* Reached under valgrind, which reports and goes on; its exit code says. */

@@ -50,7 +50,7 @@ pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
 #[inline(never)]
 fn tracked_root(size: ULONG) -> Result<Block, Error> {
     let root = root_with(size, true)?;
-    track::block_made(root.addr(), size as usize);
+    track::root_made(root.addr(), size as usize);
     Ok(root)
 }
 
@@ -113,7 +113,7 @@ fn tracked_child(parent: usize, size: ULONG) -> Result<Block, Error> {
 fn tracked_child_of(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
     let granules = child_granules(size) + track::REDZONE_GRANULES;
     let child = child_of(heap, tree, granules, size)?;
-    track::child_made(child.addr(), size, child.addr() + (granules << GRANULE_SHIFT));
+    track::child_made(tree.client(), child.addr(), size, child.addr() + (granules << GRANULE_SHIFT));
     Ok(child)
 }
 
@@ -244,6 +244,9 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
         }
         new_root.set_first(old.first());
         old.set_first(core::ptr::null());
+        if track::enabled() {
+            track::tree_moved(addr, new.addr());
+        }
         free::free_root_alone(heap, page, old);
         return Ok(new);
     }

@@ -2,9 +2,10 @@
 //! generation (every child and the parent cache stop matching at once), its
 //! chunks go back chunk by chunk with their start bits cleared, then its
 //! slot. A live root of another thread's is killed for its owner to
-//! release (`remote`); a tool watching (`track`) is told of that root at
-//! the kill, of its children when the owner releases them. A child, or
-//! anything that is not a live root, is left alone.
+//! release (`remote`); a tool watching (`track`) is told of the tree by
+//! whichever thread ends it (memcheck of the children too; ASan of those
+//! when the owner releases them). A child, or anything that is not a live
+//! root, is left alone.
 
 use super::chunk::Chunk;
 use super::heap::{Heap, LARGE};
@@ -66,7 +67,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     if root.end_unless_killed() {
         heap.counts.tree_freed(0, root.size() as u64);
-        track::block_freed(root.client(), root.size() as usize);
+        track::root_freed(root.client(), root.size() as usize);
         tracked_hold(heap, page, root as *const Root as *mut u8);
     }
 }
@@ -81,25 +82,31 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     let tracked = track::enabled();
     if !tracked {
         root.end();
-    } else if !root.end_unless_killed() {
+        return release_tree(heap, page, root, false, None);
+    }
+    if !root.end_unless_killed() {
         // Killed by another thread meanwhile: the tree is its drain's now.
         return 1;
-    } else {
-        track::block_freed(root.client(), root.size() as usize);
     }
-    release_tree(heap, page, root, tracked)
+    // Its own children are freed from the tree's pool one by one, so that
+    // memcheck keeps where each was made and freed; then the pool goes,
+    // with the guests other threads made.
+    let blocks = release_tree(heap, page, root, true, Some(root.client()));
+    track::root_freed(root.client(), root.size() as usize);
+    blocks
 }
 
 /// Releases a root of `heap`'s that another thread killed (`remote`), and
-/// its chunks. That thread told the tool, if one watches, of the root.
+/// its chunks. That thread told the tool, if one watches, of the tree.
 pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     root.end();
-    release_tree(heap, page, root, track::enabled())
+    release_tree(heap, page, root, track::enabled(), None)
 }
 
-/// Gives back the chunks and the slot of `root`, whose life has ended and
-/// whose root the tool, if `tracked`, was told of.
-fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) -> usize {
+/// Gives back the chunks and the slot of `root`, whose life has ended. If
+/// `tracked`, the tool is told of the children: through `pool`, the tree's
+/// pool if it is still there (`track::children_freed`).
+fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool, pool: Option<usize>) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of this heap; each
@@ -109,7 +116,7 @@ fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) ->
         children += chunk.count() as u64;
         bytes += chunk.bytes() as u64;
         if tracked {
-            tracked_free_chunk(heap, chunk);
+            tracked_free_chunk(heap, chunk, pool);
         } else {
             untracked_free_chunk(heap, chunk);
         }
@@ -124,11 +131,12 @@ fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) ->
     1 + children as usize
 }
 
-/// Frees a chunk and its children for good: start bits cleared, slot
-/// given back (held back from reuse while a tool watches).
+/// Frees a chunk of a dead tree and its children for good: start bits
+/// cleared, slot given back (held back from reuse while a tool watches,
+/// which was told of the children at the tree's death).
 pub fn free_chunk(heap: &Heap, chunk: &Chunk) {
     if track::enabled() {
-        return tracked_free_chunk(heap, chunk);
+        return tracked_free_chunk(heap, chunk, None);
     }
     untracked_free_chunk(heap, chunk)
 }
@@ -143,16 +151,17 @@ fn untracked_free_chunk(heap: &Heap, chunk: &Chunk) {
 }
 
 /// `free_chunk` with a tool watching: each child is freed for the tool
-/// (before its start bit is cleared), and the chunk held back from reuse.
+/// (from `pool`, the tree's pool if it is still there: before its start
+/// bit is cleared), and the chunk held back from reuse.
 #[cold]
 #[inline(never)]
-fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
+fn tracked_free_chunk(heap: &Heap, chunk: &Chunk, pool: Option<usize>) {
     let start = chunk.children_start();
     // SAFETY: the chunk is ours, in its segment's first unit.
     let segment = unsafe { Segment::of(start) };
     let page = segment.page_of(start);
     let slot = chunk as *const Chunk as *mut u8;
-    tracked_children_freed(segment, start, chunk.used_end(), slot as usize + page.slot_size());
+    tracked_children_freed(segment, pool, start, chunk.used_end(), slot as usize + page.slot_size());
     segment.clear_starts(start, (chunk.used_end() - start) >> super::GRANULE_SHIFT);
     tracked_hold(heap, page, slot);
 }
@@ -162,7 +171,7 @@ fn tracked_free_chunk(heap: &Heap, chunk: &Chunk) {
 /// one, and its fill mark right after it); `slot_end` ends the chunk.
 #[cold]
 #[inline(never)]
-fn tracked_children_freed(segment: &Segment, start: usize, used_end: usize, slot_end: usize) {
+fn tracked_children_freed(segment: &Segment, pool: Option<usize>, start: usize, used_end: usize, slot_end: usize) {
     let mut next = Some(start);
     let starts = core::iter::from_fn(|| {
         let child = next?;
@@ -170,7 +179,7 @@ fn tracked_children_freed(segment: &Segment, start: usize, used_end: usize, slot
         next = if after < used_end { Some(after) } else { None };
         Some(child)
     });
-    track::children_freed(starts, start, slot_end);
+    track::children_freed(pool, starts, start, slot_end);
 }
 
 /// Holds a dead slot in the heap's quarantine; releases what it lets go.

@@ -112,7 +112,9 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
 /// bit).
 fn made(heap: &Heap, chunk: &Chunk, addr: usize, granules: usize, size: ULONG) -> usize {
     if track::enabled() {
-        track::child_made(addr, size, addr + (granules << GRANULE_SHIFT));
+        // SAFETY: a chunk's tree is a root slot, mapped for good.
+        let tree = unsafe { &*chunk.tree() };
+        track::child_made(tree.client(), addr, size, addr + (granules << GRANULE_SHIFT));
     }
     chunk.add_child(size);
     // SAFETY: `addr` is in a chunk of this heap, in its segment's first unit.

@@ -75,15 +75,16 @@ fn kill_in(addr: usize) -> bool {
     if !found.root.kill(found.state) {
         return false;
     }
-    // The root is dead from here: a tool watching is told now, so a read of
-    // it once this free returns is reported, while its owner may sleep.
-    // Before the killed bit: the owner releases the slot (which may then
-    // be reused and described to the tool again) only once its drain takes
-    // that bit, and a free of its own that lost to this kill leaves the
-    // tree to that drain (`Root::end_unless_killed`). The children
-    // stay the owner's to tell of: their chunks are its to read.
+    // The tree is dead from here: a tool watching is told now, so a read of
+    // it once this free returns is reported, while its owner may sleep
+    // (memcheck learns of the children too, through the tree's pool; ASan
+    // of those when the owner releases their chunks, which only it may
+    // read). Before the killed bit: the owner releases the slot (which may
+    // then be reused and described to the tool again) only once its drain
+    // takes that bit, and a free of its own that lost to this kill leaves
+    // the tree to that drain (`Root::end_unless_killed`).
     if track::enabled() {
-        track::block_freed(found.root.client(), found.root.size() as usize);
+        track::root_freed(found.root.client(), found.root.size() as usize);
     }
     let page = found.segment.page(found.page);
     found.segment.mark_killed(found.page, found.slot);

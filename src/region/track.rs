@@ -18,13 +18,44 @@
 //! - a slot's header (ours), when the slot is handed out: accessible, for
 //!   good (memcheck checks the library's own reads too, and the headers of
 //!   freed slots are still read by validation and the free lists);
-//! - a block: exactly the bytes asked for (memcheck `MALLOCLIKE_BLOCK`,
-//!   ASan unpoison), and no access again when its tree is freed
-//!   (`FREELIKE_BLOCK`, poison). Every block is followed by a redzone of
-//!   `REDZONE` bytes the callers add to its slot or its run of granules,
-//!   so the byte past its end is never the next block's or a header;
+//! - a block: exactly the bytes asked for (ASan unpoison; for memcheck, a
+//!   root is a `MALLOCLIKE_BLOCK`, a child a chunk of its tree's pool, see
+//!   below), and no access again when its tree is freed. Every block is
+//!   followed by a redzone of `REDZONE` bytes the callers add to its slot
+//!   or its run of granules, so the byte past its end is never the next
+//!   block's or a header;
 //! - a freed slot waits in its heap's `Quarantine` before it is reused,
 //!   so a read of a freed block finds it still inaccessible.
+//!
+//! Memcheck learns of a tree's death from whichever thread frees it, and at
+//! once, children included: a root another thread frees is killed there
+//! (`remote`), and its owner, which alone may walk the tree's chunk list,
+//! may never call again (an idle thread), so a child told of one by one at
+//! that release would stay live to memcheck, a read of it unreported and,
+//! at exit, the child "definitely lost". So each live root anchors a
+//! memcheck mempool at its client address, made with the root (before any
+//! thread can see it, so that no two threads ever race to make it: memcheck
+//! aborts on a second `CREATE_MEMPOOL`); every child of the tree, its
+//! owner's or a guest made by another thread, is a chunk of that pool; and
+//! the tree's death, on whichever thread, is one `DESTROY_MEMPOOL`, which
+//! makes every chunk no access with no list walked. (The owner's own free
+//! walks its chunks anyway: it frees its children from the pool one by one
+//! first, so that memcheck's reports of them say where each was made and
+//! freed, as they do of a root; a pool's destruction keeps no such
+//! history.) Memcheck's leak check counts pool chunks as blocks, as it does
+//! `MALLOCLIKE` ones (it drops only a `malloc` block that holds pool
+//! chunks, and no root holds a child). The release of the chunks later
+//! (drain, guest sweep) tells memcheck nothing more; ASan, which has no
+//! pools, is told there, so a read of a child of a tree another thread
+//! freed goes unreported by ASan until the owner's next call (the killer
+//! cannot find the children: their chunks are the owner's plain stores).
+//! The price is memcheck's, not ours: it keeps a hash table per pool (769
+//! chains in valgrind 3.19, about 6 KiB), so each live root costs that much
+//! more under memcheck (100,000 live trees: 700 MB instead of 80). A pool
+//! made only at a tree's first child would need a flag per root that the
+//! owner and guests could swap (they race to make it), and the one word of
+//! a root header other threads write is its state, which every validation
+//! and kill compares whole; made with the root, the pool needs none.
 //!
 //! A child's redzone also keeps the size it asked for in its last word:
 //! `MAPIReallocateBuffer` copies exactly that many bytes of an old child,
@@ -105,30 +136,62 @@ pub fn header(slot: usize, len: usize) {
     }
 }
 
-/// A root of `size` bytes at `addr` was made.
+/// A root of `size` bytes at `addr` was made, and not yet handed out; its
+/// tree's pool with it (memcheck).
 #[cold]
-pub fn block_made(addr: usize, size: usize) {
+pub fn root_made(addr: usize, size: usize) {
     match tool() {
         NONE => {}
-        VALGRIND => valgrind::malloc_like(addr, size),
+        VALGRIND => {
+            valgrind::malloc_like(addr, size);
+            valgrind::create_pool(addr);
+        }
         _ => asan::unpoison(addr, size),
     }
 }
 
-/// A root of `size` bytes at `addr` was freed.
+/// The root of `size` bytes at `addr` was freed, its tree with it: told
+/// once per tree, by the thread whose free ended it (the owner's free, or
+/// another thread's kill). Memcheck forgets every child at once, the
+/// owner's and the guests; ASan is told of them at their release
+/// (`children_freed`).
 #[cold]
-pub fn block_freed(addr: usize, size: usize) {
+pub fn root_freed(addr: usize, size: usize) {
     match tool() {
         NONE => {}
-        VALGRIND => valgrind::free_like(addr),
+        VALGRIND => {
+            valgrind::free_like(addr);
+            valgrind::destroy_pool(addr);
+        }
         _ => asan::poison(addr, size),
     }
 }
 
-/// A child of `size` bytes at `addr` was made; `end` is the end of its
-/// redzone, whose last word keeps `size` (see `child_size`).
+/// The children of the root at `old` now belong to the root at `new`
+/// (`MAPIReallocateBuffer` of a root): `new`'s pool, empty, gives way to
+/// `old`'s, and `old` gets an empty one back for its own free to end. A
+/// root killed meanwhile (a client freeing what it reallocates on another
+/// thread) has no pool left to move: its children are dead to memcheck.
 #[cold]
-pub fn child_made(addr: usize, size: u32, end: usize) {
+pub fn tree_moved(old: usize, new: usize) {
+    if tool() == VALGRIND && valgrind::pool_exists(old) {
+        valgrind::destroy_pool(new);
+        valgrind::move_pool(old, new);
+        valgrind::create_pool(old);
+    }
+}
+
+/// A child of `size` bytes at `addr` was made in the tree whose root is at
+/// `tree` (a client address); `end` is the end of its redzone, whose last
+/// word keeps `size` (see `child_size`).
+///
+/// A tree whose pool is gone died after the caller validated it (another
+/// thread freed it meanwhile): its child is dead at birth, and stays no
+/// access for memcheck. The check and the pool's use are two requests,
+/// not one: a free landing between them (a client racing its own free
+/// against an allocation on the same tree) is reported as an illegal pool.
+#[cold]
+pub fn child_made(tree: usize, addr: usize, size: u32, end: usize) {
     let word = end - core::mem::size_of::<u32>();
     match tool() {
         NONE => return,
@@ -139,10 +202,15 @@ pub fn child_made(addr: usize, size: u32, end: usize) {
     // chunk of the calling heap, 4-aligned (granules are 16); memcheck was
     // just told it is writable, and ASan does not check our stores.
     unsafe { (word as *mut u32).write(size) };
-    if tool() == VALGRIND {
-        valgrind::no_access(word, core::mem::size_of::<u32>());
+    match tool() {
+        VALGRIND => {
+            valgrind::no_access(word, core::mem::size_of::<u32>());
+            if valgrind::pool_exists(tree) {
+                valgrind::pool_alloc(tree, addr, size as usize);
+            }
+        }
+        _ => asan::unpoison(addr, size as usize),
     }
-    block_made(addr, size as usize);
 }
 
 /// The size a child asked for, from the redzone that ends at `end`.
@@ -161,15 +229,19 @@ pub fn child_size(end: usize) -> usize {
     size as usize
 }
 
-/// The children of a chunk are freed: `starts` yields the address of each
-/// (memcheck forgets them one by one); `[from, to)` is the chunk's room
-/// for children, all poisoned again for ASan.
+/// The children of a chunk of a dead tree are released: `starts` yields
+/// the address of each, `[from, to)` is the chunk's room for children, all
+/// poisoned again for ASan. Memcheck frees each from `pool`, the tree's
+/// pool if it is still there (the tree's owner frees it, and destroys the
+/// pool after: each child then keeps its history, where it was made and
+/// freed, for memcheck's reports); else it was told at the tree's death
+/// (`root_freed`), and is not told twice.
 #[cold]
-pub fn children_freed(starts: impl Iterator<Item = usize>, from: usize, to: usize) {
-    match tool() {
-        NONE => {}
-        VALGRIND => starts.for_each(valgrind::free_like),
-        _ => asan::poison(from, to - from),
+pub fn children_freed(pool: Option<usize>, starts: impl Iterator<Item = usize>, from: usize, to: usize) {
+    match (tool(), pool) {
+        (VALGRIND, Some(pool)) => starts.for_each(|child| valgrind::pool_free(pool, child)),
+        (ASAN, _) => asan::poison(from, to - from),
+        _ => {}
     }
 }
 
@@ -259,6 +331,12 @@ mod valgrind {
     const RUNNING_ON_VALGRIND: usize = 0x1001;
     const MALLOCLIKE_BLOCK: usize = 0x1301;
     const FREELIKE_BLOCK: usize = 0x1302;
+    const CREATE_MEMPOOL: usize = 0x1303;
+    const DESTROY_MEMPOOL: usize = 0x1304;
+    const MEMPOOL_ALLOC: usize = 0x1305;
+    const MEMPOOL_FREE: usize = 0x1306;
+    const MOVE_MEMPOOL: usize = 0x1308;
+    const MEMPOOL_EXISTS: usize = 0x130a;
     /// Memcheck's own requests start at ('M' << 24 | 'C' << 16).
     const MEMCHECK: usize = (b'M' as usize) << 24 | (b'C' as usize) << 16;
     const MAKE_MEM_NOACCESS: usize = MEMCHECK;
@@ -318,6 +396,37 @@ mod valgrind {
         request(0, [FREELIKE_BLOCK, addr, 0, 0, 0, 0]);
     }
 
+    /// A pool anchored at `pool`, with no redzones of memcheck's (the
+    /// callers' are already no access) and chunks undefined when made.
+    pub fn create_pool(pool: usize) {
+        request(0, [CREATE_MEMPOOL, pool, 0, 0, 0, 0]);
+    }
+
+    /// Every chunk of the pool becomes no access, and the pool is gone.
+    pub fn destroy_pool(pool: usize) {
+        request(0, [DESTROY_MEMPOOL, pool, 0, 0, 0, 0]);
+    }
+
+    pub fn pool_alloc(pool: usize, addr: usize, size: usize) {
+        request(0, [MEMPOOL_ALLOC, pool, addr, size, 0, 0]);
+    }
+
+    /// Like `free_like`: the chunk keeps its history in memcheck's queue
+    /// of freed blocks, for the reports of a later access.
+    pub fn pool_free(pool: usize, addr: usize) {
+        request(0, [MEMPOOL_FREE, pool, addr, 0, 0, 0]);
+    }
+
+    /// The pool at `from`, chunks and all, is anchored at `to` (where no
+    /// pool may be: memcheck would keep both under one key).
+    pub fn move_pool(from: usize, to: usize) {
+        request(0, [MOVE_MEMPOOL, from, to, 0, 0, 0]);
+    }
+
+    pub fn pool_exists(pool: usize) -> bool {
+        request(0, [MEMPOOL_EXISTS, pool, 0, 0, 0, 0]) != 0
+    }
+
     pub fn no_access(addr: usize, len: usize) {
         request(0, [MAKE_MEM_NOACCESS, addr, len, 0, 0, 0]);
     }
@@ -339,6 +448,14 @@ mod valgrind {
     }
     pub fn malloc_like(_: usize, _: usize) {}
     pub fn free_like(_: usize) {}
+    pub fn create_pool(_: usize) {}
+    pub fn destroy_pool(_: usize) {}
+    pub fn pool_alloc(_: usize, _: usize, _: usize) {}
+    pub fn pool_free(_: usize, _: usize) {}
+    pub fn move_pool(_: usize, _: usize) {}
+    pub fn pool_exists(_: usize) -> bool {
+        false
+    }
     pub fn no_access(_: usize, _: usize) {}
     pub fn undefined(_: usize, _: usize) {}
     pub fn defined(_: usize, _: usize) {}
