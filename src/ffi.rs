@@ -62,6 +62,26 @@ pub unsafe extern "system" fn MAPIAllocateBuffer(cbSize: ULONG, lppBuffer: *mut 
 /// `lpObject` may be any value.
 #[no_mangle]
 pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
+    // The common case first, as a leaf: no frame, no result to merge with
+    // the other paths' (`tree::quick_child`).
+    if !lppBuffer.is_null() {
+        if let Some(block) = tree::quick_child(cbSize, lpObject as usize) {
+            // Unaligned, as in `report`.
+            // SAFETY: the caller's contract covers the non-null out-pointer.
+            unsafe { lppBuffer.write_unaligned(block.as_ptr().cast()) };
+            return S_OK;
+        }
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { allocate_more(cbSize, lpObject, lppBuffer) }
+}
+
+/// `MAPIAllocateMore` in full, every case.
+///
+/// # Safety
+/// As `MAPIAllocateMore`.
+#[cfg_attr(feature = "registry-v3", inline(never))]
+unsafe fn allocate_more(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
     let out = match NonNull::new(lppBuffer) {
         Some(out) => out,
         None => return null_out("MAPIAllocateMore"),
