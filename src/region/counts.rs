@@ -5,6 +5,7 @@
 //! (a free) and when read. Allocations ever made are the live blocks plus
 //! those freed, so no call counts them separately.
 
+use super::heap::Heap;
 use super::thread;
 use crate::registry::Counts;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -116,11 +117,12 @@ impl HeapCounts {
 /// maker's. The peak is the sum of each heap's (exact with one heap).
 ///
 /// The calling thread first releases the trees other threads freed in its
-/// heap and sweeps its guest chunks, so its own share is exact. Another
-/// heap's share still counts the trees freed by other threads until that
-/// heap's thread next calls, and the guest children of dead trees until
-/// their maker sweeps; an orphan (its thread exited) is caught up here
-/// (see `remote`, `guest`, `thread::catch_up`).
+/// heap and sweeps its guest chunks. Another heap's share leaves out the
+/// trees other threads freed there that its owner has not released yet
+/// (`share`), so a tree leaves the counts when its free returns, on any
+/// thread. Still counted: the guest children of dead trees until their
+/// maker sweeps; an orphan (its thread exited) is caught up here (see
+/// `remote`, `guest`, `thread::catch_up`).
 pub fn stats() -> Counts {
     if let Some(heap) = thread::current() {
         thread::catch_up(heap);
@@ -136,7 +138,7 @@ pub fn stats() -> Counts {
             thread::catch_up(heap);
             heap.give_up();
         }
-        let counts = heap.counts.snapshot();
+        let counts = share(heap);
         total.live_roots = total.live_roots.wrapping_add(counts.live_roots);
         total.live_children = total.live_children.wrapping_add(counts.live_children);
         total.live_bytes = total.live_bytes.wrapping_add(counts.live_bytes);
@@ -144,6 +146,21 @@ pub fn stats() -> Counts {
         total.allocations = total.allocations.wrapping_add(counts.allocations);
     }
     total
+}
+
+/// `heap`'s counts without the trees other threads killed in it that its
+/// owner has not released (`remote::unreleased`): those were freed when
+/// their free returned. They are still blocks made, so the allocations
+/// stay; and the peak is the owner's, which they were part of.
+pub fn share(heap: &Heap) -> Counts {
+    let mut counts = heap.counts.snapshot();
+    if super::remote::has_kills(heap) {
+        let gone = super::remote::unreleased(heap);
+        counts.live_roots = counts.live_roots.wrapping_sub(gone.roots);
+        counts.live_children = counts.live_children.wrapping_sub(gone.children);
+        counts.live_bytes = counts.live_bytes.wrapping_sub(gone.bytes);
+    }
+    counts
 }
 
 #[cfg(test)]

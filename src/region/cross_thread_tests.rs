@@ -20,6 +20,22 @@ fn counts() -> Counts {
     thread::current().map(|heap| heap.counts.snapshot()).unwrap_or_default()
 }
 
+/// The share of the heap at `heap` in `mapi32_stats`, read from any thread.
+fn share_of(heap: usize) -> Counts {
+    // SAFETY: `heap` is a heap's address, and heaps are never freed.
+    super::counts::share(unsafe { &*(heap as *const super::heap::Heap) })
+}
+
+/// The calling thread's heap, as an address another thread may use.
+fn own_heap() -> usize {
+    thread::heap().unwrap() as *const super::heap::Heap as usize
+}
+
+/// The live roots, children and bytes of `counts`.
+fn live(counts: Counts) -> (u64, u64, u64) {
+    (counts.live_roots, counts.live_children, counts.live_bytes)
+}
+
 fn root(size: u32) -> usize {
     allocate_root(size).unwrap().addr()
 }
@@ -76,8 +92,10 @@ fn a_root_freed_on_another_thread_is_dead_everywhere_and_comes_back_to_its_owner
     assert_eq!(freed, trees.len(), "each root was another thread's and live");
     assert_eq!(freed_again, 0, "a second free does nothing");
     assert_eq!(dead, trees.len(), "neither root nor child takes a child after the free");
-    // The owner has not called since: the trees are still in its counts
-    // (the documented lag), and dead to it as well.
+    // The owner has not called since: the trees are still in its own
+    // counters, though not in its share of `mapi32_stats` (see
+    // `a_tree_freed_on_another_thread_leaves_the_counts_when_its_free_returns`),
+    // and dead to it as well.
     assert_eq!(counts().live_roots, made.live_roots);
     for &(r, c, _) in &trees {
         assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter));
@@ -282,4 +300,98 @@ fn a_kill_of_a_stale_life_does_nothing() {
     assert!(!tree.kill(stale), "the old life's word no longer matches");
     assert!(tree.is_live());
     assert_eq!(free_root(r), Ok(1));
+}
+
+/// SPEC §4's counts let a client's tests assert that everything was freed:
+/// a tree another thread frees must leave them when that free returns, not
+/// at its owner's next call. The owner here makes trees of every shape
+/// (no child, children in one chunk and in several, a child in a chunk of
+/// its own) and then makes no call while another thread frees them.
+#[test]
+fn a_tree_freed_on_another_thread_leaves_the_counts_when_its_free_returns() {
+    let (trees_tx, trees) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let kept = root(10);
+        child(kept, 5);
+        let gone: Vec<usize> = (0..200u32)
+            .map(|n| {
+                let r = root(n);
+                for k in 0..n % 9 {
+                    child(r, 1 + 37 * k);
+                }
+                if n % 50 == 0 {
+                    child(r, 20_000);
+                }
+                r
+            })
+            .collect();
+        trees_tx.send((heap, base, gone)).unwrap();
+        // Until the test has read the counts (or failed: then on, quietly).
+        let _ = wait.recv_timeout(PATIENCE);
+        // Its next call releases them: they must not leave the counts twice.
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        assert_eq!(free_root(kept), Ok(2));
+        (released, counts())
+    });
+    let (heap, base, gone) = trees.recv_timeout(PATIENCE).unwrap();
+    let made = share_of(heap);
+    assert_eq!(made.live_roots - base.live_roots, 201);
+    let freed = on_other_thread(move || gone.iter().filter(|&&r| free_root(r) == Ok(1)).count());
+    assert_eq!(freed, 200);
+    let share = share_of(heap);
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(share), (roots + 1, children + 1, bytes + 15), "only `kept` is left, the owner idle");
+    assert_eq!(share.allocations, made.allocations, "freed blocks were still made");
+    go_on.send(()).unwrap();
+    let (released, after) = owner.join().unwrap();
+    assert_eq!(live(released), (roots + 2, children + 1, bytes + 23), "`kept` and the probe, once released");
+    assert_eq!(live(after), live(base));
+}
+
+/// The same with the owner parked in the middle of a call on one of the
+/// trees being freed (SPEC §3's race of a child against its tree's free):
+/// the counts are exact while it is parked, and once its call, which makes
+/// a child in the dead tree, has returned.
+#[test]
+fn counts_are_exact_after_a_remote_free_while_the_owner_is_parked_in_the_tree() {
+    let (parked_tx, parked) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (trees_tx, trees) = mpsc::channel();
+    let (returned_tx, returned) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let busy = root(64);
+        child(busy, 16);
+        let other = root(32);
+        child(other, 24);
+        trees_tx.send((heap, base, busy, other)).unwrap();
+        super::park::arm(parked_tx, release_rx);
+        // A child too big for the newest chunk: parks making its chunk.
+        let made = allocate_child(busy, 2000).is_ok();
+        returned_tx.send(made).unwrap();
+        let _ = wait.recv_timeout(PATIENCE);
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        released
+    });
+    let (heap, base, busy, other) = trees.recv_timeout(PATIENCE).unwrap();
+    parked.recv_timeout(PATIENCE).expect("the owner parked in its call");
+    let freed = on_other_thread(move || (free_root(busy), free_root(other)));
+    assert_eq!(freed, (Ok(1), Ok(1)));
+    assert_eq!(live(share_of(heap)), live(base), "both trees gone, the owner parked");
+    release.send(()).unwrap();
+    assert!(returned.recv_timeout(PATIENCE).unwrap(), "a call that validated the tree first makes its child");
+    assert_eq!(live(share_of(heap)), live(base), "the child died with its tree");
+    go_on.send(()).unwrap();
+    let released = owner.join().unwrap();
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(released), (roots + 1, children, bytes + 8), "released once: only the probe is left");
 }

@@ -34,7 +34,7 @@ use super::{track, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Sweeps wait for at least this many guest chunks.
 const SWEEP_MIN: usize = 64;
@@ -42,7 +42,9 @@ const SWEEP_MIN: usize = 64;
 /// A heap's guest chunks, newest first, linked through `Chunk::next`.
 #[derive(Debug)]
 pub struct Guests {
-    newest: Cell<*const Chunk>,
+    /// Atomic only because it is a chunk link like the others (the sweep
+    /// walks them alike); the owner alone uses it.
+    newest: AtomicPtr<Chunk>,
     /// Written by the owner only; atomic so that `stats` may ask whether
     /// an orphan holds any (`thread::catch_up`).
     count: AtomicUsize,
@@ -52,7 +54,7 @@ pub struct Guests {
 impl Guests {
     #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     pub const EMPTY: Guests =
-        Guests { newest: Cell::new(ptr::null()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
+        Guests { newest: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
 
     /// How many guest chunks the heap holds (any thread may ask: a hint).
     pub fn count(&self) -> usize {
@@ -71,7 +73,7 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     let granules = (((size.max(1) as usize - 1) >> GRANULE_SHIFT) + 1) + redzone;
     let guests = &heap.guests;
     // SAFETY: the list holds live chunk slots of this heap.
-    let newest = unsafe { guests.newest.get().as_ref() };
+    let newest = unsafe { guests.newest.load(Ordering::Relaxed).as_ref() };
     let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.live_state() == state);
     if let Some(chunk) = same_life {
         if let Some(addr) = chunk.bump(granules) {
@@ -101,8 +103,8 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     // SAFETY: a chunk slot just handed out by this heap.
     let chunk = unsafe { Chunk::at(slot as usize) };
     chunk.begin_in(tree, state, class, used, end);
-    chunk.set_next(guests.newest.get());
-    guests.newest.set(chunk);
+    chunk.set_next(guests.newest.load(Ordering::Relaxed));
+    guests.newest.store(chunk as *const Chunk as *mut Chunk, Ordering::Relaxed);
     guests.count.store(guests.count() + 1, Ordering::Relaxed);
     Ok(made(heap, chunk, chunk.children_start(), granules, size))
 }
@@ -130,12 +132,12 @@ pub fn sweep(heap: &Heap) {
     let (mut kept, mut link) = (0, &guests.newest);
     // SAFETY: the list holds live chunk slots of this heap; a chunk is
     // unlinked before it is freed.
-    while let Some(chunk) = unsafe { link.get().as_ref() } {
+    while let Some(chunk) = unsafe { link.load(Ordering::Relaxed).as_ref() } {
         if chunk.live_tree().is_some() {
             kept += 1;
             link = chunk.next_link();
         } else {
-            link.set(chunk.next());
+            link.store(chunk.next() as *mut Chunk, Ordering::Relaxed);
             heap.counts.children_freed(chunk.count() as u64, chunk.bytes() as u64);
             free::free_chunk(heap, chunk);
         }
