@@ -276,6 +276,8 @@ fn a_kill_landing_inside_the_owners_free_is_released_once() {
     assert!(on_other_thread(move || free_root(r) == Ok(1)), "the kill wins its swap");
     assert!(!tree.is_live());
     free::free_root_alone(heap, page, tree); // the owner's store and release, validated before
+    let share = share_of(own_heap());
+    assert_eq!(live(share), live(base), "the kill's stale mark takes nothing off the counts");
     let a = root(40); // drains the kill's mark
     let b = root(40);
     assert_ne!(a, b, "the slot was released once, so it is handed out once");
