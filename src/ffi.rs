@@ -12,7 +12,7 @@
 
 use crate::debug::{self, Misuse};
 use crate::scode::{Error, LPVOID, SCODE, S_OK, ULONG};
-use crate::tree::{self, Block, NotARoot};
+use crate::tree::{self, Block, Grow, NotARoot, Quick};
 use core::ptr::NonNull;
 
 /// Allocates a root block of `cbSize` bytes.
@@ -63,17 +63,33 @@ pub unsafe extern "system" fn MAPIAllocateBuffer(cbSize: ULONG, lppBuffer: *mut 
 #[no_mangle]
 pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
     // The common case first, as a leaf: no frame, no result to merge with
-    // the other paths' (`tree::quick_child`).
-    if !lppBuffer.is_null() {
-        if let Some(block) = tree::quick_child(cbSize, lpObject as usize) {
+    // the other paths', which it reaches by tail calls (`tree::quick_child`).
+    if lppBuffer.is_null() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { allocate_more(cbSize, lpObject, lppBuffer) };
+    }
+    match tree::quick_child(lpObject as usize, cbSize) {
+        Quick::Made(block) => {
             // Unaligned, as in `report`.
             // SAFETY: the caller's contract covers the non-null out-pointer.
             unsafe { lppBuffer.write_unaligned(block.as_ptr().cast()) };
-            return S_OK;
+            S_OK
         }
+        // SAFETY (both): the caller's contract, passed on.
+        Quick::Grow(grow) => unsafe { grow_tree(grow, cbSize, lppBuffer) },
+        Quick::Miss => unsafe { allocate_more(cbSize, lpObject, lppBuffer) },
     }
-    // SAFETY: the caller's contract, passed on.
-    unsafe { allocate_more(cbSize, lpObject, lppBuffer) }
+}
+
+/// `MAPIAllocateMore` of a child that needs a new chunk of its tree.
+///
+/// # Safety
+/// `lppBuffer` is non-null and points to writable storage for one pointer.
+#[inline(never)]
+unsafe fn grow_tree(grow: Grow, cbSize: ULONG, lppBuffer: *mut LPVOID) -> SCODE {
+    // Out of memory at most: no misuse to count.
+    // SAFETY: the caller's contract covers the out-pointer, non-null.
+    unsafe { report(NonNull::new_unchecked(lppBuffer), grow.child(cbSize)) }
 }
 
 /// `MAPIAllocateMore` in full, every case.

@@ -44,17 +44,40 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
 }
 
 /// `allocate_child`'s common case, when the registry has one that can be
-/// tried alone: a block, or `None` with nothing changed (then
-/// `allocate_child` decides). Only v3 has one.
-#[inline(always)]
-pub fn quick_child(size: ULONG, parent: usize) -> Option<Block> {
-    #[cfg(not(feature = "registry-v3"))]
-    return {
-        let _ = (size, parent);
-        None
-    };
-    #[cfg(feature = "registry-v3")]
-    return crate::region::quick_child(parent, size);
+/// tried alone (`region::quick_child`; only v3 has one): made, or left to
+/// `Grow::child`, or to `allocate_child` with nothing changed.
+#[cfg(feature = "registry-v3")]
+pub use crate::region::{quick_child, Grow, Quick};
+
+#[cfg(not(feature = "registry-v3"))]
+pub use quick::{quick_child, Grow, Quick};
+
+/// Today's registry has no common case to try alone: every call is a miss.
+#[cfg(not(feature = "registry-v3"))]
+mod quick {
+    use super::{Block, Error, ULONG};
+
+    // The export matches every case; only `Miss` is ever made here.
+    #[allow(dead_code)]
+    pub enum Quick {
+        Made(Block),
+        Grow(Grow),
+        Miss,
+    }
+
+    /// Never made: `Quick::Grow` is never returned.
+    pub enum Grow {}
+
+    impl Grow {
+        pub fn child(self, _size: ULONG) -> Result<Block, Error> {
+            match self {}
+        }
+    }
+
+    #[inline(always)]
+    pub fn quick_child(_parent: usize, _size: ULONG) -> Quick {
+        Quick::Miss
+    }
 }
 
 /// Frees the root at `addr` and all its children (`MAPIFreeBuffer`), and

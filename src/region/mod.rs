@@ -85,7 +85,7 @@ mod park;
 #[cfg(test)]
 mod tests;
 
-pub use alloc::{allocate_child, allocate_root, quick_child, reallocate};
+pub use alloc::{allocate_child, allocate_root, quick_child, reallocate, Grow, Quick};
 pub use counts::stats;
 pub use free::free_root;
 pub use thread::on_thread_exit;
