@@ -12,7 +12,7 @@
 
 use crate::debug::{self, Misuse};
 use crate::scode::{Error, LPVOID, SCODE, S_OK, ULONG};
-use crate::tree::{self, Block, Grow, NotARoot, Quick};
+use crate::tree::{self, Block, Grow, NotARoot, Quick, QuickFree, Rest};
 use core::ptr::NonNull;
 
 /// Allocates a root block of `cbSize` bytes.
@@ -122,6 +122,25 @@ unsafe fn allocate_more(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID)
 /// Any value of `lpBuffer` is accepted.
 #[no_mangle]
 pub unsafe extern "system" fn MAPIFreeBuffer(lpBuffer: LPVOID) -> ULONG {
+    // The common case first, as a leaf, as in `MAPIAllocateMore`.
+    match tree::quick_free(lpBuffer as usize) {
+        QuickFree::Done => S_OK as ULONG,
+        QuickFree::Rest(rest) => finish_free(rest),
+        QuickFree::Miss => free_buffer(lpBuffer),
+    }
+}
+
+/// The rest of a free the common case started: a tree's children, or a
+/// page back on its queue.
+#[inline(never)]
+fn finish_free(rest: Rest) -> ULONG {
+    rest.finish();
+    S_OK as ULONG
+}
+
+/// `MAPIFreeBuffer` in full, every case.
+#[cfg_attr(feature = "registry-v3", inline(never))]
+fn free_buffer(lpBuffer: LPVOID) -> ULONG {
     if !lpBuffer.is_null() {
         // Misuse is not an error here: MAPI callers ignore this result.
         match tree::free_root(lpBuffer as usize) {

@@ -49,8 +49,14 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
 #[cfg(feature = "registry-v3")]
 pub use crate::region::{quick_child, Grow, Quick};
 
+/// `free_root`'s common case, tried alone the same way
+/// (`region::quick_free`): done, or its rest left to `Rest::finish`, or
+/// left to `free_root` with nothing changed.
+#[cfg(feature = "registry-v3")]
+pub use crate::region::{quick_free, QuickFree, Rest};
+
 #[cfg(not(feature = "registry-v3"))]
-pub use quick::{quick_child, Grow, Quick};
+pub use quick::{quick_child, quick_free, Grow, Quick, QuickFree, Rest};
 
 /// Today's registry has no common case to try alone: every call is a miss.
 #[cfg(not(feature = "registry-v3"))]
@@ -77,6 +83,27 @@ mod quick {
     #[inline(always)]
     pub fn quick_child(_parent: usize, _size: ULONG) -> Quick {
         Quick::Miss
+    }
+
+    #[allow(dead_code)]
+    pub enum QuickFree {
+        Done,
+        Rest(Rest),
+        Miss,
+    }
+
+    /// Never made: `QuickFree::Rest` is never returned.
+    pub enum Rest {}
+
+    impl Rest {
+        pub fn finish(self) {
+            match self {}
+        }
+    }
+
+    #[inline(always)]
+    pub fn quick_free(_addr: usize) -> QuickFree {
+        QuickFree::Miss
     }
 }
 

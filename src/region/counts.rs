@@ -90,6 +90,15 @@ impl HeapCounts {
         self.freed.add(1 + children);
     }
 
+    /// A root with no children, of `bytes` bytes, is freed.
+    #[inline(always)]
+    pub fn root_freed(&self, bytes: u32) {
+        self.take_peak();
+        self.live_roots.sub(1);
+        self.live_bytes.sub(bytes as u64);
+        self.freed.add(1);
+    }
+
     /// `children` children of a tree, `bytes` bytes in all, are freed
     /// apart from it (a guest chunk swept: see `guest`).
     pub fn children_freed(&self, children: u64, bytes: u64) {

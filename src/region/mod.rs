@@ -87,7 +87,7 @@ mod tests;
 
 pub use alloc::{allocate_child, allocate_root, quick_child, reallocate, Grow, Quick};
 pub use counts::stats;
-pub use free::free_root;
+pub use free::{free_root, quick_free, QuickFree, Rest};
 pub use thread::on_thread_exit;
 pub use unload::{init, unload};
 pub use walk::for_each_root;
