@@ -127,11 +127,11 @@ impl HeapCounts {
 ///
 /// The calling thread first releases the trees other threads freed in its
 /// heap and sweeps its guest chunks. Another heap's share leaves out the
-/// trees other threads freed there that its owner has not released yet
-/// (`share`), so a tree leaves the counts when its free returns, on any
-/// thread. Still counted: the guest children of dead trees until their
-/// maker sweeps; an orphan (its thread exited) is caught up here (see
-/// `remote`, `guest`, `thread::catch_up`).
+/// trees other threads freed there that its owner has not released yet,
+/// and its guest children of dead trees (`share`), so a tree, with every
+/// child, leaves the counts when its free returns, on any thread. An
+/// orphan (its thread exited) is caught up here (see `remote`, `guest`,
+/// `thread::catch_up`).
 pub fn stats() -> Counts {
     if let Some(heap) = thread::current() {
         thread::catch_up(heap);
@@ -157,10 +157,12 @@ pub fn stats() -> Counts {
     total
 }
 
-/// `heap`'s counts without the trees other threads killed in it that its
-/// owner has not released (`remote::unreleased`): those were freed when
-/// their free returned. They are still blocks made, so the allocations
-/// stay; and the peak is the owner's, which they were part of.
+/// `heap`'s counts without what was freed on other threads and not yet
+/// taken off them: the trees other threads killed in it that its owner
+/// has not released (`remote::unreleased`), and the children in its guest
+/// chunks whose tree is dead (`guest::dead`). Those were freed when their
+/// free returned. They are still blocks made, so the allocations stay; and
+/// the peak is the owner's, which they were part of.
 pub fn share(heap: &Heap) -> Counts {
     let mut counts = heap.counts.snapshot();
     if super::remote::has_kills(heap) {
@@ -168,6 +170,11 @@ pub fn share(heap: &Heap) -> Counts {
         counts.live_roots = counts.live_roots.wrapping_sub(gone.roots);
         counts.live_children = counts.live_children.wrapping_sub(gone.children);
         counts.live_bytes = counts.live_bytes.wrapping_sub(gone.bytes);
+    }
+    if heap.guests.count() != 0 {
+        let (children, bytes) = super::guest::dead(heap);
+        counts.live_children = counts.live_children.wrapping_sub(children);
+        counts.live_bytes = counts.live_bytes.wrapping_sub(bytes);
     }
     counts
 }

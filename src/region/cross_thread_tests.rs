@@ -151,6 +151,7 @@ fn children_made_on_another_threads_tree_live_and_die_with_it() {
     let (to_owner, from_guest) = mpsc::channel();
     let (to_guest, from_owner) = mpsc::channel::<()>();
     let guest = std::thread::spawn(move || {
+        let (heap, base) = (own_heap(), counts());
         let size = |i: usize| 8 + (i % 57) as u32;
         let mut kids: Vec<usize> = Vec::new();
         for i in 0..CHILDREN {
@@ -165,26 +166,30 @@ fn children_made_on_another_threads_tree_live_and_die_with_it() {
         }
         let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, size(i) as usize, i as u8));
         let distinct = kids.iter().collect::<HashSet<_>>().len() == CHILDREN;
-        let counted = counts().live_children == CHILDREN as u64;
-        let _ = to_owner.send((kids.clone(), intact && distinct && counted));
+        let counted = counts().live_children - base.live_children == CHILDREN as u64;
+        let _ = to_owner.send((kids.clone(), intact && distinct && counted, heap, base));
         from_owner.recv_timeout(PATIENCE).expect("the owner freed the root");
         let dead = kids.iter().all(|&k| allocate_child(k, 8) == Err(Error::InvalidParameter));
         let unfreeable = kids.iter().all(|&k| free_root(k) == Err(NotARoot::Unknown));
-        let before_sweep = counts().live_children;
+        let before_sweep = counts().live_children - base.live_children;
         let _ = stats(); // sweeps the guest chunks of dead trees
-        (dead && unfreeable, before_sweep, counts().live_children, counts().live_bytes)
+        let after = counts();
+        (dead && unfreeable, before_sweep, after.live_children - base.live_children, after.live_bytes - base.live_bytes)
     });
-    let (kids, sound) = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
+    let (kids, sound, heap, base) = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
     assert!(sound, "the guest's children are distinct, intact and counted");
     // The owner sees them as children of its tree, and grows them.
     assert_eq!(free_root(kids[5]), Err(NotARoot::Child));
     let grandchild = child(kids[5], 8);
     assert_eq!(free_root(r), Ok(3), "the root, its own child and the owner's grandchild");
     assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
+    // The guest has not called since: its children left its share of the
+    // counts with their tree all the same.
+    assert_eq!(live(share_of(heap)), live(base), "the guests left the counts with their tree");
     to_guest.send(()).unwrap();
     let (dead, before_sweep, after_sweep, bytes) = guest.join().unwrap();
     assert!(dead, "the guest's children died with their tree");
-    assert_eq!(before_sweep, CHILDREN as u64, "counted by their maker until it sweeps");
+    assert_eq!(before_sweep, CHILDREN as u64, "in their maker's own counters until it sweeps");
     assert_eq!((after_sweep, bytes), (0, 0), "swept when the maker read the counts");
 }
 

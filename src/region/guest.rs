@@ -13,7 +13,8 @@
 //! exits; guests of trees still live then are swept by the adopter (at
 //! adoption and after, as its own), by `stats` (which claims an orphan
 //! holding guests for it) or at unloading (`thread::catch_up`).
-//! Until then the child stays in the maker's counts.
+//! Until then the child stays in the maker's counters, but `stats` leaves
+//! it out from its tree's free on (`dead`).
 //!
 //! A call racing the tree's free either validated the tree live first (its
 //! child is made, is dead at once or with the free, and is swept) or finds
@@ -28,9 +29,9 @@ use super::class::{chunk_class_for, chunk_class_size, CHUNK_CLASSES, CHUNK_GROWT
 use super::free;
 use super::heap::Heap;
 use super::page::Kind;
-use super::root::Root;
+use super::root::{Root, ROOT_HEADER};
 use super::segment::Segment;
-use super::{track, GRANULE, GRANULE_SHIFT};
+use super::{track, validate, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::cell::Cell;
 use core::ptr;
@@ -42,8 +43,8 @@ const SWEEP_MIN: usize = 64;
 /// A heap's guest chunks, newest first, linked through `Chunk::next`.
 #[derive(Debug)]
 pub struct Guests {
-    /// Atomic only because it is a chunk link like the others (the sweep
-    /// walks them alike); the owner alone uses it.
+    /// Written by the owner only; atomic because `dead` walks the list
+    /// from any thread.
     newest: AtomicPtr<Chunk>,
     /// Written by the owner only; atomic so that `stats` may ask whether
     /// an orphan holds any (`thread::catch_up`).
@@ -104,7 +105,8 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     let chunk = unsafe { Chunk::at(slot as usize) };
     chunk.begin_in(tree, state, class, used, end);
     chunk.set_next(guests.newest.load(Ordering::Relaxed));
-    guests.newest.store(chunk as *const Chunk as *mut Chunk, Ordering::Relaxed);
+    // Release: a thread reading the counts (`dead`) sees the header first.
+    guests.newest.store(chunk as *const Chunk as *mut Chunk, Ordering::Release);
     guests.count.store(guests.count() + 1, Ordering::Relaxed);
     Ok(made(heap, chunk, chunk.children_start(), granules, size))
 }
@@ -121,6 +123,36 @@ fn made(heap: &Heap, chunk: &Chunk, addr: usize, granules: usize, size: ULONG) -
     unsafe { Segment::of(addr) }.mark_start(addr);
     heap.counts.child_made(size);
     addr
+}
+
+/// The children, and their bytes, in `heap`'s guest chunks whose tree is
+/// dead: still in their maker's counts until it sweeps, but freed for
+/// `mapi32_stats` when their tree's free returned. Any thread may ask,
+/// whatever the maker is doing; nothing is written.
+///
+/// Each link is validated before it is followed (`validate::any_chunk`)
+/// and each tree as any thread's (`validate::any_root`). Racing the maker's
+/// own sweep or a new guest chunk, a walk may count a chunk just freed or
+/// miss one just linked: the maker is in a call then, and its counts move
+/// anyway. It follows at most twice as many links as the maker last
+/// counted, and `SWEEP_MIN` more, so that it ends even then.
+pub fn dead(heap: &Heap) -> (u64, u64) {
+    let guests = &heap.guests;
+    let (mut children, mut bytes) = (0u64, 0u64);
+    let mut next = guests.newest.load(Ordering::Acquire) as usize;
+    for _ in 0..2 * guests.count() + SWEEP_MIN {
+        let chunk = match validate::any_chunk(next) {
+            Some(chunk) => chunk,
+            None => break,
+        };
+        let tree = validate::any_root(chunk.tree() as usize + ROOT_HEADER);
+        if tree.map_or(true, |tree| tree.state != chunk.live_state()) {
+            children += chunk.count() as u64;
+            bytes += chunk.bytes() as u64;
+        }
+        next = chunk.next() as usize;
+    }
+    (children, bytes)
 }
 
 /// Frees the guest chunks of `heap` (the caller's) whose tree is dead, and

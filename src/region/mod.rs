@@ -49,10 +49,7 @@
 //!   sweeps it: until then the tool still lets it be read.
 //!
 //! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
-//! refused (its children are the owner's to move). A tree freed by
-//! another thread leaves `mapi32_stats` when its free returns, but guest
-//! children of a dead tree stay counted until their maker sweeps
-//! (`counts::stats`). Emptied class pages go back only when a segment is
+//! refused (its children are the owner's to move). Emptied class pages go back only when a segment is
 //! used up or the thread exits (`heap::reclaim_empty_pages`), and free
 //! spans are reused by exact length.
 

@@ -46,12 +46,12 @@
 //! and pushes the page again, or the owner's take sees the bit.
 
 use super::chunk::Chunk;
-use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES};
+use super::class::root_class_size;
 use super::heap::{Heap, LARGE};
 use super::page::{Kind, Page};
 use super::root::{self, generation, Root, CHUNK, KIND_MASK};
 use super::segment::{Segment, KILLED_WORDS};
-use super::{free, segmap, validate, GRANULE, PAGES, PAGE_SHIFT, PAGE_SIZE};
+use super::{free, validate, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{fence, Ordering};
 
@@ -201,27 +201,9 @@ fn killed_tree(segment: &Segment, index: usize, slot: usize) -> Option<Unrelease
     }
 }
 
-/// The chunk at `addr` if it is one of `tree`'s in the life `state` names,
-/// read from the tables any thread may read (as `validate::any_child`).
+/// The chunk at `addr` if it is one of `tree`'s in the life `state` names.
 fn chunk_of(addr: usize, tree: &Root, state: u32) -> Option<&'static Chunk> {
-    if addr % GRANULE != 0 || !segmap::contains(addr) {
-        return None;
-    }
-    // SAFETY: the segment map says `addr`'s unit starts a published segment.
-    let segment = unsafe { Segment::of(addr) };
-    let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
-    let layout = segment.page(index).layout();
-    let at = addr - segment.page_start(index);
-    let slot_start = if layout.class == LARGE {
-        at == 0
-    } else {
-        layout.class < CHUNK_CLASSES && at % chunk_class_size(layout.class) == 0
-    };
-    if layout.kind != Kind::Chunk || index == 0 || !slot_start {
-        return None;
-    }
-    // SAFETY: a slot start in a chunk page of a published segment.
-    let chunk = unsafe { Chunk::at(addr) };
+    let chunk = validate::any_chunk(addr)?;
     let tagged = chunk.state() & KIND_MASK == CHUNK && generation(chunk.state()) == generation(state);
     if tagged && ptr::eq(chunk.tree(), tree) {
         Some(chunk)
