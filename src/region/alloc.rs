@@ -156,6 +156,62 @@ fn guest_child(parent: usize, size: ULONG) -> Result<Block, Error> {
     guest::child(heap, tree, state, size).map(block)
 }
 
+/// What `quick_child` found.
+#[derive(Clone, Copy, Debug)]
+pub enum Quick {
+    /// The child, made.
+    Made(Block),
+    /// The parent is the one remembered, but its tree's newest chunk is
+    /// full (or it has none): `Grow::child` makes the child in a new one.
+    Grow(Grow),
+    /// Anything else, nothing changed: for `allocate_child`.
+    Miss,
+}
+
+/// A child that needs a new chunk of its tree (`Quick::Grow`).
+#[derive(Clone, Copy, Debug)]
+pub struct Grow {
+    heap: &'static Heap,
+    tree: &'static Root,
+}
+
+impl Grow {
+    /// The child of `size` bytes, in a new chunk.
+    #[inline(always)]
+    pub fn child(self, size: ULONG) -> Result<Block, Error> {
+        child_in_new_chunk(self.heap, self.tree, child_granules(size), size)
+    }
+}
+
+/// `MAPIAllocateMore`'s common case alone: a child of the parent the
+/// calling thread last used, with no tool watching, bumped into its tree's
+/// newest chunk. Kept apart so that the export can try it first as a leaf,
+/// with no frame to set up and no result to merge with the other paths',
+/// and pass the rest on by a tail call: a new chunk to `Grow::child`,
+/// anything else (a null parent included: the empty cache holds 0) to
+/// `allocate_child`.
+#[inline(always)]
+pub fn quick_child(parent: usize, size: ULONG) -> Quick {
+    if parent == 0 || track::enabled() {
+        return Quick::Miss;
+    }
+    let heap = match thread::current() {
+        Some(heap) => heap,
+        None => return Quick::Miss,
+    };
+    let tree = match heap.cache.tree_of(parent) {
+        Some(tree) => tree,
+        None => return Quick::Miss,
+    };
+    // SAFETY: a live tree's chunks are live chunk slots of this heap.
+    if let Some(chunk) = unsafe { tree.first().as_ref() } {
+        if let Some(addr) = chunk.bump(child_granules(size)) {
+            return Quick::Made(child_made(heap, chunk, addr, size));
+        }
+    }
+    Quick::Grow(Grow { heap, tree })
+}
+
 /// A child of `size` bytes taking `granules` granules.
 #[inline(always)]
 fn child_of(heap: &Heap, tree: &Root, granules: usize, size: ULONG) -> Result<Block, Error> {

@@ -32,6 +32,72 @@ pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
     }
 }
 
+/// What `quick_free` did.
+#[derive(Clone, Copy, Debug)]
+pub enum QuickFree {
+    /// The root is freed, and there is nothing left to do.
+    Done,
+    /// The root was freed or is to be freed: `Rest::finish` does the rest.
+    Rest(Rest),
+    /// Anything else, nothing changed: for `free_root`.
+    Miss,
+}
+
+/// The rest of a free `quick_free` started (`QuickFree::Rest`).
+#[derive(Clone, Copy, Debug)]
+pub enum Rest {
+    /// A childless root's slot went back to a page that was full: it goes
+    /// back on its queue.
+    Requeue(&'static Heap, &'static Page),
+    /// A live root of the caller's with children: the whole tree to free.
+    Tree(&'static Heap, &'static Page, &'static Root),
+}
+
+impl Rest {
+    pub fn finish(self) {
+        match self {
+            Rest::Requeue(heap, page) => heap.requeue(page),
+            Rest::Tree(heap, page, root) => {
+                free_tree(heap, page, root);
+            }
+        }
+    }
+}
+
+/// `MAPIFreeBuffer`'s common case alone: a live root of the calling
+/// thread's, with nothing killed by other threads to release first and no
+/// tool watching. A childless root in a class page is freed here, with no
+/// call; the rest of the work, if any, is left to `Rest::finish`, and
+/// anything else to `free_root`. Kept apart so that the export can try it
+/// first as a leaf and pass the rest on by tail calls.
+#[inline(always)]
+pub fn quick_free(addr: usize) -> QuickFree {
+    if track::enabled() {
+        return QuickFree::Miss;
+    }
+    let heap = match thread::current() {
+        Some(heap) if !remote::has_kills(heap) => heap,
+        _ => return QuickFree::Miss,
+    };
+    let (page, root) = match validate::root(heap, addr) {
+        Some(found) => found,
+        None => return QuickFree::Miss,
+    };
+    if !root.first().is_null() {
+        return QuickFree::Rest(Rest::Tree(heap, page, root));
+    }
+    if page.class() == LARGE {
+        return QuickFree::Miss;
+    }
+    root.end();
+    heap.counts.root_freed(root.size());
+    // SAFETY: a slot of this class page, handed out and now dead.
+    if unsafe { page.free(root as *const Root as *mut u8) } {
+        return QuickFree::Rest(Rest::Requeue(heap, page));
+    }
+    QuickFree::Done
+}
+
 /// Not a live root of the calling thread's: another thread's is killed
 /// (its blocks are counted when its owner releases them: 1 here).
 #[cold]
@@ -55,7 +121,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
         return tracked_free_root_alone(heap, page, root);
     }
     root.end();
-    heap.counts.tree_freed(0, root.size() as u64);
+    heap.counts.root_freed(root.size());
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
@@ -65,7 +131,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 #[inline(never)]
 fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     if root.end_unless_killed() {
-        heap.counts.tree_freed(0, root.size() as u64);
+        heap.counts.root_freed(root.size());
         track::block_freed(root.client(), root.size() as usize);
         tracked_hold(heap, page, root as *const Root as *mut u8);
     }

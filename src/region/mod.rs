@@ -52,8 +52,7 @@
 //!   them be read.
 //!
 //! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
-//! refused (its children are the owner's to move). Counts lag where
-//! `counts::stats` says. Emptied class pages go back only when a segment is
+//! refused (its children are the owner's to move). Emptied class pages go back only when a segment is
 //! used up or the thread exits (`heap::reclaim_empty_pages`), and free
 //! spans are reused by exact length.
 
@@ -89,6 +88,8 @@ mod park;
 #[cfg(test)]
 mod tests;
 
+pub use alloc::{quick_child, Grow, Quick};
+pub use free::{quick_free, QuickFree, Rest};
 pub use thread::on_thread_exit;
 pub use unload::unload;
 pub use walk::for_each_root;
