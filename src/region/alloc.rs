@@ -168,7 +168,8 @@ pub enum Quick {
     Miss,
 }
 
-/// A child that needs a new chunk of its tree (`Quick::Grow`).
+/// A child that needs a new chunk of its tree (`Quick::Grow`); the heap
+/// stays busy until `child` is done (`thread::Call` has why).
 #[derive(Clone, Copy, Debug)]
 pub struct Grow {
     heap: &'static Heap,
@@ -179,7 +180,9 @@ impl Grow {
     /// The child of `size` bytes, in a new chunk.
     #[inline(always)]
     pub fn child(self, size: ULONG) -> Result<Block, Error> {
-        child_in_new_chunk(self.heap, self.tree, child_granules(size), size)
+        let made = child_in_new_chunk(self.heap, self.tree, child_granules(size), size);
+        self.heap.leave();
+        made
     }
 }
 
@@ -190,6 +193,12 @@ impl Grow {
 /// and pass the rest on by a tail call: a new chunk to `Grow::child`,
 /// anything else (a null parent included: the empty cache holds 0) to
 /// `allocate_child`.
+///
+/// Being no entry point with a `thread::Call`, it marks the heap busy
+/// itself, once it has the tree and before the first store
+/// (`Heap::enter`), and idle when the child is made, or leaves that to
+/// `Grow::child`: a child forked meanwhile must not take the heap for idle
+/// (`fork`). A miss has stored nothing, and leaves the heap as it found it.
 #[inline(always)]
 pub fn quick_child(parent: usize, size: ULONG) -> Quick {
     if parent == 0 || track::enabled() {
@@ -203,10 +212,13 @@ pub fn quick_child(parent: usize, size: ULONG) -> Quick {
         Some(tree) => tree,
         None => return Quick::Miss,
     };
+    heap.enter();
     // SAFETY: a live tree's chunks are live chunk slots of this heap.
     if let Some(chunk) = unsafe { tree.first().as_ref() } {
         if let Some(addr) = chunk.bump(child_granules(size)) {
-            return Quick::Made(child_made(heap, chunk, addr, size));
+            let child = child_made(heap, chunk, addr, size);
+            heap.leave();
+            return Quick::Made(child);
         }
     }
     Quick::Grow(Grow { heap, tree })

@@ -43,7 +43,8 @@ pub enum QuickFree {
     Miss,
 }
 
-/// The rest of a free `quick_free` started (`QuickFree::Rest`).
+/// The rest of a free `quick_free` started (`QuickFree::Rest`); the heap
+/// stays busy until it is done (`thread::Call` has why).
 #[derive(Clone, Copy, Debug)]
 pub enum Rest {
     /// A childless root's slot went back to a page that was full: it goes
@@ -56,9 +57,13 @@ pub enum Rest {
 impl Rest {
     pub fn finish(self) {
         match self {
-            Rest::Requeue(heap, page) => heap.requeue(page),
+            Rest::Requeue(heap, page) => {
+                heap.requeue(page);
+                heap.leave();
+            }
             Rest::Tree(heap, page, root) => {
                 free_tree(heap, page, root);
+                heap.leave();
             }
         }
     }
@@ -70,6 +75,12 @@ impl Rest {
 /// call; the rest of the work, if any, is left to `Rest::finish`, and
 /// anything else to `free_root`. Kept apart so that the export can try it
 /// first as a leaf and pass the rest on by tail calls.
+///
+/// Being no entry point with a `thread::Call`, it marks the heap busy
+/// itself, once it knows it will change it and before the first store
+/// (`Heap::enter`), and idle when done, or leaves that to `Rest::finish`:
+/// a child forked meanwhile must not take the heap for idle (`fork`). A
+/// miss has stored nothing, and leaves the heap as it found it.
 #[inline(always)]
 pub fn quick_free(addr: usize) -> QuickFree {
     if track::enabled() {
@@ -83,11 +94,13 @@ pub fn quick_free(addr: usize) -> QuickFree {
         Some(found) => found,
         None => return QuickFree::Miss,
     };
-    if !root.first().is_null() {
-        return QuickFree::Rest(Rest::Tree(heap, page, root));
-    }
-    if page.class() == LARGE {
+    let childless = root.first().is_null();
+    if childless && page.class() == LARGE {
         return QuickFree::Miss;
+    }
+    heap.enter();
+    if !childless {
+        return QuickFree::Rest(Rest::Tree(heap, page, root));
     }
     root.end();
     heap.counts.root_freed(root.size());
@@ -95,6 +108,7 @@ pub fn quick_free(addr: usize) -> QuickFree {
     if unsafe { page.free(root as *const Root as *mut u8) } {
         return QuickFree::Rest(Rest::Requeue(heap, page));
     }
+    heap.leave();
     QuickFree::Done
 }
 

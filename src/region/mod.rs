@@ -99,7 +99,9 @@ use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
 
 // The entry points: each is one call (`thread::Call`), during which the
-// calling thread's heap is busy for a forked child's sake (`fork`).
+// calling thread's heap is busy for a forked child's sake (`fork`). The
+// leaf fast paths the exports try first (`quick_child`, `quick_free`)
+// mark it busy themselves.
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
 #[inline(always)]
