@@ -101,13 +101,12 @@ use core::ptr::NonNull;
 // The entry points: each is one call (`thread::Call`), during which the
 // calling thread's heap is busy for a forked child's sake (`fork`). The
 // leaf fast paths the exports try first (`quick_child`, `quick_free`)
-// mark it busy themselves.
+// mark it busy themselves, and so does `allocate_root` without a tool.
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
-    let _call = thread::Call::begin();
-    alloc::allocate_root(size)
+    alloc::allocate_root_call(size)
 }
 
 /// A new child of `size` bytes in the tree of `parent` (`MAPIAllocateMore`).
