@@ -178,7 +178,9 @@ pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize 
 }
 
 /// Gives back the chunks and the slot of `root`, whose life has ended and
-/// whose root the tool, if `tracked`, was told of.
+/// whose root the tool, if `tracked`, was told of. Inlined in both
+/// callers: as a call of its own it cost a tree's free 16 instructions.
+#[inline(always)]
 fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();
