@@ -12,7 +12,7 @@
 
 use crate::debug::{self, Misuse};
 use crate::scode::{Error, LPVOID, SCODE, S_OK, ULONG};
-use crate::tree::{self, Block, NotARoot};
+use crate::tree::{self, Block, Grow, NotARoot, Quick, QuickFree, Rest};
 use core::ptr::NonNull;
 
 /// Allocates a root block of `cbSize` bytes.
@@ -62,6 +62,42 @@ pub unsafe extern "system" fn MAPIAllocateBuffer(cbSize: ULONG, lppBuffer: *mut 
 /// `lpObject` may be any value.
 #[no_mangle]
 pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
+    // The common case first, as a leaf: no frame, no result to merge with
+    // the other paths', which it reaches by tail calls (`tree::quick_child`).
+    if lppBuffer.is_null() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { allocate_more(cbSize, lpObject, lppBuffer) };
+    }
+    match tree::quick_child(lpObject as usize, cbSize) {
+        Quick::Made(block) => {
+            // Unaligned, as in `report`.
+            // SAFETY: the caller's contract covers the non-null out-pointer.
+            unsafe { lppBuffer.write_unaligned(block.as_ptr().cast()) };
+            S_OK
+        }
+        // SAFETY (both): the caller's contract, passed on.
+        Quick::Grow(grow) => unsafe { grow_tree(grow, cbSize, lppBuffer) },
+        Quick::Miss => unsafe { allocate_more(cbSize, lpObject, lppBuffer) },
+    }
+}
+
+/// `MAPIAllocateMore` of a child that needs a new chunk of its tree.
+///
+/// # Safety
+/// `lppBuffer` is non-null and points to writable storage for one pointer.
+#[inline(never)]
+unsafe fn grow_tree(grow: Grow, cbSize: ULONG, lppBuffer: *mut LPVOID) -> SCODE {
+    // Out of memory at most: no misuse to count.
+    // SAFETY: the caller's contract covers the out-pointer, non-null.
+    unsafe { report(NonNull::new_unchecked(lppBuffer), grow.child(cbSize)) }
+}
+
+/// `MAPIAllocateMore` in full, every case.
+///
+/// # Safety
+/// As `MAPIAllocateMore`.
+#[cfg_attr(feature = "registry-v3", inline(never))]
+unsafe fn allocate_more(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
     let out = match NonNull::new(lppBuffer) {
         Some(out) => out,
         None => return null_out("MAPIAllocateMore"),
@@ -86,6 +122,25 @@ pub unsafe extern "system" fn MAPIAllocateMore(cbSize: ULONG, lpObject: LPVOID, 
 /// Any value of `lpBuffer` is accepted.
 #[no_mangle]
 pub unsafe extern "system" fn MAPIFreeBuffer(lpBuffer: LPVOID) -> ULONG {
+    // The common case first, as a leaf, as in `MAPIAllocateMore`.
+    match tree::quick_free(lpBuffer as usize) {
+        QuickFree::Done => S_OK as ULONG,
+        QuickFree::Rest(rest) => finish_free(rest),
+        QuickFree::Miss => free_buffer(lpBuffer),
+    }
+}
+
+/// The rest of a free the common case started: a tree's children, or a
+/// page back on its queue.
+#[inline(never)]
+fn finish_free(rest: Rest) -> ULONG {
+    rest.finish();
+    S_OK as ULONG
+}
+
+/// `MAPIFreeBuffer` in full, every case.
+#[cfg_attr(feature = "registry-v3", inline(never))]
+fn free_buffer(lpBuffer: LPVOID) -> ULONG {
     if !lpBuffer.is_null() {
         // Misuse is not an error here: MAPI callers ignore this result.
         match tree::free_root(lpBuffer as usize) {

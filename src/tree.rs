@@ -43,6 +43,70 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
     return crate::region::allocate_child(parent, size);
 }
 
+/// `allocate_child`'s common case, when the registry has one that can be
+/// tried alone (`region::quick_child`; only v3 has one): made, or left to
+/// `Grow::child`, or to `allocate_child` with nothing changed.
+#[cfg(feature = "registry-v3")]
+pub use crate::region::{quick_child, Grow, Quick};
+
+/// `free_root`'s common case, tried alone the same way
+/// (`region::quick_free`): done, or its rest left to `Rest::finish`, or
+/// left to `free_root` with nothing changed.
+#[cfg(feature = "registry-v3")]
+pub use crate::region::{quick_free, QuickFree, Rest};
+
+#[cfg(not(feature = "registry-v3"))]
+pub use quick::{quick_child, quick_free, Grow, Quick, QuickFree, Rest};
+
+/// Today's registry has no common case to try alone: every call is a miss.
+#[cfg(not(feature = "registry-v3"))]
+mod quick {
+    use super::{Block, Error, ULONG};
+
+    // The export matches every case; only `Miss` is ever made here.
+    #[allow(dead_code)]
+    pub enum Quick {
+        Made(Block),
+        Grow(Grow),
+        Miss,
+    }
+
+    /// Never made: `Quick::Grow` is never returned.
+    pub enum Grow {}
+
+    impl Grow {
+        pub fn child(self, _size: ULONG) -> Result<Block, Error> {
+            match self {}
+        }
+    }
+
+    #[inline(always)]
+    pub fn quick_child(_parent: usize, _size: ULONG) -> Quick {
+        Quick::Miss
+    }
+
+    #[allow(dead_code)]
+    pub enum QuickFree {
+        Done,
+        Rest(Rest),
+        Miss,
+    }
+
+    /// Never made: `QuickFree::Rest` is never returned.
+    pub enum Rest {}
+
+    impl Rest {
+        pub fn finish(self) {
+            match self {}
+        }
+    }
+
+    #[inline(always)]
+    pub fn quick_free(_addr: usize) -> QuickFree {
+        QuickFree::Miss
+    }
+}
+
 /// Frees the root at `addr` and all its children (`MAPIFreeBuffer`), and
 /// returns how many blocks that was. Anything else is left alone, and the
 /// reason is returned.

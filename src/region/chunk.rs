@@ -10,7 +10,10 @@
 //! A chunk may belong to a tree of another thread (`remote`): made by a
 //! thread's `MAPIAllocateMore` on that tree, in the maker's own pages, on
 //! the maker's list of such chunks rather than the tree's. Its state and
-//! tree are atomics because other threads validate children through them.
+//! tree are atomics because other threads validate children through them;
+//! its link and counts because `stats` reads a killed tree's chunks from
+//! any thread (`remote::unreleased`). Only the owner writes any of them,
+//! with relaxed loads and stores: the same moves as plain fields.
 
 use super::root::{generation, Root, CHUNK, GENERATION_SHIFT};
 use super::{GRANULE, GRANULE_SHIFT};
@@ -33,12 +36,12 @@ pub struct Chunk {
     used: Cell<u16>,
     end: Cell<u16>,
     /// The next older chunk of the tree. A free slot's link.
-    next: Cell<*const Chunk>,
+    next: AtomicPtr<Chunk>,
     tree: AtomicPtr<Root>,
     /// Its children and the bytes they asked for, taken off the heap's
     /// counts when the tree is freed.
-    count: Cell<u32>,
-    bytes: Cell<u32>,
+    count: AtomicU32,
+    bytes: AtomicU32,
 }
 
 const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_HEADER && CHUNK_HEADER % GRANULE == 0);
@@ -69,9 +72,9 @@ impl Chunk {
         self.tag(tree, state, class);
         self.used.set(used as u16);
         self.end.set(end as u16);
-        self.next.set(ptr::null());
-        self.count.set(0);
-        self.bytes.set(0);
+        self.set_next(ptr::null());
+        self.count.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
     }
 
     /// Makes the chunk belong to `tree` (a new one, when a root is
@@ -133,16 +136,19 @@ impl Chunk {
     /// Counts a child of `bytes` bytes made in it.
     #[inline(always)]
     pub fn add_child(&self, bytes: u32) {
-        self.count.set(self.count.get() + 1);
-        self.bytes.set(self.bytes.get().wrapping_add(bytes));
+        // A load and a store, not a read-modify-write: only the owner writes.
+        self.count.store(self.count().wrapping_add(1), Ordering::Relaxed);
+        self.bytes.store(self.bytes().wrapping_add(bytes), Ordering::Relaxed);
     }
 
+    #[inline(always)]
     pub fn count(&self) -> u32 {
-        self.count.get()
+        self.count.load(Ordering::Relaxed)
     }
 
+    #[inline(always)]
     pub fn bytes(&self) -> u32 {
-        self.bytes.get()
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The address after the last granule in use.
@@ -155,16 +161,18 @@ impl Chunk {
         self as *const Chunk as usize + CHUNK_HEADER
     }
 
+    #[inline(always)]
     pub fn next(&self) -> *const Chunk {
-        self.next.get()
+        self.next.load(Ordering::Relaxed)
     }
 
+    #[inline(always)]
     pub fn set_next(&self, next: *const Chunk) {
-        self.next.set(next)
+        self.next.store(next as *mut Chunk, Ordering::Relaxed)
     }
 
     /// The link to the next chunk, to unlink the one after.
-    pub fn next_link(&self) -> &Cell<*const Chunk> {
+    pub fn next_link(&self) -> &AtomicPtr<Chunk> {
         &self.next
     }
 }

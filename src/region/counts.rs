@@ -5,6 +5,7 @@
 //! (a free) and when read. Allocations ever made are the live blocks plus
 //! those freed, so no call counts them separately.
 
+use super::heap::Heap;
 use super::thread;
 use crate::registry::Counts;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,15 @@ impl HeapCounts {
         self.freed.add(1 + children);
     }
 
+    /// A root with no children, of `bytes` bytes, is freed.
+    #[inline(always)]
+    pub fn root_freed(&self, bytes: u32) {
+        self.take_peak();
+        self.live_roots.sub(1);
+        self.live_bytes.sub(bytes as u64);
+        self.freed.add(1);
+    }
+
     /// `children` children of a tree, `bytes` bytes in all, are freed
     /// apart from it (a guest chunk swept: see `guest`).
     pub fn children_freed(&self, children: u64, bytes: u64) {
@@ -116,11 +126,12 @@ impl HeapCounts {
 /// maker's. The peak is the sum of each heap's (exact with one heap).
 ///
 /// The calling thread first releases the trees other threads freed in its
-/// heap and sweeps its guest chunks, so its own share is exact. Another
-/// heap's share still counts the trees freed by other threads until that
-/// heap's thread next calls, and the guest children of dead trees until
-/// their maker sweeps; an orphan (its thread exited) is caught up here
-/// (see `remote`, `guest`, `thread::catch_up`).
+/// heap and sweeps its guest chunks. Another heap's share leaves out the
+/// trees other threads freed there that its owner has not released yet,
+/// and its guest children of dead trees (`share`), so a tree, with every
+/// child, leaves the counts when its free returns, on any thread. An
+/// orphan (its thread exited) is caught up here (see `remote`, `guest`,
+/// `thread::catch_up`).
 pub fn stats() -> Counts {
     if let Some(heap) = thread::entered() {
         thread::catch_up(heap);
@@ -136,7 +147,7 @@ pub fn stats() -> Counts {
             thread::catch_up(heap);
             heap.give_up();
         }
-        let counts = heap.counts.snapshot();
+        let counts = share(heap);
         total.live_roots = total.live_roots.wrapping_add(counts.live_roots);
         total.live_children = total.live_children.wrapping_add(counts.live_children);
         total.live_bytes = total.live_bytes.wrapping_add(counts.live_bytes);
@@ -144,6 +155,28 @@ pub fn stats() -> Counts {
         total.allocations = total.allocations.wrapping_add(counts.allocations);
     }
     total
+}
+
+/// `heap`'s counts without what was freed on other threads and not yet
+/// taken off them: the trees other threads killed in it that its owner
+/// has not released (`remote::unreleased`), and the children in its guest
+/// chunks whose tree is dead (`guest::dead`). Those were freed when their
+/// free returned. They are still blocks made, so the allocations stay; and
+/// the peak is the owner's, which they were part of.
+pub fn share(heap: &Heap) -> Counts {
+    let mut counts = heap.counts.snapshot();
+    if super::remote::has_kills(heap) {
+        let gone = super::remote::unreleased(heap);
+        counts.live_roots = counts.live_roots.wrapping_sub(gone.roots);
+        counts.live_children = counts.live_children.wrapping_sub(gone.children);
+        counts.live_bytes = counts.live_bytes.wrapping_sub(gone.bytes);
+    }
+    if heap.guests.count() != 0 {
+        let (children, bytes) = super::guest::dead(heap);
+        counts.live_children = counts.live_children.wrapping_sub(children);
+        counts.live_bytes = counts.live_bytes.wrapping_sub(bytes);
+    }
+    counts
 }
 
 #[cfg(test)]

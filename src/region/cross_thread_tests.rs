@@ -20,6 +20,22 @@ fn counts() -> Counts {
     thread::current().map(|heap| heap.counts.snapshot()).unwrap_or_default()
 }
 
+/// The share of the heap at `heap` in `mapi32_stats`, read from any thread.
+fn share_of(heap: usize) -> Counts {
+    // SAFETY: `heap` is a heap's address, and heaps are never freed.
+    super::counts::share(unsafe { &*(heap as *const super::heap::Heap) })
+}
+
+/// The calling thread's heap, as an address another thread may use.
+fn own_heap() -> usize {
+    thread::heap().unwrap() as *const super::heap::Heap as usize
+}
+
+/// The live roots, children and bytes of `counts`.
+fn live(counts: Counts) -> (u64, u64, u64) {
+    (counts.live_roots, counts.live_children, counts.live_bytes)
+}
+
 fn root(size: u32) -> usize {
     allocate_root(size).unwrap().addr()
 }
@@ -76,8 +92,10 @@ fn a_root_freed_on_another_thread_is_dead_everywhere_and_comes_back_to_its_owner
     assert_eq!(freed, trees.len(), "each root was another thread's and live");
     assert_eq!(freed_again, 0, "a second free does nothing");
     assert_eq!(dead, trees.len(), "neither root nor child takes a child after the free");
-    // The owner has not called since: the trees are still in its counts
-    // (the documented lag), and dead to it as well.
+    // The owner has not called since: the trees are still in its own
+    // counters, though not in its share of `mapi32_stats` (see
+    // `a_tree_freed_on_another_thread_leaves_the_counts_when_its_free_returns`),
+    // and dead to it as well.
     assert_eq!(counts().live_roots, made.live_roots);
     for &(r, c, _) in &trees {
         assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter));
@@ -133,6 +151,7 @@ fn children_made_on_another_threads_tree_live_and_die_with_it() {
     let (to_owner, from_guest) = mpsc::channel();
     let (to_guest, from_owner) = mpsc::channel::<()>();
     let guest = std::thread::spawn(move || {
+        let (heap, base) = (own_heap(), counts());
         let size = |i: usize| 8 + (i % 57) as u32;
         let mut kids: Vec<usize> = Vec::new();
         for i in 0..CHILDREN {
@@ -147,26 +166,30 @@ fn children_made_on_another_threads_tree_live_and_die_with_it() {
         }
         let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, size(i) as usize, i as u8));
         let distinct = kids.iter().collect::<HashSet<_>>().len() == CHILDREN;
-        let counted = counts().live_children == CHILDREN as u64;
-        let _ = to_owner.send((kids.clone(), intact && distinct && counted));
+        let counted = counts().live_children - base.live_children == CHILDREN as u64;
+        let _ = to_owner.send((kids.clone(), intact && distinct && counted, heap, base));
         from_owner.recv_timeout(PATIENCE).expect("the owner freed the root");
         let dead = kids.iter().all(|&k| allocate_child(k, 8) == Err(Error::InvalidParameter));
         let unfreeable = kids.iter().all(|&k| free_root(k) == Err(NotARoot::Unknown));
-        let before_sweep = counts().live_children;
+        let before_sweep = counts().live_children - base.live_children;
         let _ = stats(); // sweeps the guest chunks of dead trees
-        (dead && unfreeable, before_sweep, counts().live_children, counts().live_bytes)
+        let after = counts();
+        (dead && unfreeable, before_sweep, after.live_children - base.live_children, after.live_bytes - base.live_bytes)
     });
-    let (kids, sound) = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
+    let (kids, sound, heap, base) = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
     assert!(sound, "the guest's children are distinct, intact and counted");
     // The owner sees them as children of its tree, and grows them.
     assert_eq!(free_root(kids[5]), Err(NotARoot::Child));
     let grandchild = child(kids[5], 8);
     assert_eq!(free_root(r), Ok(3), "the root, its own child and the owner's grandchild");
     assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
+    // The guest has not called since: its children left its share of the
+    // counts with their tree all the same.
+    assert_eq!(live(share_of(heap)), live(base), "the guests left the counts with their tree");
     to_guest.send(()).unwrap();
     let (dead, before_sweep, after_sweep, bytes) = guest.join().unwrap();
     assert!(dead, "the guest's children died with their tree");
-    assert_eq!(before_sweep, CHILDREN as u64, "counted by their maker until it sweeps");
+    assert_eq!(before_sweep, CHILDREN as u64, "in their maker's own counters until it sweeps");
     assert_eq!((after_sweep, bytes), (0, 0), "swept when the maker read the counts");
 }
 
@@ -258,6 +281,8 @@ fn a_kill_landing_inside_the_owners_free_is_released_once() {
     assert!(on_other_thread(move || free_root(r) == Ok(1)), "the kill wins its swap");
     assert!(!tree.is_live());
     free::free_root_alone(heap, page, tree); // the owner's store and release, validated before
+    let share = share_of(own_heap());
+    assert_eq!(live(share), live(base), "the kill's stale mark takes nothing off the counts");
     let a = root(40); // drains the kill's mark
     let b = root(40);
     assert_ne!(a, b, "the slot was released once, so it is handed out once");
@@ -282,4 +307,98 @@ fn a_kill_of_a_stale_life_does_nothing() {
     assert!(!tree.kill(stale), "the old life's word no longer matches");
     assert!(tree.is_live());
     assert_eq!(free_root(r), Ok(1));
+}
+
+/// SPEC §4's counts let a client's tests assert that everything was freed:
+/// a tree another thread frees must leave them when that free returns, not
+/// at its owner's next call. The owner here makes trees of every shape
+/// (no child, children in one chunk and in several, a child in a chunk of
+/// its own) and then makes no call while another thread frees them.
+#[test]
+fn a_tree_freed_on_another_thread_leaves_the_counts_when_its_free_returns() {
+    let (trees_tx, trees) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let kept = root(10);
+        child(kept, 5);
+        let gone: Vec<usize> = (0..200u32)
+            .map(|n| {
+                let r = root(n);
+                for k in 0..n % 9 {
+                    child(r, 1 + 37 * k);
+                }
+                if n % 50 == 0 {
+                    child(r, 20_000);
+                }
+                r
+            })
+            .collect();
+        trees_tx.send((heap, base, gone)).unwrap();
+        // Until the test has read the counts (or failed: then on, quietly).
+        let _ = wait.recv_timeout(PATIENCE);
+        // Its next call releases them: they must not leave the counts twice.
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        assert_eq!(free_root(kept), Ok(2));
+        (released, counts())
+    });
+    let (heap, base, gone) = trees.recv_timeout(PATIENCE).unwrap();
+    let made = share_of(heap);
+    assert_eq!(made.live_roots - base.live_roots, 201);
+    let freed = on_other_thread(move || gone.iter().filter(|&&r| free_root(r) == Ok(1)).count());
+    assert_eq!(freed, 200);
+    let share = share_of(heap);
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(share), (roots + 1, children + 1, bytes + 15), "only `kept` is left, the owner idle");
+    assert_eq!(share.allocations, made.allocations, "freed blocks were still made");
+    go_on.send(()).unwrap();
+    let (released, after) = owner.join().unwrap();
+    assert_eq!(live(released), (roots + 2, children + 1, bytes + 23), "`kept` and the probe, once released");
+    assert_eq!(live(after), live(base));
+}
+
+/// The same with the owner parked in the middle of a call on one of the
+/// trees being freed (SPEC §3's race of a child against its tree's free):
+/// the counts are exact while it is parked, and once its call, which makes
+/// a child in the dead tree, has returned.
+#[test]
+fn counts_are_exact_after_a_remote_free_while_the_owner_is_parked_in_the_tree() {
+    let (parked_tx, parked) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let (trees_tx, trees) = mpsc::channel();
+    let (returned_tx, returned) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let busy = root(64);
+        child(busy, 16);
+        let other = root(32);
+        child(other, 24);
+        trees_tx.send((heap, base, busy, other)).unwrap();
+        super::park::arm(parked_tx, release_rx);
+        // A child too big for the newest chunk: parks making its chunk.
+        let made = allocate_child(busy, 2000).is_ok();
+        returned_tx.send(made).unwrap();
+        let _ = wait.recv_timeout(PATIENCE);
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        released
+    });
+    let (heap, base, busy, other) = trees.recv_timeout(PATIENCE).unwrap();
+    parked.recv_timeout(PATIENCE).expect("the owner parked in its call");
+    let freed = on_other_thread(move || (free_root(busy), free_root(other)));
+    assert_eq!(freed, (Ok(1), Ok(1)));
+    assert_eq!(live(share_of(heap)), live(base), "both trees gone, the owner parked");
+    release.send(()).unwrap();
+    assert!(returned.recv_timeout(PATIENCE).unwrap(), "a call that validated the tree first makes its child");
+    assert_eq!(live(share_of(heap)), live(base), "the child died with its tree");
+    go_on.send(()).unwrap();
+    let released = owner.join().unwrap();
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(released), (roots + 1, children, bytes + 8), "released once: only the probe is left");
 }

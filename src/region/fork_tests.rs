@@ -221,3 +221,99 @@ fn a_forked_child_finishes_the_kills_left_half_done() {
     });
     outcome.unwrap();
 }
+
+/// A thread in one of the exports' leaf fast paths (`quick_child`,
+/// `quick_free`), parked in the cold call it hands its rest to: its heap is
+/// busy, and a child forked then freezes it, as for any other call. Once
+/// that rest is done, the heap is idle.
+#[test]
+fn the_leaf_fast_paths_keep_the_heap_busy_until_their_rest_is_done() {
+    /// `rest` takes a tree of the thread's, with `children` children, down
+    /// a fast path to a cold call, where `park` waits.
+    fn parked_in(children: usize, rest: fn(usize) -> bool) {
+        let (made, ready) = mpsc::channel();
+        let (parked_tx, parked) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let busy = std::thread::spawn(move || {
+            let tree = root(64);
+            for _ in 0..children {
+                child(tree, 8);
+            }
+            made.send(my_heap()).unwrap();
+            park::arm(parked_tx, release_rx);
+            let idle_after = rest(tree) && !thread::current().unwrap().is_busy();
+            // The tree `Grow` left live (no one else's, so that no test
+            // adopts a heap holding it); `Rest` freed its own already.
+            let _ = free_root(tree);
+            idle_after
+        });
+        let heap = ready.recv_timeout(PATIENCE).unwrap();
+        parked.recv_timeout(PATIENCE).expect("the thread parked mid-call");
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*(heap as *const Heap) };
+        let outcome = in_a_child(move || {
+            check!(heap.is_owned() && heap.is_busy(), "the heap of a thread in a fast path is not frozen");
+            check!(!heap.try_claim(), "the heap of a thread in a fast path can be claimed");
+            Ok(())
+        });
+        release.send(()).unwrap();
+        assert!(busy.join().unwrap(), "the fast path failed, or left the heap busy");
+        outcome.unwrap();
+    }
+
+    // The tree has no chunk yet: its first child needs one (`Grow`).
+    parked_in(0, |tree| match quick_child(tree, 8) {
+        Quick::Grow(grow) => grow.child(8).is_ok(),
+        _ => false,
+    });
+    // A tree with a child is freed in full by `Rest::finish`.
+    parked_in(1, |tree| match quick_free(tree) {
+        QuickFree::Rest(rest @ Rest::Tree(..)) => {
+            rest.finish();
+            true
+        }
+        _ => false,
+    });
+}
+
+/// The fast paths that need no cold call leave the heap idle when done, as
+/// `allocate_root` does (it marks it idle itself too), refused or not.
+#[test]
+fn the_leaf_fast_paths_leave_the_heap_idle() {
+    let idle = std::thread::spawn(|| {
+        let tree = root(64);
+        let heap = thread::current().unwrap();
+        if heap.is_busy() {
+            return false;
+        }
+        crate::sys::fail_allocation_after(Some(0));
+        let refused = allocate_root(u32::MAX) == Err(Error::NoMemory) && !heap.is_busy();
+        crate::sys::fail_allocation_after(None);
+        if !refused {
+            return false;
+        }
+        child(tree, 8);
+        let made = matches!(quick_child(tree, 8), Quick::Made(_)) && !heap.is_busy();
+        let lone = root(64);
+        let done = matches!(quick_free(lone), QuickFree::Done) && !heap.is_busy();
+        // Enough roots to fill a page of their class: freeing one there
+        // puts the page back on its queue (`Rest::Requeue`).
+        let roots: Vec<usize> = (0..2 * PAGE_SIZE / 64).map(|_| root(48)).collect();
+        let mut requeued = 0;
+        for each in roots {
+            match quick_free(each) {
+                QuickFree::Done => {}
+                QuickFree::Rest(rest @ Rest::Requeue(..)) => {
+                    rest.finish();
+                    requeued += 1;
+                }
+                _ => return false,
+            }
+            if heap.is_busy() {
+                return false;
+            }
+        }
+        made && done && requeued > 0 && free_root(tree) == Ok(3)
+    });
+    assert!(idle.join().unwrap(), "a fast path failed, or left the heap busy");
+}

@@ -33,6 +33,86 @@ pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
     }
 }
 
+/// What `quick_free` did.
+#[derive(Clone, Copy, Debug)]
+pub enum QuickFree {
+    /// The root is freed, and there is nothing left to do.
+    Done,
+    /// The root was freed or is to be freed: `Rest::finish` does the rest.
+    Rest(Rest),
+    /// Anything else, nothing changed: for `free_root`.
+    Miss,
+}
+
+/// The rest of a free `quick_free` started (`QuickFree::Rest`); the heap
+/// stays busy until it is done (`thread::Call` has why).
+#[derive(Clone, Copy, Debug)]
+pub enum Rest {
+    /// A childless root's slot went back to a page that was full: it goes
+    /// back on its queue.
+    Requeue(&'static Heap, &'static Page),
+    /// A live root of the caller's with children: the whole tree to free.
+    Tree(&'static Heap, &'static Page, &'static Root),
+}
+
+impl Rest {
+    pub fn finish(self) {
+        match self {
+            Rest::Requeue(heap, page) => {
+                heap.requeue(page);
+                heap.leave();
+            }
+            Rest::Tree(heap, page, root) => {
+                free_tree(heap, page, root);
+                heap.leave();
+            }
+        }
+    }
+}
+
+/// `MAPIFreeBuffer`'s common case alone: a live root of the calling
+/// thread's, with nothing killed by other threads to release first and no
+/// tool watching. A childless root in a class page is freed here, with no
+/// call; the rest of the work, if any, is left to `Rest::finish`, and
+/// anything else to `free_root`. Kept apart so that the export can try it
+/// first as a leaf and pass the rest on by tail calls.
+///
+/// Being no entry point with a `thread::Call`, it marks the heap busy
+/// itself, once it knows it will change it and before the first store
+/// (`Heap::enter`), and idle when done, or leaves that to `Rest::finish`:
+/// a child forked meanwhile must not take the heap for idle (`fork`). A
+/// miss has stored nothing, and leaves the heap as it found it.
+#[inline(always)]
+pub fn quick_free(addr: usize) -> QuickFree {
+    if track::enabled() {
+        return QuickFree::Miss;
+    }
+    let heap = match thread::current() {
+        Some(heap) if !remote::has_kills(heap) => heap,
+        _ => return QuickFree::Miss,
+    };
+    let (page, root) = match validate::root(heap, addr) {
+        Some(found) => found,
+        None => return QuickFree::Miss,
+    };
+    let childless = root.first().is_null();
+    if childless && page.class() == LARGE {
+        return QuickFree::Miss;
+    }
+    heap.enter();
+    if !childless {
+        return QuickFree::Rest(Rest::Tree(heap, page, root));
+    }
+    root.end();
+    heap.counts.root_freed(root.size());
+    // SAFETY: a slot of this class page, handed out and now dead.
+    if unsafe { page.free(root as *const Root as *mut u8) } {
+        return QuickFree::Rest(Rest::Requeue(heap, page));
+    }
+    heap.leave();
+    QuickFree::Done
+}
+
 /// Not a live root of the calling thread's: another thread's is killed
 /// (its blocks are counted when its owner releases them: 1 here).
 #[cold]
@@ -56,7 +136,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
         return tracked_free_root_alone(heap, page, root);
     }
     root.end();
-    heap.counts.tree_freed(0, root.size() as u64);
+    heap.counts.root_freed(root.size());
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
@@ -66,7 +146,7 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 #[inline(never)]
 fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     if root.end_unless_killed() {
-        heap.counts.tree_freed(0, root.size() as u64);
+        heap.counts.root_freed(root.size());
         track::root_freed(root.client(), root.size() as usize);
         tracked_hold(heap, page, root as *const Root as *mut u8);
     }
@@ -105,7 +185,9 @@ pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize 
 
 /// Gives back the chunks and the slot of `root`, whose life has ended. If
 /// `tracked`, the tool is told of the children: through `pool`, the tree's
-/// pool if it is still there (`track::children_freed`).
+/// pool if it is still there (`track::children_freed`). Inlined in both
+/// callers: as a call of its own it cost a tree's free 16 instructions.
+#[inline(always)]
 fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool, pool: Option<usize>) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
     let mut next = root.first();

@@ -13,7 +13,8 @@
 //! exits; guests of trees still live then are swept by the adopter (at
 //! adoption and after, as its own), by `stats` (which claims an orphan
 //! holding guests for it) or at unloading (`thread::catch_up`).
-//! Until then the child stays in the maker's counts.
+//! Until then the child stays in the maker's counters, but `stats` leaves
+//! it out from its tree's free on (`dead`).
 //!
 //! A call racing the tree's free either validated the tree live first (its
 //! child is made, is dead at once or with the free, and is swept) or finds
@@ -28,13 +29,13 @@ use super::class::{chunk_class_for, chunk_class_size, CHUNK_CLASSES, CHUNK_GROWT
 use super::free;
 use super::heap::Heap;
 use super::page::Kind;
-use super::root::Root;
+use super::root::{Root, ROOT_HEADER};
 use super::segment::Segment;
-use super::{track, GRANULE, GRANULE_SHIFT};
+use super::{track, validate, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Sweeps wait for at least this many guest chunks.
 const SWEEP_MIN: usize = 64;
@@ -42,7 +43,9 @@ const SWEEP_MIN: usize = 64;
 /// A heap's guest chunks, newest first, linked through `Chunk::next`.
 #[derive(Debug)]
 pub struct Guests {
-    newest: Cell<*const Chunk>,
+    /// Written by the owner only; atomic because `dead` walks the list
+    /// from any thread.
+    newest: AtomicPtr<Chunk>,
     /// Written by the owner only; atomic so that `stats` may ask whether
     /// an orphan holds any (`thread::catch_up`).
     count: AtomicUsize,
@@ -52,7 +55,7 @@ pub struct Guests {
 impl Guests {
     #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
     pub const EMPTY: Guests =
-        Guests { newest: Cell::new(ptr::null()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
+        Guests { newest: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
 
     /// How many guest chunks the heap holds (any thread may ask: a hint).
     pub fn count(&self) -> usize {
@@ -71,7 +74,7 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     let granules = (((size.max(1) as usize - 1) >> GRANULE_SHIFT) + 1) + redzone;
     let guests = &heap.guests;
     // SAFETY: the list holds live chunk slots of this heap.
-    let newest = unsafe { guests.newest.get().as_ref() };
+    let newest = unsafe { guests.newest.load(Ordering::Relaxed).as_ref() };
     let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.live_state() == state);
     if let Some(chunk) = same_life {
         if let Some(addr) = chunk.bump(granules) {
@@ -101,8 +104,9 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     // SAFETY: a chunk slot just handed out by this heap.
     let chunk = unsafe { Chunk::at(slot as usize) };
     chunk.begin_in(tree, state, class, used, end);
-    chunk.set_next(guests.newest.get());
-    guests.newest.set(chunk);
+    chunk.set_next(guests.newest.load(Ordering::Relaxed));
+    // Release: a thread reading the counts (`dead`) sees the header first.
+    guests.newest.store(chunk as *const Chunk as *mut Chunk, Ordering::Release);
     guests.count.store(guests.count() + 1, Ordering::Relaxed);
     Ok(made(heap, chunk, chunk.children_start(), granules, size))
 }
@@ -123,6 +127,36 @@ fn made(heap: &Heap, chunk: &Chunk, addr: usize, granules: usize, size: ULONG) -
     addr
 }
 
+/// The children, and their bytes, in `heap`'s guest chunks whose tree is
+/// dead: still in their maker's counts until it sweeps, but freed for
+/// `mapi32_stats` when their tree's free returned. Any thread may ask,
+/// whatever the maker is doing; nothing is written.
+///
+/// Each link is validated before it is followed (`validate::any_chunk`)
+/// and each tree as any thread's (`validate::any_root`). Racing the maker's
+/// own sweep or a new guest chunk, a walk may count a chunk just freed or
+/// miss one just linked: the maker is in a call then, and its counts move
+/// anyway. It follows at most twice as many links as the maker last
+/// counted, and `SWEEP_MIN` more, so that it ends even then.
+pub fn dead(heap: &Heap) -> (u64, u64) {
+    let guests = &heap.guests;
+    let (mut children, mut bytes) = (0u64, 0u64);
+    let mut next = guests.newest.load(Ordering::Acquire) as usize;
+    for _ in 0..2 * guests.count() + SWEEP_MIN {
+        let chunk = match validate::any_chunk(next) {
+            Some(chunk) => chunk,
+            None => break,
+        };
+        let tree = validate::any_root(chunk.tree() as usize + ROOT_HEADER);
+        if tree.map_or(true, |tree| tree.state != chunk.live_state()) {
+            children += chunk.count() as u64;
+            bytes += chunk.bytes() as u64;
+        }
+        next = chunk.next() as usize;
+    }
+    (children, bytes)
+}
+
 /// Frees the guest chunks of `heap` (the caller's) whose tree is dead, and
 /// takes their children off the counts.
 #[cold]
@@ -132,12 +166,12 @@ pub fn sweep(heap: &Heap) {
     let (mut kept, mut link) = (0, &guests.newest);
     // SAFETY: the list holds live chunk slots of this heap; a chunk is
     // unlinked before it is freed.
-    while let Some(chunk) = unsafe { link.get().as_ref() } {
+    while let Some(chunk) = unsafe { link.load(Ordering::Relaxed).as_ref() } {
         if chunk.live_tree().is_some() {
             kept += 1;
             link = chunk.next_link();
         } else {
-            link.set(chunk.next());
+            link.store(chunk.next() as *mut Chunk, Ordering::Relaxed);
             heap.counts.children_freed(chunk.count() as u64, chunk.bytes() as u64);
             free::free_chunk(heap, chunk);
         }

@@ -478,6 +478,14 @@ impl Heap {
     }
 
     fn give_back(&self, page: &Page, discard: bool) {
+        if page.kind() == Kind::Root {
+            // A bit left by a kill that lost to the owner's own free would
+            // name a slot of the page's next class (`remote::unreleased`);
+            // `may_retire` saw no kill under way, and none can start here.
+            // SAFETY: `page` is a descriptor in a published segment's header.
+            let segment = unsafe { Segment::of(page as *const Page as usize) };
+            segment.forget_killed(segment.index_of(page));
+        }
         if discard {
             os::discard(page.base(), page.span() * PAGE_SIZE);
         }

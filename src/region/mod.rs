@@ -55,8 +55,7 @@
 //!   them be read.
 //!
 //! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
-//! refused (its children are the owner's to move). Counts lag where
-//! `counts::stats` says. Emptied class pages go back only when a segment is
+//! refused (its children are the owner's to move). Emptied class pages go back only when a segment is
 //! used up or the thread exits (`heap::reclaim_empty_pages`), and free
 //! spans are reused by exact length.
 
@@ -93,6 +92,8 @@ mod park;
 #[cfg(test)]
 mod tests;
 
+pub use alloc::{quick_child, Grow, Quick};
+pub use free::{quick_free, QuickFree, Rest};
 pub use thread::on_thread_exit;
 pub use unload::unload;
 pub use walk::for_each_root;
@@ -102,13 +103,14 @@ use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
 
 // The entry points: each is one call (`thread::Call`), during which the
-// calling thread's heap is busy for a forked child's sake (`fork`).
+// calling thread's heap is busy for a forked child's sake (`fork`). The
+// leaf fast paths the exports try first (`quick_child`, `quick_free`)
+// mark it busy themselves, and so does `allocate_root` without a tool.
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
-    let _call = thread::Call::begin();
-    alloc::allocate_root(size)
+    alloc::allocate_root_call(size)
 }
 
 /// A new child of `size` bytes in the tree of `parent` (`MAPIAllocateMore`).

@@ -32,8 +32,21 @@ pub enum Kind {
 
 /// Where a free slot keeps the link to the next: its third word, the
 /// root header's `first` and the chunk header's `next`, never its first
-/// (the state word, which must keep saying "free").
+/// (the state word, which must keep saying "free"). Read and written as the
+/// atomic those fields are: `stats` may read that word of a slot another
+/// thread is freeing (`remote::unreleased`).
 pub const FREE_LINK_OFFSET: usize = 8;
+
+/// The link word of the free slot at `slot`.
+///
+/// # Safety
+/// `slot` is a slot of at least 32 bytes (the smallest class), 16-aligned.
+#[inline(always)]
+unsafe fn free_link<'a>(slot: *mut u8) -> &'a AtomicPtr<u8> {
+    // SAFETY: by the caller's contract the word is inside the slot and
+    // aligned; it is the `AtomicPtr` of a root's `first` or a chunk's `next`.
+    unsafe { &*slot.add(FREE_LINK_OFFSET).cast::<AtomicPtr<u8>>() }
+}
 
 #[repr(C)]
 #[derive(Debug)]
@@ -245,7 +258,7 @@ impl Page {
         if !slot.is_null() {
             // SAFETY: a slot on the free list is ours and holds its link at
             // FREE_LINK_OFFSET, written by `free`.
-            self.free.set(unsafe { slot.add(FREE_LINK_OFFSET).cast::<*mut u8>().read() });
+            self.free.set(unsafe { free_link(slot) }.load(Ordering::Relaxed));
         } else if self.bump.get() < self.cap.get() {
             let index = self.bump.get();
             self.bump.set(index + 1);
@@ -269,7 +282,7 @@ impl Page {
     pub unsafe fn free(&self, slot: *mut u8) -> bool {
         // SAFETY: the slot is ours and at least 32 bytes (the smallest class),
         // so its third word is inside it; nobody else uses it any more.
-        unsafe { slot.add(FREE_LINK_OFFSET).cast::<*mut u8>().write(self.free.get()) };
+        unsafe { free_link(slot) }.store(self.free.get(), Ordering::Relaxed);
         self.free.set(slot);
         self.used.set(self.used.get() - 1);
         !self.queued.get()

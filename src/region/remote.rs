@@ -15,9 +15,12 @@
 //! `MAPIFreeBuffer` or `mapi32_stats` (one relaxed load each when there is
 //! nothing), and releases every slot whose bit is set and whose root is
 //! still killed: its chunks and slot go back, and the tree leaves the
-//! counts. A heap whose thread exits drains them then; kills that come
-//! later, into the orphan, are drained by its adopter, or by `stats`, as
-//! the owner (`thread::catch_up`).
+//! owner's counters. `mapi32_stats` left it out from the moment the kill
+//! returned: it subtracts what killed, unreleased trees hold from their
+//! owner's share (`unreleased`), reading only, so neither thread waits.
+//! A heap whose thread exits drains them then; kills that come later,
+//! into the orphan, are drained by its adopter, or by `stats`, as the
+//! owner (`thread::catch_up`).
 //!
 //! Races, each settled by the state word:
 //! - two frees from other threads: one swap wins, the other finds the root
@@ -42,14 +45,15 @@
 //! the flag and then takes the bits. Either the killer sees the flag clear
 //! and pushes the page again, or the owner's take sees the bit.
 
-use super::free;
-use super::heap::Heap;
+use super::chunk::Chunk;
+use super::class::root_class_size;
+use super::heap::{Heap, LARGE};
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{self, generation, Root, CHUNK, KIND_MASK};
 use super::segment::{Segment, KILLED_WORDS};
-use super::{track, validate};
+use super::{free, track, validate, PAGE_SIZE};
 use core::ptr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{fence, Ordering};
 
 /// Frees the root at `addr` if it is a live root of any thread's, for the
 /// owner to release. False if it is not (any more) a live root.
@@ -114,6 +118,109 @@ fn push(owner: &Heap, page: &Page) {
 /// (a hint: any thread may ask).
 pub fn has_kills(heap: &Heap) -> bool {
     !heap.killed.load(Ordering::Relaxed).is_null()
+}
+
+/// Roots, children and bytes of trees killed and not yet released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unreleased {
+    pub roots: u64,
+    pub children: u64,
+    pub bytes: u64,
+}
+
+/// What the trees other threads killed in `heap`, and its owner has not
+/// released yet, hold: still in the owner's counts, but freed for
+/// `mapi32_stats` the moment their free returned. Any thread may ask,
+/// whatever the owner is doing; nothing is written.
+///
+/// The killed stack and bits say where to look. A slot counts while its
+/// root is still killed (a bit whose kill lost to the owner's own free
+/// finds the slot free or in a new life), with each chunk on its list
+/// that is tagged with this tree and life: a child the owner made in a
+/// call racing the kill is counted once that call is over. The slot is
+/// found from the page's class alone, as in `validate::any_root`.
+///
+/// Racing the owner's own drain, a walk may count a tree the owner just
+/// released, or miss one it just took off the stack: the owner is in a
+/// call then, and its counts move anyway. A chunk whose tag does not name
+/// the tree ends the walk, and a tree whose state moved on during it is
+/// not counted, so a link rewritten meanwhile never leads anywhere but to
+/// a slot of ours. A walk ends unless other threads keep killing trees in
+/// the heap as it goes (each page it revisits was pushed again).
+pub fn unreleased(heap: &Heap) -> Unreleased {
+    let mut total = Unreleased::default();
+    let mut next = heap.killed.load(Ordering::Acquire) as *const Page;
+    // SAFETY: pushed pages are descriptors of `heap`'s segments, mapped for
+    // good.
+    while let Some(page) = unsafe { next.as_ref() } {
+        next = page.killed_next.load(Ordering::Relaxed);
+        // SAFETY: a page descriptor lies in its segment's first unit.
+        let segment = unsafe { Segment::of(page as *const Page as usize) };
+        let index = segment.index_of(page);
+        for word in 0..KILLED_WORDS {
+            let mut bits = segment.killed_bits(index, word);
+            while bits != 0 {
+                let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(tree) = killed_tree(segment, index, slot) {
+                    total.roots += 1;
+                    total.children += tree.children;
+                    total.bytes += tree.bytes;
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The killed tree in slot `slot` of page `index`, if there is one.
+fn killed_tree(segment: &Segment, index: usize, slot: usize) -> Option<Unreleased> {
+    let layout = segment.page(index).layout();
+    if layout.kind != Kind::Root || index == 0 {
+        return None;
+    }
+    let offset = if layout.class == LARGE {
+        0
+    } else {
+        let size = root_class_size(layout.class);
+        if (slot + 1) * size > PAGE_SIZE {
+            return None;
+        }
+        slot * size
+    };
+    // SAFETY: a slot start in a root page of a published segment: mapped
+    // for good, and a root header's place (`validate::any_root`).
+    let root = unsafe { Root::at(segment.page_start(index) + offset) };
+    let state = root.state_acquire();
+    if !root::is_killed(state) {
+        return None;
+    }
+    let mut tree = Unreleased { roots: 1, children: 0, bytes: root.size() as u64 };
+    let mut next = root.first() as usize;
+    while next != 0 {
+        let chunk = chunk_of(next, root, state)?;
+        tree.children += chunk.count() as u64;
+        tree.bytes += chunk.bytes() as u64;
+        next = chunk.next() as usize;
+    }
+    // What was read counts only if the tree was still unreleased after it.
+    fence(Ordering::Acquire);
+    if root.state() == state {
+        Some(tree)
+    } else {
+        None
+    }
+}
+
+/// The chunk at `addr` if it is one of `tree`'s in the life `state` names.
+fn chunk_of(addr: usize, tree: &Root, state: u32) -> Option<&'static Chunk> {
+    let chunk = validate::any_chunk(addr)?;
+    let tagged = chunk.state() & KIND_MASK == CHUNK && generation(chunk.state()) == generation(state);
+    if tagged && ptr::eq(chunk.tree(), tree) {
+        Some(chunk)
+    } else {
+        None
+    }
 }
 
 /// Releases the trees other threads killed in `heap`'s pages; `heap` is the

@@ -22,9 +22,8 @@
 
 use super::chunk::Chunk;
 use super::GRANULE;
-use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// The kinds a state word holds in its low bits.
 pub const FREE: u32 = 0;
@@ -34,7 +33,7 @@ pub const CHUNK: u32 = 2;
 /// Freed by another thread, not yet released by its owner: dead to every
 /// call, its slot and chunks still held.
 pub const KILLED: u32 = 3;
-const KIND_MASK: u32 = 3;
+pub const KIND_MASK: u32 = 3;
 pub const GENERATION_SHIFT: u32 = 8;
 const GENERATION_STEP: u32 = 1 << GENERATION_SHIFT;
 
@@ -50,17 +49,25 @@ pub struct Root {
     /// Read by a thread that kills the root (it takes it off the counts).
     size: AtomicU32,
     /// The newest chunk, where children are bumped; older ones follow it.
-    /// A free slot's link in its page's free list.
-    first: Cell<*const Chunk>,
+    /// A free slot's link in its page's free list. Atomic because `stats`
+    /// reads a killed tree's chunks from any thread (`remote::unreleased`);
+    /// the owner's loads and stores are relaxed.
+    first: AtomicPtr<Chunk>,
 }
 
 const _: () = assert!(core::mem::size_of::<Root>() <= ROOT_HEADER && ROOT_HEADER % GRANULE == 0);
-const _: () = assert!(core::mem::size_of::<Root>() >= super::page::FREE_LINK_OFFSET + 4);
+const _: () = assert!(core::mem::size_of::<Root>() >= super::page::FREE_LINK_OFFSET + core::mem::size_of::<usize>());
 
 /// The generation bits of a state word.
 #[inline(always)]
 pub const fn generation(state: u32) -> u32 {
     state & !((1 << GENERATION_SHIFT) - 1)
+}
+
+/// Whether a state word is a killed root's.
+#[inline(always)]
+pub const fn is_killed(state: u32) -> bool {
+    state & KIND_MASK == KILLED
 }
 
 impl Root {
@@ -81,7 +88,7 @@ impl Root {
     pub fn begin(&self, size: u32) -> u32 {
         let state = generation(self.state()) | LIVE;
         self.size.store(size, Ordering::Relaxed);
-        self.first.set(ptr::null());
+        self.set_first(ptr::null());
         // Release: another thread that reads this state reads the size too.
         self.state.store(state, Ordering::Release);
         state
@@ -148,11 +155,12 @@ impl Root {
 
     #[inline(always)]
     pub fn first(&self) -> *const Chunk {
-        self.first.get()
+        self.first.load(Ordering::Relaxed)
     }
 
+    #[inline(always)]
     pub fn set_first(&self, chunk: *const Chunk) {
-        self.first.set(chunk)
+        self.first.store(chunk as *mut Chunk, Ordering::Relaxed)
     }
 
     /// The client's address.

@@ -192,6 +192,30 @@ impl Segment {
         }
     }
 
+    /// Word `word` of page `index`'s killed bits, left as they are (any
+    /// thread: `remote::unreleased`).
+    pub fn killed_bits(&self, index: usize, word: usize) -> usize {
+        match self.killed[index & (PAGES - 1)].get(word) {
+            Some(word) => word.load(Ordering::SeqCst),
+            None => 0,
+        }
+    }
+
+    /// Drops page `index`'s killed bits: its slots are about to change
+    /// class, and a bit left by a kill that lost to its owner's free must
+    /// not name a slot of the next class. Only once no kill is under way
+    /// in the segment (`Heap::reclaim_empty_pages`).
+    pub fn forget_killed(&self, index: usize) {
+        for word in 0..KILLED_WORDS {
+            self.take_killed(index, word);
+        }
+    }
+
+    /// The address page `index` starts at.
+    pub fn page_start(&self, index: usize) -> usize {
+        self.start() + (index & (PAGES - 1)) * PAGE_SIZE
+    }
+
     /// How many pages are left to hand out.
     pub fn pages_left(&self) -> usize {
         PAGES - self.next_page.get()

@@ -36,18 +36,32 @@ impl<const WORDS: usize> StartBits<WORDS> {
         }
     }
 
-    /// Clears the `count` granules from `first` on.
+    /// Clears the `count` granules from `first` on: the first and last
+    /// words masked, the ones between zeroed (a tree's free clears each of
+    /// its chunks so).
     #[inline]
     pub fn clear(&self, first: usize, count: usize) {
-        let (mut granule, end) = (first, first.saturating_add(count).min(Self::GRANULES));
-        while granule < end {
-            let bit = granule % WORD_BITS;
-            let take = (WORD_BITS - bit).min(end - granule);
-            let mask = if take == WORD_BITS { usize::MAX } else { ((1 << take) - 1) << bit };
-            if let Some(word) = self.0.get(granule / WORD_BITS) {
-                word.store(word.load(Ordering::Relaxed) & !mask, Ordering::Relaxed);
-            }
-            granule += take;
+        let end = first.saturating_add(count).min(Self::GRANULES);
+        if first >= end {
+            return;
+        }
+        let (first_word, last_word) = (first / WORD_BITS, (end - 1) / WORD_BITS);
+        let from_first = usize::MAX << (first % WORD_BITS);
+        let to_last = usize::MAX >> (WORD_BITS - 1 - (end - 1) % WORD_BITS);
+        if first_word == last_word {
+            return self.clear_bits(first_word, from_first & to_last);
+        }
+        self.clear_bits(first_word, from_first);
+        for word in self.0.iter().take(last_word).skip(first_word + 1) {
+            word.store(0, Ordering::Relaxed);
+        }
+        self.clear_bits(last_word, to_last);
+    }
+
+    #[inline(always)]
+    fn clear_bits(&self, word: usize, mask: usize) {
+        if let Some(word) = self.0.get(word) {
+            word.store(word.load(Ordering::Relaxed) & !mask, Ordering::Relaxed);
         }
     }
 
@@ -92,6 +106,21 @@ mod tests {
         assert!(b.test(0) && !b.test(1) && !b.test(WORD_BITS) && b.test(2 * WORD_BITS + 5));
         b.clear(0, usize::MAX);
         assert!((0..StartBits::<WORDS>::GRANULES).all(|g| !b.test(g)));
+    }
+
+    #[test]
+    fn clear_takes_exactly_its_granules_wherever_they_start_and_end() {
+        let all = StartBits::<WORDS>::GRANULES;
+        for first in (0..all).step_by(7).chain([WORD_BITS - 1, WORD_BITS, all - 1]) {
+            for count in (0..=all + 1).step_by(5).chain([1, WORD_BITS, all - first]) {
+                let b = bits();
+                (0..all).for_each(|g| b.set(g));
+                b.clear(first, count);
+                let end = first.saturating_add(count);
+                let wrong = (0..all).find(|&g| b.test(g) == (first..end).contains(&g));
+                assert_eq!(wrong, None, "clear({first}, {count})");
+            }
+        }
     }
 
     #[test]

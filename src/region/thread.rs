@@ -64,7 +64,10 @@ pub fn heap() -> Option<&'static Heap> {
 /// busy when it takes it ([`entered`], [`heap`]; a heap claimed during the
 /// call is busy from its claim), so that a child forked meanwhile leaves it
 /// alone (`fork`); the end of the call marks it idle again. Not nested:
-/// only the library's entry points make one.
+/// only the library's entry points make one. The exports' leaf fast paths
+/// (`alloc::quick_child`, `free::quick_free`) are calls without one: they
+/// mark the heap busy before their first store and idle when done, the
+/// same rule without the thread-local load the end of a `Call` costs.
 pub struct Call(());
 
 impl Call {

@@ -146,6 +146,31 @@ pub fn any_root(addr: usize) -> Option<AnyRoot> {
     Some(AnyRoot { segment, page: index, slot: slot_index, root, state })
 }
 
+/// The chunk whose slot starts at `addr`, if a chunk page of a published
+/// segment has a slot there: for walks along chunk links another thread
+/// may be rewriting (`remote::unreleased`, `guest::dead`), which then
+/// check the chunk's tag. Reads the segment map and the page's layout.
+pub fn any_chunk(addr: usize) -> Option<&'static Chunk> {
+    if addr % GRANULE != 0 || !segmap::contains(addr) {
+        return None;
+    }
+    // SAFETY: the segment map says `addr`'s unit starts a published segment.
+    let segment = unsafe { Segment::of(addr) };
+    let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
+    let layout = segment.page(index).layout();
+    let at = addr & (PAGE_SIZE - 1);
+    let slot_start = if layout.class == LARGE {
+        at == 0
+    } else {
+        layout.class < CHUNK_CLASSES && at % chunk_class_size(layout.class) == 0
+    };
+    if layout.kind != Kind::Chunk || index == 0 || !slot_start {
+        return None;
+    }
+    // SAFETY: a slot start in a chunk page of a published segment.
+    Some(unsafe { Chunk::at(addr) })
+}
+
 /// The tree, and the state it is live in, of the live child at `addr`,
 /// whoever owns it. Reads the page's layout, the start bit, the chunk's
 /// header (state and tree, atomics) and then the tree as `any_root` does:
