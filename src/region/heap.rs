@@ -30,7 +30,7 @@ use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES, ROOT_CLASSE
 use super::counts::HeapCounts;
 use super::guest::Guests;
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{generation, Root};
 use super::segment::Segment;
 use super::track::Quarantine;
 use super::{PAGES, PAGE_SIZE, SEGMENT_SIZE};
@@ -535,6 +535,9 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn free_large(&self, page: &'static Page) {
+        if page.kind() == Kind::Root {
+            keep_generations(page, page.handed_out());
+        }
         let pages = page.span();
         let resident = pages < DISCARD_PAGES;
         if !resident {
@@ -560,7 +563,24 @@ fn may_retire(page: &Page) -> bool {
     }
     // SAFETY: `page` is a descriptor in a published segment's header.
     let segment = unsafe { Segment::of(page as *const Page as usize) };
-    page.retire_root_page(|| segment.no_kill_under_way())
+    if !page.retire_root_page(|| segment.no_kill_under_way()) {
+        return false;
+    }
+    keep_generations(page, page.handed_out());
+    true
+}
+
+/// Before a root page's state words are lost (the OS zeroes a discarded
+/// page, another class puts client bytes there): the generation of its
+/// next roots, later than every root's in `slots` (all dead, so each state
+/// word already names its slot's next life). A guest chunk or a parent
+/// cache that recorded an older life must never match a later root at the
+/// same address; `Segment::start_span` writes it into every slot.
+fn keep_generations(page: &Page, slots: impl Iterator<Item = usize>) {
+    // SAFETY: each is a slot of this root page that was handed out: a
+    // header this heap wrote, mapped for good.
+    let newest = slots.map(|slot| generation(unsafe { Root::at(slot) }.state())).max();
+    page.keep_generations(newest.unwrap_or(0));
 }
 
 /// Whether a retired span may go back to the OS, which zeroes it: not

@@ -13,6 +13,7 @@
 
 use super::heap::Heap;
 use super::page::{Kind, Page};
+use super::root::{Root, FREE, ROOT_HEADER};
 use super::start_bits::StartBits;
 use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
@@ -223,6 +224,9 @@ impl Segment {
         for (back, tail) in self.pages.iter().skip(first).take(count).enumerate().skip(1) {
             tail.init_tail(back);
         }
+        if kind == Kind::Root && span.generations() != 0 {
+            start_generations(span.base() as usize, count * PAGE_SIZE, slot_size, span.generations());
+        }
         span.init(kind, class, slot_size, count, span.base());
         super::track::span_started(span.base(), count * PAGE_SIZE);
     }
@@ -253,6 +257,23 @@ impl Segment {
     pub fn next_start(&self, addr: usize, end: usize) -> usize {
         let (from, to) = (Self::granule(addr) + 1, Self::granule(end - 1) + 1);
         addr + ((self.starts.next_set(from, to) - Self::granule(addr)) << GRANULE_SHIFT)
+    }
+}
+
+/// Puts `generation` in the state word of every root slot of `slot_size`
+/// bytes in the `len` bytes at `base`, a span that held roots before
+/// (`Page::generations`): a slot's first root then begins a life later
+/// than any a root at its address had, whatever the memory held. Written
+/// before the span's layout names the class, so a thread that validates a
+/// root here by that layout reads a dead state word, never stale bytes.
+#[cold]
+fn start_generations(base: usize, len: usize, slot_size: usize, generation: u32) {
+    for slot in (0..len / slot_size).map(|index| base + index * slot_size) {
+        // The header is ours again before we write it (memcheck).
+        super::track::header(slot, ROOT_HEADER);
+        // SAFETY: a slot start in a span of this heap's, mapped for good,
+        // that no block of anyone's holds.
+        unsafe { Root::at(slot) }.restore(generation | FREE);
     }
 }
 
