@@ -58,8 +58,9 @@ pub struct Page {
     bump: Cell<u32>,
     used: Cell<u32>,
     /// The generation the roots of its next root class start from: later
-    /// than any a root in it had (`Heap::keep_generations`), because its
-    /// state words do not survive a discard or another class.
+    /// than any a root in it had, because its state words do not survive a
+    /// discard or another class (`heap::keep_generations`); 0 while it
+    /// never held anything, its memory the OS's zeroes.
     generations: Cell<u32>,
     slot_size: Cell<usize>,
     base: Cell<*mut u8>,

@@ -261,9 +261,10 @@ impl Segment {
 }
 
 /// Puts `generation` in the state word of every root slot of `slot_size`
-/// bytes in the `len` bytes at `base`, a span that held roots before
-/// (`Page::generations`): a slot's first root then begins a life later
-/// than any a root at its address had, whatever the memory held. Written
+/// bytes in the `len` bytes at `base`, a span that held blocks before
+/// (`Page::generations`): each slot reads as free, and its first root
+/// begins a life later than any a root at its address had, whatever the
+/// memory held. Written
 /// before the span's layout names the class, so a thread that validates a
 /// root here by that layout reads a dead state word, never stale bytes.
 #[cold]
