@@ -402,3 +402,69 @@ fn counts_are_exact_after_a_remote_free_while_the_owner_is_parked_in_the_tree() 
     let (roots, children, bytes) = live(base);
     assert_eq!(live(released), (roots + 1, children, bytes + 8), "released once: only the probe is left");
 }
+
+/// Roots of `size` bytes until the OS would have to be asked for memory
+/// (it refuses): every page the heap has for them, fresh or emptied.
+fn roots_until_refused(size: u32) -> Vec<usize> {
+    let mut made = Vec::new();
+    loop {
+        crate::sys::fail_allocation_after(Some(0));
+        match allocate_root(size) {
+            Ok(block) => made.push(block.addr()),
+            Err(_) => break,
+        }
+    }
+    crate::sys::fail_allocation_after(None);
+    made
+}
+
+/// A guest child names its tree by the root's slot and the slot's
+/// generation then. A root page emptied and given back to the OS, which
+/// zeroes it, loses the state words that held the generations: a root in
+/// that slot later must still be a later life than any the slot had, or
+/// the guest child of a tree freed long before validates again, as a child
+/// of a tree it never belonged to (the model test's "stale parent").
+#[test]
+fn a_guest_child_stays_dead_when_its_trees_page_is_emptied_and_reused() {
+    const SIZE: u32 = 2000;
+    let heap = thread::current().or_else(thread::heap).unwrap();
+    // A root in its slot's first life, whose generation a zeroed page repeats.
+    let mut made = Vec::new();
+    let tree = loop {
+        let r = root(SIZE);
+        made.push(r);
+        if validate::tree(heap, r).map(|t| t.state()) == Some(super::root::LIVE) {
+            break r;
+        }
+    };
+    let (to_guest, orders) = mpsc::channel::<usize>();
+    let (answer, answers) = mpsc::channel::<Result<usize, Error>>();
+    let guest = std::thread::spawn(move || {
+        // Kept alive until the end: an exiting thread sweeps its guests.
+        while let Ok(parent) = orders.recv() {
+            let _ = answer.send(allocate_child(parent, 8).map(Block::addr));
+        }
+    });
+    to_guest.send(tree).unwrap();
+    let child = answers.recv_timeout(PATIENCE).unwrap().expect("a guest child of a live tree");
+    // Every page of the tree's class taken, then emptied; another class
+    // takes them all (given back to the OS on the way), then lets them go;
+    // then the first class again, so the tree's slot is a root's again.
+    made.extend(roots_until_refused(SIZE));
+    for &r in &made {
+        assert_eq!(free_root(r), Ok(1));
+    }
+    for r in roots_until_refused(100) {
+        assert_eq!(free_root(r), Ok(1));
+    }
+    let again = roots_until_refused(SIZE);
+    assert!(again.contains(&tree), "the freed tree's slot holds a root again");
+    to_guest.send(child).unwrap();
+    assert_eq!(answers.recv_timeout(PATIENCE).unwrap(), Err(Error::InvalidParameter), "on the guest's thread");
+    assert_eq!(allocate_child(child, 8), Err(Error::InvalidParameter), "on the owner's thread");
+    drop(to_guest);
+    guest.join().unwrap();
+    for r in again {
+        assert_eq!(free_root(r), Ok(1));
+    }
+}

@@ -30,7 +30,7 @@ use super::class::{chunk_class_size, root_class_size, CHUNK_CLASSES, ROOT_CLASSE
 use super::counts::HeapCounts;
 use super::guest::Guests;
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{generation, Root, GENERATION_SHIFT};
 use super::segment::Segment;
 use super::track::Quarantine;
 use super::{PAGES, PAGE_SIZE, SEGMENT_SIZE};
@@ -543,6 +543,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn free_large(&self, page: &'static Page) {
+        keep_generations(page, page.kind());
         let pages = page.span();
         let resident = pages < DISCARD_PAGES;
         if !resident {
@@ -561,14 +562,40 @@ impl Heap {
 }
 
 /// Whether an empty class page may change its class: a chunk page always,
-/// a root page unless a kill is under way in its segment.
+/// a root page unless a kill is under way in its segment. If so, it is
+/// taken off its class, and its generations kept.
 fn may_retire(page: &Page) -> bool {
-    if page.kind() != Kind::Root {
-        return true;
+    let kind = page.kind();
+    if kind == Kind::Root {
+        // SAFETY: `page` is a descriptor in a published segment's header.
+        let segment = unsafe { Segment::of(page as *const Page as usize) };
+        if !page.retire_root_page(|| segment.no_kill_under_way()) {
+            return false;
+        }
     }
-    // SAFETY: `page` is a descriptor in a published segment's header.
-    let segment = unsafe { Segment::of(page as *const Page as usize) };
-    page.retire_root_page(|| segment.no_kill_under_way())
+    keep_generations(page, kind);
+    true
+}
+
+/// Before the memory of a page (a span's first) that held `kind` is given
+/// back (the OS zeroes it) or taken by another class or block: the
+/// generation the roots of its next root life start from, later than every
+/// root's in it (all dead, so each state word names its slot's next life
+/// already). A guest chunk or a parent cache that recorded an older life
+/// must never match a later root at the same address; and a slot not yet
+/// handed out must never read as a live root to another thread (`remote`),
+/// whatever bytes its place held. Never 0 once the page held anything: 0
+/// tells `Segment::start_span` that the page is fresh and reads as zeroes.
+fn keep_generations(page: &Page, kind: Kind) {
+    let mut next = 1 << GENERATION_SHIFT;
+    if kind == Kind::Root {
+        for slot in page.handed_out() {
+            // SAFETY: a slot of this root page that was handed out: a
+            // header this heap wrote, mapped for good.
+            next = next.max(generation(unsafe { Root::at(slot) }.state()));
+        }
+    }
+    page.keep_generations(next);
 }
 
 /// Whether a retired span may go back to the OS, which zeroes it: not

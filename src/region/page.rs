@@ -74,6 +74,11 @@ pub struct Page {
     cap: Cell<u32>,
     bump: Cell<u32>,
     used: Cell<u32>,
+    /// The generation the roots of its next root class start from: later
+    /// than any a root in it had, because its state words do not survive a
+    /// discard or another class (`heap::keep_generations`); 0 while it
+    /// never held anything, its memory the OS's zeroes.
+    generations: Cell<u32>,
     slot_size: Cell<usize>,
     base: Cell<*mut u8>,
     /// Freed slots, linked at `FREE_LINK_OFFSET`.
@@ -137,6 +142,22 @@ impl Page {
     pub fn layout(&self) -> Layout {
         let bits = self.layout.load(Ordering::Acquire);
         Layout { kind: Kind::from_bits(bits), class: (bits >> 8) as usize }
+    }
+
+    /// Slots handed out since the page took its class, by address.
+    pub fn handed_out(&self) -> impl Iterator<Item = usize> {
+        let (base, size) = (self.base.get() as usize, self.slot_size.get());
+        (0..self.bump.get() as usize).map(move |index| base + index * size)
+    }
+
+    /// The generation roots here start from when it next holds roots.
+    pub fn generations(&self) -> u32 {
+        self.generations.get()
+    }
+
+    /// Roots here had generations up to, not including, `next`.
+    pub fn keep_generations(&self, next: u32) {
+        self.generations.set(self.generations.get().max(next))
     }
 
     /// Makes this page the first of an unused span of `span` pages at `base`.
@@ -365,6 +386,7 @@ mod tests {
             cap: Cell::new(0),
             bump: Cell::new(0),
             used: Cell::new(0),
+            generations: Cell::new(0),
             slot_size: Cell::new(0),
             base: Cell::new(ptr::null_mut()),
             free: Cell::new(ptr::null_mut()),

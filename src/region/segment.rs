@@ -14,7 +14,7 @@
 use super::heap::Heap;
 use super::heap::LARGE;
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{Root, FREE, ROOT_HEADER};
 use super::start_bits::StartBits;
 use super::{segmap, GRANULE_SHIFT, PAGES, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE};
 use crate::os;
@@ -249,8 +249,11 @@ impl Segment {
         for (back, tail) in self.pages.iter().skip(first).take(count).enumerate().skip(1) {
             tail.init_tail(back);
         }
-        if kind == Kind::Root && class != LARGE && span.holds_old_bytes() {
-            clear_root_states(span.base() as usize, count * PAGE_SIZE / slot_size, slot_size);
+        // Memory that held blocks before (`Page::generations`; on Windows
+        // also a span given back with MEM_RESET, `holds_old_bytes`) gets a
+        // free state word in every slot before the layout names the class.
+        if kind == Kind::Root && (span.generations() != 0 || (class != LARGE && span.holds_old_bytes())) {
+            start_generations(span.base() as usize, count * PAGE_SIZE, slot_size, span.generations());
         }
         span.init(kind, class, slot_size, count, span.base());
         super::track::span_started(span.base(), count * PAGE_SIZE);
@@ -285,21 +288,21 @@ impl Segment {
     }
 }
 
-/// Gives each of the `slots` slots of `slot_size` bytes from `base` a
-/// fresh page's state word (0: free) before the span becomes a root page.
-/// Slots past the page's bump hold no header, but another thread finds a
-/// root from the page's class alone (`validate::any_root`) and reads the
-/// word at a slot's start: in memory of an earlier use that could be a
-/// client's bytes, or a chunk's, that read as a live root, which a free
-/// from that thread would then kill.
-fn clear_root_states(base: usize, slots: usize, slot_size: usize) {
-    for slot in (0..slots).map(|i| base + i * slot_size) {
-        // Writable for memcheck too, until `span_started` takes it back.
-        super::track::header(slot, core::mem::size_of::<u32>());
-        // SAFETY: a slot start in a span of this heap's, which no thread
-        // reads as a root page yet (it is retired: `Kind::Unused`); the
-        // page's `init` publishes the layout after these stores (Release).
-        unsafe { Root::at(slot) }.restore(0);
+/// Puts `generation` in the state word of every root slot of `slot_size`
+/// bytes in the `len` bytes at `base`, a span that held blocks before
+/// (`Page::generations`): each slot reads as free, and its first root
+/// begins a life later than any a root at its address had, whatever the
+/// memory held. Written
+/// before the span's layout names the class, so a thread that validates a
+/// root here by that layout reads a dead state word, never stale bytes.
+#[cold]
+fn start_generations(base: usize, len: usize, slot_size: usize, generation: u32) {
+    for slot in (0..len / slot_size).map(|index| base + index * slot_size) {
+        // The header is ours again before we write it (memcheck).
+        super::track::header(slot, ROOT_HEADER);
+        // SAFETY: a slot start in a span of this heap's, mapped for good,
+        // that no block of anyone's holds.
+        unsafe { Root::at(slot) }.restore(generation | FREE);
     }
 }
 
