@@ -297,7 +297,9 @@ impl Segment {
 /// root here by that layout reads a dead state word, never stale bytes.
 #[cold]
 fn start_generations(base: usize, len: usize, slot_size: usize, generation: u32) {
-    for slot in (0..len / slot_size).map(|index| base + index * slot_size) {
+    // A zero size names no slot (`checked_div`: no division that can panic).
+    let slots = len.checked_div(slot_size).unwrap_or(0);
+    for slot in (0..slots).map(|index| base + index * slot_size) {
         // The header is ours again before we write it (memcheck).
         super::track::header(slot, ROOT_HEADER);
         // SAFETY: a slot start in a span of this heap's, mapped for good,
