@@ -12,7 +12,7 @@
 //! the maker's list of such chunks rather than the tree's. Its state and
 //! tree are atomics because other threads validate children through them.
 
-use super::root::{generation, Root, CHUNK, GENERATION_SHIFT};
+use super::root::{generation, tree_alive, Root, CHUNK, GENERATION_SHIFT};
 use super::{GRANULE, GRANULE_SHIFT};
 use core::cell::Cell;
 use core::ptr;
@@ -56,7 +56,7 @@ impl Chunk {
         unsafe { &*(slot as *const Chunk) }
     }
 
-    /// Makes a fresh slot a chunk of `tree` of class `class`, `end`
+    /// Makes a fresh slot a chunk of `tree` (live or moved) of class `class`, `end`
     /// granules long, whose first `used` granules (header included) are
     /// taken.
     pub fn begin(&self, tree: &Root, class: usize, used: usize, end: usize) {
@@ -72,12 +72,6 @@ impl Chunk {
         self.next.set(ptr::null());
         self.count.set(0);
         self.bytes.set(0);
-    }
-
-    /// Makes the chunk belong to `tree` (a new one, when a root is
-    /// reallocated), keeping its class.
-    pub fn adopt(&self, tree: &Root, class: usize) {
-        self.tag(tree, tree.state(), class)
     }
 
     fn tag(&self, tree: &Root, state: u32, class: usize) {
@@ -100,19 +94,21 @@ impl Chunk {
         self.tree.load(Ordering::Relaxed)
     }
 
-    /// The state word its tree has while the chunk belongs to it.
+    /// The generation of the tree's life the chunk belongs to.
     #[inline(always)]
-    pub fn live_state(&self) -> u32 {
-        generation(self.state()) | super::root::LIVE
+    pub fn life(&self) -> u32 {
+        generation(self.state())
     }
 
-    /// The tree, and whether the chunk belongs to it in its current life.
+    /// The tree, if the chunk belongs to it in its current life: the tree
+    /// live, or moved to a face (see `root`).
     #[inline(always)]
     pub fn live_tree(&self) -> Option<&Root> {
-        // SAFETY: `tree` is a root slot, set at `begin`/`adopt`, in a
-        // segment, and segments stay mapped for good.
+        // SAFETY: `tree` is a root slot, set at `begin`, in a segment, and
+        // segments stay mapped for good.
         let tree = unsafe { &*self.tree() };
-        if tree.state() == self.live_state() {
+        // The common case in one compare: live, no flag.
+        if tree.state() == self.life() | super::root::LIVE || tree_alive(tree.state(), self.life()) {
             Some(tree)
         } else {
             None
@@ -190,8 +186,10 @@ mod tests {
         assert!(chunk.live_tree().is_none(), "a freed tree's children are dead");
         tree.begin(0);
         assert!(chunk.live_tree().is_none(), "and stay dead in the slot's next root");
-        chunk.adopt(tree, 5);
+        let moved = tree.state() & !7 | super::super::root::MOVED;
+        chunk.begin(tree, 5, HEADER_GRANULES, 64 / GRANULE);
+        assert!(tree.swap_state(tree.state(), moved).is_ok());
         assert_eq!(chunk.class(), 5);
-        assert!(chunk.live_tree().is_some());
+        assert!(chunk.live_tree().is_some(), "a moved tree's children live on");
     }
 }

@@ -46,6 +46,9 @@ pub struct HeapCounts {
     live_bytes: Counter,
     peak_bytes: Counter,
     freed: Counter,
+    /// Faces (see `root`) live in the heap: not roots in the counts (their
+    /// tree's root is counted where it was made), but blocks all the same.
+    faces: Counter,
 }
 
 impl HeapCounts {
@@ -56,6 +59,7 @@ impl HeapCounts {
         live_bytes: Counter::ZERO,
         peak_bytes: Counter::ZERO,
         freed: Counter::ZERO,
+        faces: Counter::ZERO,
     };
 
     #[inline(always)]
@@ -87,6 +91,36 @@ impl HeapCounts {
         self.live_children.sub(children);
         self.live_bytes.sub(bytes);
         self.freed.add(1 + children);
+    }
+
+    /// A face (see `root`) of `bytes` bytes is made for a tree whose root
+    /// was reallocated: its bytes are live; the tree's root stays counted
+    /// where it was, so the old root (or face) counts as an allocation
+    /// freed.
+    pub fn face_made(&self, bytes: u32) {
+        self.faces.add(1);
+        self.live_bytes.add(bytes as u64);
+        self.freed.add(1);
+    }
+
+    /// A face of `bytes` bytes is freed, its tree killed with it or going
+    /// on with another face.
+    pub fn face_freed(&self, bytes: u64) {
+        self.take_peak();
+        self.faces.sub(1);
+        self.live_bytes.sub(bytes);
+    }
+
+    /// A root of this heap's, of `bytes` bytes, moved to a face: its bytes
+    /// are the face's now, its tree goes on.
+    pub fn root_moved(&self, bytes: u64) {
+        self.take_peak();
+        self.live_bytes.sub(bytes);
+    }
+
+    /// Whether any root or face of the heap's is live (the unloading).
+    pub fn holds_blocks(&self) -> bool {
+        self.live_roots.get() != 0 || self.faces.get() != 0
     }
 
     /// `children` children of a tree, `bytes` bytes in all, are freed

@@ -98,6 +98,8 @@ fn a_root_freed_on_another_thread_is_dead_everywhere_and_comes_back_to_its_owner
 #[test]
 fn racing_double_frees_release_each_root_once() {
     const ROOTS: usize = 20_000;
+    // The heap first: it may be an exited thread's, with live trees.
+    thread::heap().unwrap();
     let base = counts();
     let roots: Vec<usize> = (0..ROOTS).map(|n| root(n as u32 % 100)).collect();
     for &r in roots.iter().step_by(3) {
@@ -177,13 +179,12 @@ fn reallocating_another_threads_child_copies_it_into_the_same_tree() {
     let big = child(r, 100_000);
     fill(small, 40, 7);
     fill(big, 100_000, 9);
-    let (moved_small, moved_big, refused_root) = on_other_thread(move || {
+    let (moved_small, moved_big) = on_other_thread(move || {
         let a = reallocate(small, 200).unwrap().addr();
         let b = reallocate(big, 100_016).unwrap().addr();
-        ((a, holds(a, 40, 7)), (b, holds(b, 100_000, 9)), reallocate(r, 64) == Err(Error::InvalidParameter))
+        ((a, holds(a, 40, 7)), (b, holds(b, 100_000, 9)))
     });
     assert!(moved_small.1 && moved_big.1, "the old bytes were copied");
-    assert!(refused_root, "another thread's root is not moved (not built)");
     assert_eq!(free_root(moved_small.0), Err(NotARoot::Child), "a child of this thread's tree");
     child(moved_big.0, 8);
     assert!(free_root(r).is_ok());
@@ -282,4 +283,195 @@ fn a_kill_of_a_stale_life_does_nothing() {
     assert!(!tree.kill(stale), "the old life's word no longer matches");
     assert!(tree.is_live());
     assert_eq!(free_root(r), Ok(1));
+}
+
+/// SPEC §5: a reallocated root's children stay valid and stay children of
+/// the new root; that holds for the children another thread made on it
+/// (in a guest chunk of its own) as for the owner's, whoever reallocates.
+#[test]
+fn guest_children_follow_their_root_through_the_owners_reallocation() {
+    let r = root(32);
+    let own = child(r, 24);
+    let (to_owner, from_guest) = mpsc::channel();
+    let (to_guest, from_owner) = mpsc::channel::<()>();
+    let guest = std::thread::spawn(move || {
+        let kids: Vec<usize> = (0..100).map(|i| child(if i % 2 == 0 { r } else { own }, 40)).collect();
+        for (i, &k) in kids.iter().enumerate() {
+            fill(k, 40, i as u8);
+        }
+        let _ = to_owner.send(kids.clone());
+        from_owner.recv_timeout(PATIENCE).expect("the owner reallocated the root");
+        let _ = stats(); // the maker's sweep must keep them: their tree lives
+        let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, 40, i as u8));
+        let alive = kids.iter().all(|&k| allocate_child(k, 8).is_ok() && free_root(k) == Err(NotARoot::Child));
+        let _ = to_owner.send(vec![intact as usize, alive as usize]);
+        // Kept until the tree is freed: no other test's thread adopts a
+        // heap with this test's live guests.
+        from_owner.recv_timeout(PATIENCE).expect("the owner freed the tree");
+    });
+    let kids = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
+    fill(r, 32, 3);
+    let moved = reallocate(r, 4000).unwrap().addr();
+    assert!(holds(moved, 32, 3), "the root's bytes were copied");
+    to_guest.send(()).unwrap();
+    let checked = from_guest.recv_timeout(PATIENCE).expect("the guest looked at its children");
+    assert_eq!(checked, [1, 1], "the guest's children outlived the reallocation of their root, intact");
+    assert!(kids.iter().all(|&k| free_root(k) == Err(NotARoot::Child)), "children of the owner's tree");
+    assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter), "the old root is gone");
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    let grandchild = child(kids[3], 8);
+    assert!(free_root(moved).is_ok());
+    for k in kids.iter().copied().chain([own, grandchild]) {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with the new root");
+    }
+    to_guest.send(()).unwrap();
+    guest.join().unwrap();
+}
+
+/// SPEC §5 from any thread: another thread's root is reallocated with no
+/// word from its owner; the new root takes the children, the old address
+/// is refused, and freeing the new root (from a third thread) frees them.
+#[test]
+fn another_threads_root_is_reallocated_with_its_children() {
+    let probe = root(8); // the heap first: it may be an exited thread's
+    let base = counts();
+    let r = root(64);
+    fill(r, 64, 5);
+    let c = child(r, 40);
+    fill(c, 40, 6);
+    let (to_owner, from_mover) = mpsc::channel();
+    let (to_mover, from_owner) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        let moved = reallocate(r, 5000).unwrap().addr();
+        let copied = holds(moved, 64, 5);
+        let grandchild = child(c, 16);
+        let refused = free_root(r) == Err(NotARoot::Unknown)
+            && allocate_child(r, 8) == Err(Error::InvalidParameter)
+            && reallocate(r, 8) == Err(Error::InvalidParameter)
+            && free_root(c) == Err(NotARoot::Child);
+        let _ = to_owner.send((moved, grandchild, copied && refused));
+        // Kept until its blocks are gone (see above).
+        from_owner.recv_timeout(PATIENCE).expect("the tree was freed");
+    });
+    let (moved, grandchild, refused) = from_mover.recv_timeout(PATIENCE).expect("the mover moved the root");
+    assert!(refused, "the bytes were copied, and the old root is gone for everyone");
+    assert!(holds(c, 40, 6), "the owner's child is untouched");
+    let mine = child(moved, 24); // the tree is this thread's: its chunks
+    assert_eq!(free_root(mine), Err(NotARoot::Child));
+    assert_eq!(counts().live_roots, base.live_roots + 1, "one tree, counted at its owner");
+    // The other thread's new root, reallocated here: a new root of this
+    // thread's for the same tree, the other one's released by its owner.
+    let again = reallocate(moved, 6000).unwrap().addr();
+    assert!(holds(again, 64, 5));
+    assert_eq!(free_root(moved), Err(NotARoot::Unknown));
+    let freed = on_other_thread(move || free_root(again) == Ok(1) && free_root(again).is_err());
+    assert!(freed, "the new root is freed once, from a third thread");
+    for k in [c, grandchild, mine] {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with the new root");
+    }
+    assert_eq!(free_root(root(8)), Ok(1)); // releases what was killed here
+    let after = counts();
+    assert_eq!(
+        (after.live_roots, after.live_children, after.live_bytes),
+        (base.live_roots, base.live_children, base.live_bytes)
+    );
+    assert_eq!(free_root(probe), Ok(1));
+    to_mover.send(()).unwrap();
+    mover.join().unwrap();
+}
+
+/// An exited thread's root is reallocated as a live owner's is: its heap
+/// is an orphan, touched only through the state words.
+#[test]
+fn an_orphans_root_is_reallocated_with_its_children() {
+    let (r, c) = on_other_thread(|| {
+        let r = root(48);
+        fill(r, 48, 8);
+        let c = child(r, 100);
+        fill(c, 100, 9);
+        (r, c)
+    });
+    let moved = reallocate(r, 20).unwrap().addr();
+    assert!(holds(moved, 20, 8) && holds(c, 100, 9));
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    let grandchild = child(c, 8);
+    assert_eq!(free_root(grandchild), Err(NotARoot::Child));
+    let again = reallocate(moved, 30).unwrap().addr();
+    assert!(holds(again, 20, 8));
+    assert_eq!(allocate_child(moved, 8), Err(Error::InvalidParameter), "each old root is gone");
+    assert!(free_root(again).is_ok()); // Ok(3) if this thread adopted the orphan
+    for k in [c, grandchild, again] {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter));
+    }
+}
+
+/// A failed reallocation of another thread's root changes nothing.
+#[test]
+fn a_refused_reallocation_of_another_threads_root_changes_nothing() {
+    let r = root(32);
+    fill(r, 32, 4);
+    let c = child(r, 16);
+    let refused = on_other_thread(move || {
+        thread::heap().unwrap(); // so that the reallocation is what fails
+        crate::sys::fail_allocation_after(Some(0));
+        let result = reallocate(r, u32::MAX).map(Block::addr);
+        crate::sys::fail_allocation_after(None);
+        result
+    });
+    assert_eq!(refused, Err(Error::NoMemory));
+    assert!(holds(r, 32, 4));
+    assert_eq!(free_root(c), Err(NotARoot::Child), "the tree is as it was");
+    assert_eq!(free_root(r), Ok(2));
+}
+
+/// Two threads, neither the owner, each free or reallocate the same roots
+/// at once (SPEC §3's racing calls on one root): for every root exactly one
+/// wins, and the owner's counts come out exact. A won reallocation's new
+/// root is freed by its maker at once, so no thread leaves blocks behind
+/// for another test's thread to adopt.
+#[test]
+fn racing_frees_and_reallocations_of_another_threads_roots_have_one_winner() {
+    const ROOTS: usize = 5000;
+    thread::heap().unwrap();
+    let base = counts();
+    let race = |roots: &[usize], first: fn(usize) -> bool, second: fn(usize) -> bool| {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let run = |op: fn(usize) -> bool, roots: Vec<usize>, start: std::sync::Arc<std::sync::Barrier>| {
+            std::thread::spawn(move || {
+                // Each thread has its heap before the start, so neither
+                // gets ahead by the other's first call.
+                thread::heap().unwrap();
+                start.wait();
+                roots.iter().map(|&r| op(r)).collect::<Vec<_>>()
+            })
+        };
+        let one = run(first, roots.to_vec(), start.clone());
+        let two = run(second, roots.to_vec(), start);
+        let (one, two) = (one.join().unwrap(), two.join().unwrap());
+        one.into_iter().zip(two).collect::<Vec<_>>()
+    };
+    let realloc = |r: usize| match reallocate(r, 300) {
+        Ok(new) => {
+            assert!(free_root(new.addr()).is_ok(), "the new root is a root");
+            true
+        }
+        Err(error) => {
+            assert_eq!(error, Error::InvalidParameter);
+            false
+        }
+    };
+    let free = |r: usize| free_root(r).is_ok();
+    for round in 0..2 {
+        let roots: Vec<usize> = (0..ROOTS).map(|n| root(n as u32 % 200)).collect();
+        for &r in roots.iter().step_by(2) {
+            child(r, 24);
+        }
+        let outcomes = if round == 0 { race(&roots, realloc, free) } else { race(&roots, realloc, realloc) };
+        let winners = |o: &(bool, bool)| o.0 as usize + o.1 as usize;
+        assert!(outcomes.iter().all(|o| winners(o) == 1), "one of the two won each root");
+        let probe = root(8); // releases the trees the other threads killed
+        let after = counts();
+        assert_eq!((after.live_roots, after.live_children), (base.live_roots + 1, base.live_children));
+        assert_eq!(free_root(probe), Ok(1));
+    }
 }

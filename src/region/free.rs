@@ -8,7 +8,7 @@
 use super::chunk::Chunk;
 use super::heap::{Heap, LARGE};
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{kind, Root, KILLED_MOVED};
 use super::segment::Segment;
 use super::{remote, thread, track, validate};
 use crate::registry::NotARoot;
@@ -32,12 +32,13 @@ pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
 }
 
 /// Not a live root of the calling thread's: another thread's is killed
-/// (its blocks are counted when its owner releases them: 1 here).
+/// (its blocks are counted when its owner releases them: 1 here), and a
+/// face (see `root`) is freed with its tree.
 #[cold]
 #[inline(never)]
 fn not_ours(heap: Option<&Heap>, addr: usize) -> Result<usize, NotARoot> {
-    if remote::kill(addr) {
-        return Ok(1);
+    if let Some(freed) = remote::kill(heap, addr) {
+        return Ok(freed);
     }
     let own_child = heap.and_then(|heap| validate::child(heap, addr)).is_some();
     if own_child || validate::any_child(addr).is_some() {
@@ -51,6 +52,13 @@ fn not_ours(heap: Option<&Heap>, addr: usize) -> Result<usize, NotARoot> {
 #[inline(always)]
 pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     root.end();
+    root_dropped(heap, page, root);
+}
+
+/// A root of `heap`'s with no children, whose life the caller ended, is
+/// given back.
+#[inline(always)]
+pub fn root_dropped(heap: &Heap, page: &'static Page, root: &Root) {
     heap.counts.tree_freed(0, root.size() as u64);
     if track::enabled() {
         return tracked_release(heap, page, root);
@@ -58,12 +66,26 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
-/// Frees a live or killed root of `heap`'s and its chunks.
+/// Releases a face of `heap`'s (see `root`) that is dead (killed) or being
+/// replaced by the caller; its tree is not touched.
+pub fn free_face(heap: &Heap, page: &'static Page, face: &Root) {
+    face.end();
+    heap.counts.face_freed(face.size() as u64);
+    if track::enabled() {
+        return tracked_release(heap, page, face);
+    }
+    release_now(heap, page, face as *const Root as *mut u8);
+}
+
+/// Frees a live or killed root of `heap`'s (a killed moved tree's too)
+/// and its chunks.
 #[cold]
 #[inline(never)]
 pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     #[cfg(test)]
     super::park::here();
+    // A moved tree's root bytes were freed for the tools at the move.
+    let moved = kind(root.state()) == KILLED_MOVED;
     root.end();
     // Asked once: a tree can have many chunks.
     let tracked = track::enabled();
@@ -82,7 +104,9 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
         }
     }
     heap.counts.tree_freed(children, bytes);
-    if tracked {
+    if tracked && moved {
+        tracked_hold(heap, page, root as *const Root as *mut u8);
+    } else if tracked {
         tracked_release(heap, page, root);
     } else {
         release_now(heap, page, root as *const Root as *mut u8);

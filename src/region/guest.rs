@@ -28,7 +28,7 @@ use super::class::{chunk_class_for, chunk_class_size, CHUNK_CLASSES, CHUNK_GROWT
 use super::free;
 use super::heap::Heap;
 use super::page::Kind;
-use super::root::Root;
+use super::root::{generation, Root};
 use super::segment::Segment;
 use super::{track, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
@@ -61,7 +61,8 @@ impl Guests {
 }
 
 /// A child of `size` bytes of `tree`, a root of another thread's that was
-/// live in `state`, in a guest chunk of `heap` (the caller's).
+/// alive (live or moved) in `state`, in a guest chunk of `heap` (the
+/// caller's); `InvalidParameter` if that life ended meanwhile.
 ///
 /// With a tool watching (`track`), the child has a redzone after it and is
 /// described to the tool; its chunk's free tells the tool it is freed.
@@ -72,11 +73,17 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     let guests = &heap.guests;
     // SAFETY: the list holds live chunk slots of this heap.
     let newest = unsafe { guests.newest.get().as_ref() };
-    let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.live_state() == state);
+    let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.life() == generation(state));
     if let Some(chunk) = same_life {
         if let Some(addr) = chunk.bump(granules) {
             return Ok(made(heap, chunk, addr, granules, size));
         }
+    }
+    // The tree's owner must know it has guests before it may drop its slot
+    // at a reallocation (`alloc::reallocate`); once a life: a chunk of the
+    // same life, above, was made after it.
+    if !tree.mark_guested(state) {
+        return Err(Error::InvalidParameter);
     }
     if guests.count() >= guests.sweep_at.get() {
         sweep(heap);

@@ -18,7 +18,9 @@ pub fn arm(parked: Sender<()>, release: Receiver<()>) {
 }
 
 pub fn here() {
-    if let Some((parked, release)) = ARMED.with(|armed| armed.borrow_mut().take()) {
+    // `try_with`: the hooks also run at thread exit (a heap catching up),
+    // after the thread's locals may be gone.
+    if let Some((parked, release)) = ARMED.try_with(|armed| armed.borrow_mut().take()).ok().flatten() {
         let _ = parked.send(());
         let _ = release.recv();
     }

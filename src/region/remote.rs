@@ -45,36 +45,64 @@
 use super::free;
 use super::heap::Heap;
 use super::page::{Kind, Page};
-use super::root::Root;
+use super::root::{face_tag, generation, kind, Root, FACE, KILLED, KILLED_FACE, KILLED_MOVED, LIVE, MOVED};
 use super::segment::{Segment, KILLED_WORDS};
-use super::validate;
+use super::validate::{self, AnyRoot};
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-/// Frees the root at `addr` if it is a live root of any thread's, for the
-/// owner to release. False if it is not (any more) a live root.
+/// Frees the root at `addr` if it is a live root or face of any thread's,
+/// for the owner to release; `heap` is the caller's, if it has one. How
+/// many blocks went (a killed root counts 1: its owner releases the rest),
+/// or `None` if `addr` is not (any more) a live root or face.
 #[cold]
 #[inline(never)]
-pub fn kill(addr: usize) -> bool {
+pub fn kill(heap: Option<&Heap>, addr: usize) -> Option<usize> {
+    let mut freed = None;
+    under_way(addr, || {
+        freed = match validate::any_slot(addr) {
+            Some(found) if kind(found.state) == LIVE && kill_found(&found) => Some(1),
+            Some(found) if kind(found.state) == FACE => kill_face(heap, addr),
+            _ => None,
+        };
+        true
+    });
+    freed
+}
+
+/// Runs `write`, which swaps a state word in the segment of `addr`, with
+/// the segment counting a kill under way (see the module's notes); false
+/// if `addr` is not in one of our segments.
+pub fn under_way(addr: usize, write: impl FnOnce() -> bool) -> bool {
     if addr % super::GRANULE != 0 || !super::segmap::contains(addr) {
         return false;
     }
     // SAFETY: the segment map says `addr`'s unit starts a published segment.
     let segment = unsafe { Segment::of(addr) };
     segment.kill_under_way(true);
-    let killed = kill_in(addr);
+    let done = write();
     segment.kill_under_way(false);
-    killed
+    done
 }
 
-fn kill_in(addr: usize) -> bool {
-    let found = match validate::any_root(addr) {
-        Some(found) => found,
-        None => return false,
-    };
+/// Kills the root or face `found` in the life it was found in, and hands
+/// its page to its owner; false if that life is over.
+fn kill_found(found: &AnyRoot) -> bool {
     if !found.root.kill(found.state) {
         return false;
     }
+    hand_over(found);
+    true
+}
+
+/// `heap` if `found` lies in its segments.
+fn owned_by<'a>(heap: Option<&'a Heap>, found: &AnyRoot) -> Option<&'a Heap> {
+    heap.filter(|heap| ptr::eq(found.segment.owner(), *heap))
+}
+
+/// Sets `found`'s killed bit and, if its page is not on its owner's stack
+/// already, pushes it there.
+pub fn hand_over(found: &AnyRoot) {
     let page = found.segment.page(found.page);
     found.segment.mark_killed(found.page, found.slot);
     if !page.killed_pending.swap(true, Ordering::SeqCst) {
@@ -83,7 +111,46 @@ fn kill_in(addr: usize) -> bool {
             push(owner, page);
         }
     }
-    true
+}
+
+/// Frees the face at `addr` (in a segment counting this kill) and its
+/// tree. One compare-and-swap of the face's state decides between racing
+/// frees and reallocations of it; the winner kills the tree as a root is
+/// killed. Blocks of the caller's heap (`heap`) are released at once,
+/// others by their owner.
+fn kill_face(heap: Option<&Heap>, addr: usize) -> Option<usize> {
+    let face = validate::any_face(addr)?;
+    if !face.face.root.kill(face.face.state) {
+        return None;
+    }
+    match owned_by(heap, &face.face) {
+        Some(heap) => free::free_face(heap, face.face.segment.page(face.face.page), face.face.root),
+        None => hand_over(&face.face),
+    }
+    Some(1 + kill_tree(heap, face.tree_slot, face.tag))
+}
+
+/// Kills the moved tree whose slot is `tree_slot`, if it is still moved in
+/// the life `tag` checks: its face is gone. Only the thread that ended its
+/// face gets here, so no one else ends it. Released at once if it is in
+/// `heap` (the caller's): then how many blocks went, else 0.
+pub fn kill_tree(heap: Option<&Heap>, tree_slot: usize, tag: u32) -> usize {
+    let addr = tree_slot + super::root::ROOT_HEADER;
+    let mut freed = 0;
+    under_way(addr, || match validate::any_slot(addr) {
+        Some(tree) if kind(tree.state) == MOVED && face_tag(tree.state) == tag => {
+            if tree.root.swap_state(tree.state, generation(tree.state) | KILLED_MOVED).is_ok() {
+                match owned_by(heap, &tree) {
+                    // The tree's own blocks are counted from its root.
+                    Some(heap) => freed = free::free_tree(heap, tree.segment.page(tree.page), tree.root) - 1,
+                    None => hand_over(&tree),
+                }
+            }
+            true
+        }
+        _ => false,
+    });
+    freed
 }
 
 /// Pushes `page` on `owner`'s stack of pages to look at.
@@ -137,9 +204,9 @@ fn drain_pages(heap: &Heap) {
     }
 }
 
-/// Releases slot `slot` of `page` if it holds a root that is still killed:
-/// a bit may be stale (the owner freed the root first, or the page holds
-/// something else now).
+/// Releases slot `slot` of `page` if it holds a root or face that is still
+/// killed: a bit may be stale (the owner freed the root first, or the page
+/// holds something else now).
 fn release(heap: &Heap, page: &'static Page, slot: usize) {
     if page.kind() != Kind::Root {
         return;
@@ -150,7 +217,11 @@ fn release(heap: &Heap, page: &'static Page, slot: usize) {
     }
     // SAFETY: a handed-out slot of a root page of this heap.
     let root = unsafe { Root::at(addr) };
-    if root.is_killed() {
-        free::free_tree(heap, page, root);
+    match kind(root.state()) {
+        KILLED | KILLED_MOVED => {
+            free::free_tree(heap, page, root);
+        }
+        KILLED_FACE => free::free_face(heap, page, root),
+        _ => {}
     }
 }

@@ -15,12 +15,28 @@
 //! lands between them, the owner's store still ends the same life (same
 //! generation), the owner releases the tree, and the kill's mark finds the
 //! slot no longer killed. Either way the tree is released once.
+//!
+//! **Reallocation keeps the tree.** A tree is named for good by the slot of
+//! the root it was made with: its chunks, and the guest chunks other
+//! threads made for it, are tagged with that slot and its generation and
+//! are never tagged again. `MAPIReallocateBuffer` of a root that has (or
+//! may have) children therefore leaves its slot in place as the tree's
+//! hidden header, `MOVED` (children live, the address refused), and makes a
+//! `FACE`: a root slot holding the new client bytes whose header names the
+//! tree instead of chunks. Reallocating a face makes another face of the
+//! same tree, so there is never a chain; freeing a face frees its tree.
+//! Either step is one compare-and-swap of a state word, from any thread
+//! (`alloc::move_root`, `remote`).
+//!
+//! `GUESTED` is set (once, by a compare-and-swap) on a live root before the
+//! first guest child of its life is made: an owner's reallocation of a root
+//! with no chunk and no such flag may then drop the old slot outright, as a
+//! plain reallocation would.
 
 use super::chunk::Chunk;
 use super::GRANULE;
-use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// The kinds a state word holds in its low bits.
 pub const FREE: u32 = 0;
@@ -30,7 +46,20 @@ pub const CHUNK: u32 = 2;
 /// Freed by another thread, not yet released by its owner: dead to every
 /// call, its slot and chunks still held.
 pub const KILLED: u32 = 3;
-const KIND_MASK: u32 = 3;
+/// A tree whose root was reallocated: its children live, its address is
+/// refused; a `FACE` elsewhere holds the client's bytes.
+pub const MOVED: u32 = 4;
+/// A live root whose tree is another slot's (`MOVED`), named by `first`.
+pub const FACE: u32 = 5;
+/// A moved tree whose face was freed: as `KILLED`, for its owner to
+/// release, and the tools were told of its client bytes at the move.
+pub const KILLED_MOVED: u32 = 6;
+/// A face freed by another thread, for its owner to release (its tree was
+/// killed with it).
+pub const KILLED_FACE: u32 = 7;
+const KIND_MASK: u32 = 7;
+/// Another thread made, or is making, a guest child of the root's life.
+pub const GUESTED: u32 = 8;
 pub const GENERATION_SHIFT: u32 = 8;
 const GENERATION_STEP: u32 = 1 << GENERATION_SHIFT;
 
@@ -46,8 +75,10 @@ pub struct Root {
     /// Read by a thread that kills the root (it takes it off the counts).
     size: AtomicU32,
     /// The newest chunk, where children are bumped; older ones follow it.
-    /// A free slot's link in its page's free list.
-    first: Cell<*const Chunk>,
+    /// A free slot's link in its page's free list. A face's tree, tagged
+    /// (`face_link`). Atomic (relaxed: plain moves) because other threads
+    /// read a face's.
+    first: AtomicPtr<Chunk>,
 }
 
 const _: () = assert!(core::mem::size_of::<Root>() <= ROOT_HEADER && ROOT_HEADER % GRANULE == 0);
@@ -58,6 +89,23 @@ const _: () = assert!(core::mem::size_of::<Root>() >= super::page::FREE_LINK_OFF
 pub const fn generation(state: u32) -> u32 {
     state & !((1 << GENERATION_SHIFT) - 1)
 }
+
+/// The kind bits of a root's state word.
+#[inline(always)]
+pub const fn kind(state: u32) -> u32 {
+    state & KIND_MASK
+}
+
+/// Whether a tree in `state` is alive in the life `generation` names: its
+/// root live, or moved to a face.
+#[inline(always)]
+pub const fn tree_alive(state: u32, life: u32) -> bool {
+    generation(state) == life && (kind(state) == LIVE || kind(state) == MOVED)
+}
+
+/// Bits of a face's link that check its tree's generation (the low bits of
+/// a 16-aligned slot's address).
+const FACE_TAG: usize = GRANULE - 1;
 
 impl Root {
     /// The header of the slot at `slot`.
@@ -77,10 +125,17 @@ impl Root {
     pub fn begin(&self, size: u32) -> u32 {
         let state = generation(self.state()) | LIVE;
         self.size.store(size, Ordering::Relaxed);
-        self.first.set(ptr::null());
+        self.first.store(ptr::null_mut(), Ordering::Relaxed);
         // Release: another thread that reads this state reads the size too.
         self.state.store(state, Ordering::Release);
         state
+    }
+
+    /// Ends the root's life if it is still in `state` (live, flags
+    /// included): what a reallocation does to a root it drops; false if
+    /// another thread changed the word meanwhile.
+    pub fn try_end(&self, state: u32) -> bool {
+        self.swap_state(state, generation(state).wrapping_add(GENERATION_STEP) | FREE).is_ok()
     }
 
     /// Ends the root's life: the next generation, kind free.
@@ -95,12 +150,66 @@ impl Root {
         self.state.store(state, Ordering::Relaxed)
     }
 
-    /// Another thread's free: live in the life `state` names → killed.
-    /// False if the root is in another life or already dead.
+    /// Makes a freshly handed-out slot a face of `size` bytes for `tree`,
+    /// moved in the life `tree_state` names.
+    pub fn begin_face(&self, size: u32, tree: &Root, tree_state: u32) -> u32 {
+        let state = generation(self.state()) | FACE;
+        self.size.store(size, Ordering::Relaxed);
+        self.first.store(face_link(tree, tree_state) as *mut Chunk, Ordering::Relaxed);
+        self.state.store(state, Ordering::Release);
+        state
+    }
+
+    /// A face's tree slot, and the generation bits its link checks (read
+    /// from a face's header: validate the slot before use, see `validate`).
+    pub fn face_tree(&self) -> (usize, u32) {
+        let link = self.first.load(Ordering::Relaxed) as usize;
+        (link & !FACE_TAG, (link & FACE_TAG) as u32)
+    }
+
+    /// Swaps the state word from `from` to `to`, if it is still `from`,
+    /// from any thread. Flags set meanwhile make it fail: the caller reads
+    /// the word again and decides.
+    pub fn swap_state(&self, from: u32, to: u32) -> Result<(), u32> {
+        self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).map(|_| ())
+    }
+
+    /// Another thread's free: live (or a face) in the life `state` names →
+    /// killed. False if the root is in another life or already dead. A
+    /// `GUESTED` flag set meanwhile does not change the life.
     pub fn kill(&self, state: u32) -> bool {
-        let killed = generation(state) | KILLED;
-        state & KIND_MASK == LIVE
-            && self.state.compare_exchange(state, killed, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        let to = match kind(state) {
+            LIVE => generation(state) | KILLED,
+            FACE => generation(state) | KILLED_FACE,
+            _ => return false,
+        };
+        let mut from = state;
+        loop {
+            match self.swap_state(from, to) {
+                Ok(()) => return true,
+                Err(now) if generation(now) == generation(state) && kind(now) == kind(state) => from = now,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sets `GUESTED` on the root if it is live in the life `state` names
+    /// (a moved tree needs no flag: its slot stays until the tree dies);
+    /// false if that life is over.
+    pub fn mark_guested(&self, state: u32) -> bool {
+        let mut from = state;
+        loop {
+            if !tree_alive(from, generation(state)) {
+                return false;
+            }
+            if from & GUESTED != 0 || kind(from) == MOVED {
+                return true;
+            }
+            match self.swap_state(from, from | GUESTED) {
+                Ok(()) => return true,
+                Err(now) => from = now,
+            }
+        }
     }
 
     #[inline(always)]
@@ -116,12 +225,12 @@ impl Root {
 
     #[inline(always)]
     pub fn is_live(&self) -> bool {
-        self.state() & KIND_MASK == LIVE
+        kind(self.state()) == LIVE
     }
 
     #[inline(always)]
     pub fn is_killed(&self) -> bool {
-        self.state() & KIND_MASK == KILLED
+        kind(self.state()) == KILLED
     }
 
     #[inline(always)]
@@ -129,13 +238,18 @@ impl Root {
         self.size.load(Ordering::Relaxed)
     }
 
+    /// Takes the size off a moved tree's header: its bytes went to a face.
+    pub fn clear_size(&self) {
+        self.size.store(0, Ordering::Relaxed)
+    }
+
     #[inline(always)]
     pub fn first(&self) -> *const Chunk {
-        self.first.get()
+        self.first.load(Ordering::Relaxed)
     }
 
     pub fn set_first(&self, chunk: *const Chunk) {
-        self.first.set(chunk)
+        self.first.store(chunk as *mut Chunk, Ordering::Relaxed)
     }
 
     /// The client's address.
@@ -143,6 +257,19 @@ impl Root {
     pub fn client(&self) -> usize {
         self as *const Root as usize + ROOT_HEADER
     }
+}
+
+/// A face's link to its tree: the slot, tagged with the low bits of the
+/// generation it moved in, so a face whose tree slot went on to another
+/// life (a racing double free: see `alloc::move_root`) is seldom mistaken.
+fn face_link(tree: &Root, tree_state: u32) -> usize {
+    tree as *const Root as usize | face_tag(tree_state) as usize
+}
+
+/// The generation bits a face's link keeps of its tree's `state`.
+#[inline(always)]
+pub fn face_tag(state: u32) -> u32 {
+    (state >> GENERATION_SHIFT) & FACE_TAG as u32
 }
 
 #[cfg(test)]

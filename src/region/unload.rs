@@ -58,7 +58,7 @@ pub fn unload() {
         }
         thread::catch_up(heap);
         // Guest chunks of another heap's live tree keep it too.
-        if heap.counts.snapshot().live_roots == 0 && heap.guests.count() == 0 {
+        if !heap.counts.holds_blocks() && heap.guests.count() == 0 {
             release_segments(heap);
             // SAFETY: the library is being unloaded and no thread is inside
             // a call (see above); `heaps` read this heap's link before

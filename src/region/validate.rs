@@ -15,7 +15,7 @@ use super::class::{chunk_class_size, root_class_size, root_reciprocal, slot_inde
 use super::heap::Heap;
 use super::heap::LARGE;
 use super::page::{Kind, Page};
-use super::root::{Root, ROOT_HEADER};
+use super::root::{self, Root, ROOT_HEADER};
 use super::segmap;
 use super::segment::Segment;
 use super::{GRANULE, PAGES, PAGE_SHIFT, PAGE_SIZE};
@@ -105,16 +105,19 @@ pub struct AnyRoot {
     pub state: u32,
 }
 
-/// The live root whose client address is `addr`, whoever owns it.
+/// The root slot whose client address is `addr`, whoever owns it, in any
+/// state: the segment, the index of its page, its slot's index in the page,
+/// the header, and the state word read (Acquire).
 ///
 /// Reads only the segment map, the page's `layout` word and the slot's
 /// state word. The slot is found from the class alone, never from fields
 /// an owner may be rewriting; a large root's header is its span's first
 /// word, which starts a slot in whatever the span holds next. So the word
 /// read is a header's, unless the owner gave the page another class since:
-/// `remote::kill`, the one caller that writes it, keeps the owner from
-/// doing that while it runs.
-pub fn any_root(addr: usize) -> Option<AnyRoot> {
+/// the callers that write it (`remote`, `alloc::move_root`) count
+/// themselves in the segment's `kill_under_way` around the write, which
+/// keeps the owner from doing that meanwhile.
+pub fn any_slot(addr: usize) -> Option<AnyRoot> {
     if addr % GRANULE != 0 || !segmap::contains(addr) {
         return None;
     }
@@ -140,22 +143,63 @@ pub fn any_root(addr: usize) -> Option<AnyRoot> {
     // for good, and a root header's place (see above).
     let root = unsafe { Root::at(slot) };
     let state = root.state_acquire();
-    if state & 3 != super::root::LIVE {
-        return None;
-    }
     Some(AnyRoot { segment, page: index, slot: slot_index, root, state })
 }
 
-/// The tree, and the state it is live in, of the live child at `addr`,
+/// The live root whose client address is `addr`, whoever owns it.
+pub fn any_root(addr: usize) -> Option<AnyRoot> {
+    any_slot(addr).filter(|found| root::kind(found.state) == root::LIVE)
+}
+
+/// The tree `tree` (a root slot's address, from a chunk or a face) if it
+/// is alive in the life `life` names, with its state: live or moved.
+fn any_tree_slot(tree: usize, life: u32) -> Option<(&'static Root, u32)> {
+    let found = any_slot(tree + ROOT_HEADER)?;
+    if root::tree_alive(found.state, life) {
+        Some((found.root, found.state))
+    } else {
+        None
+    }
+}
+
+/// A face (see `root`) whose client address is `addr`, whoever owns it:
+/// the face as `any_slot` finds it, and its tree with the tree's state if
+/// the tree is still alive (a face outlives its tree only after a racing
+/// double free: it is then still the client's to free).
+pub struct AnyFace {
+    pub face: AnyRoot,
+    pub tree: Option<(&'static Root, u32)>,
+    /// The tree slot the face names, and the tag its link checks.
+    pub tree_slot: usize,
+    pub tag: u32,
+}
+
+pub fn any_face(addr: usize) -> Option<AnyFace> {
+    let face = any_slot(addr).filter(|found| root::kind(found.state) == root::FACE)?;
+    let (tree_slot, tag) = face.root.face_tree();
+    // The link was written before the face's state (Release); read again so
+    // that a slot freed and reused meanwhile is not followed with a link of
+    // its next life. Whatever is followed is validated from the tables.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    if face.root.state() != face.state {
+        return None;
+    }
+    let tree = any_slot(tree_slot + ROOT_HEADER)
+        .filter(|tree| root::kind(tree.state) == root::MOVED && root::face_tag(tree.state) == tag)
+        .map(|tree| (tree.root, tree.state));
+    Some(AnyFace { face, tree, tree_slot, tag })
+}
+
+/// The tree, and the state it is alive in, of the live child at `addr`,
 /// whoever owns it. Reads the page's layout, the start bit, the chunk's
-/// header (state and tree, atomics) and then the tree as `any_root` does:
+/// header (state and tree, atomics) and then the tree as `any_slot` does:
 /// a chunk header read from a page whose layout just changed yields a
 /// pointer that is validated like any other, and nothing is written.
 pub fn any_child(addr: usize) -> Option<(&'static Root, u32)> {
     if addr % GRANULE != 0 || !segmap::contains(addr) {
         return None;
     }
-    // SAFETY: as in `any_root`.
+    // SAFETY: as in `any_slot`.
     let segment = unsafe { Segment::of(addr) };
     let index = (addr >> PAGE_SHIFT) & (PAGES - 1);
     let layout = segment.page(index).layout();
@@ -175,21 +219,20 @@ pub fn any_child(addr: usize) -> Option<(&'static Root, u32)> {
     }
     // SAFETY: a slot start in a chunk page of a published segment.
     let chunk = unsafe { Chunk::at(slot) };
-    let live = chunk.live_state();
-    let tree = any_root(chunk.tree() as usize + ROOT_HEADER)?;
-    if tree.state == live {
-        Some((tree.root, tree.state))
-    } else {
-        None
-    }
+    any_tree_slot(chunk.tree() as usize, chunk.life())
 }
 
-/// The tree of `addr`, a live root or child of any thread's.
+/// The tree of `addr`, a live root, face or child of any thread's, with
+/// the state the tree is alive in.
 pub fn any_tree(addr: usize) -> Option<(&'static Root, u32)> {
-    match any_root(addr) {
-        Some(found) => Some((found.root, found.state)),
-        None => any_child(addr),
+    if let Some(found) = any_slot(addr) {
+        return match root::kind(found.state) {
+            root::LIVE => Some((found.root, found.state)),
+            root::FACE => any_face(addr)?.tree,
+            _ => None,
+        };
     }
+    any_child(addr)
 }
 
 /// Whether the root `tree` is one of `heap`'s.
