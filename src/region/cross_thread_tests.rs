@@ -381,28 +381,45 @@ fn another_threads_root_is_reallocated_with_its_children() {
 }
 
 /// An exited thread's root is reallocated as a live owner's is: its heap
-/// is an orphan, touched only through the state words.
+/// is an orphan, touched only through the state words. The test holds the
+/// orphan (`Heap::try_claim`) while it works, so no other test's thread
+/// adopts a heap whose tree this one frees under it.
 #[test]
 fn an_orphans_root_is_reallocated_with_its_children() {
-    let (r, c) = on_other_thread(|| {
-        let r = root(48);
-        fill(r, 48, 8);
-        let c = child(r, 100);
-        fill(c, 100, 9);
-        (r, c)
-    });
-    let moved = reallocate(r, 20).unwrap().addr();
-    assert!(holds(moved, 20, 8) && holds(c, 100, 9));
-    assert_eq!(free_root(r), Err(NotARoot::Unknown));
-    let grandchild = child(c, 8);
-    assert_eq!(free_root(grandchild), Err(NotARoot::Child));
-    let again = reallocate(moved, 30).unwrap().addr();
-    assert!(holds(again, 20, 8));
-    assert_eq!(allocate_child(moved, 8), Err(Error::InvalidParameter), "each old root is gone");
-    assert!(free_root(again).is_ok()); // Ok(3) if this thread adopted the orphan
-    for k in [c, grandchild, again] {
-        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter));
+    for _ in 0..20 {
+        let (heap, r, c) = std::thread::spawn(|| {
+            let r = root(48);
+            fill(r, 48, 8);
+            let c = child(r, 100);
+            fill(c, 100, 9);
+            (thread::current().unwrap() as *const heap::Heap as usize, r, c)
+        })
+        .join()
+        .unwrap();
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*(heap as *const heap::Heap) };
+        if !heap.try_claim() {
+            continue; // adopted meanwhile
+        }
+        let moved = reallocate(r, 20).unwrap().addr();
+        assert!(holds(moved, 20, 8) && holds(c, 100, 9));
+        assert_eq!(free_root(r), Err(NotARoot::Unknown));
+        let grandchild = child(c, 8);
+        assert_eq!(free_root(grandchild), Err(NotARoot::Child));
+        let again = reallocate(moved, 30).unwrap().addr();
+        assert!(holds(again, 20, 8));
+        assert_eq!(allocate_child(moved, 8), Err(Error::InvalidParameter), "each old root is gone");
+        assert_eq!(free_root(again), Ok(1), "the tree is killed in the orphan");
+        for k in [c, grandchild, again] {
+            assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter));
+        }
+        let held = heap.counts.snapshot().live_roots;
+        thread::catch_up(heap);
+        assert_eq!(heap.counts.snapshot().live_roots, held - 1, "released by its holder");
+        heap.give_up();
+        return;
     }
+    panic!("the orphan was adopted by another thread every time");
 }
 
 /// A failed reallocation of another thread's root changes nothing.
@@ -474,4 +491,32 @@ fn racing_frees_and_reallocations_of_another_threads_roots_have_one_winner() {
         assert_eq!((after.live_roots, after.live_children), (base.live_roots + 1, base.live_children));
         assert_eq!(free_root(probe), Ok(1));
     }
+}
+
+/// A root whose only children are another thread's (in that thread's
+/// guest chunk) is not dropped at its owner's reallocation as a childless
+/// root is: the guest's first chunk marked it (`GUESTED`).
+#[test]
+fn a_root_with_only_guest_children_is_moved_not_dropped() {
+    let r = root(16);
+    let (kid, maker) = {
+        let (to_owner, from_guest) = mpsc::channel();
+        let (to_guest, from_owner) = mpsc::channel::<()>();
+        let maker = std::thread::spawn(move || {
+            let kid = child(r, 24);
+            fill(kid, 24, 0x42);
+            let _ = to_owner.send(kid);
+            from_owner.recv_timeout(PATIENCE).expect("the owner is done");
+        });
+        (from_guest.recv_timeout(PATIENCE).expect("the guest made its child"), (maker, to_guest))
+    };
+    let moved = reallocate(r, 100).unwrap().addr();
+    assert!(holds(kid, 24, 0x42));
+    assert_eq!(free_root(kid), Err(NotARoot::Child), "the guest child lives on");
+    let grandchild = child(kid, 8);
+    assert!(free_root(moved).is_ok());
+    assert_eq!(allocate_child(kid, 8), Err(Error::InvalidParameter));
+    assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
+    maker.1.send(()).unwrap();
+    maker.0.join().unwrap();
 }
