@@ -291,4 +291,22 @@ mod tests {
         assert_eq!(generation(second), generation(first) + GENERATION_STEP);
         assert_eq!(second & KIND_MASK, LIVE);
     }
+
+    /// A guest's flag, set between another thread's validation of a root
+    /// and its kill or move, does not make the kill fail: same life.
+    #[test]
+    fn a_kill_validated_before_a_guests_mark_still_wins() {
+        let mut slot = [0u128; 2];
+        // SAFETY: a local stand-in for a slot, as above.
+        let root = unsafe { Root::at(slot.as_mut_ptr() as usize) };
+        let validated = root.begin(16);
+        assert!(root.mark_guested(validated) && root.state() & GUESTED != 0);
+        assert!(root.mark_guested(validated), "marked once a life");
+        assert!(root.kill(validated), "the flag is not another life");
+        assert!(root.is_killed() && !root.mark_guested(validated), "no guest once the tree is dead");
+        assert!(!root.kill(validated), "a second kill finds it dead");
+        root.end();
+        let next = root.begin(16);
+        assert!(!root.kill(validated) && root.state() == next, "an older life's kill does nothing");
+    }
 }
