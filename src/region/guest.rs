@@ -5,8 +5,11 @@
 //! life (generation) it validated, on the caller's list of guest chunks.
 //!
 //! Such a child validates, for every thread, exactly while its tree lives
-//! in that life (`Chunk::live_tree`), so the tree's free (on any thread)
-//! kills it with the rest at once. Its memory comes back when the maker
+//! in that life (`Chunk::live_tree`: live, or moved to a face by a
+//! reallocation, which keeps the tree's slot), so the tree's free (on any
+//! thread) kills it with the rest at once. The first guest chunk of a
+//! life marks the root `GUESTED`, so that its owner does not drop the slot
+//! at a reallocation as it drops a childless root's. Its memory comes back when the maker
 //! sweeps its guest chunks and finds the tree dead: when the count of guest
 //! chunks reaches twice what the last sweep left (at least
 //! `SWEEP_MIN`), when the maker reads `mapi32_stats`, and when its thread

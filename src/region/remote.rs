@@ -37,6 +37,12 @@
 //!   earlier is seen, and the page keeps its class until a later reclaim.
 //!   No one waits.
 //!
+//! A face (see `root`) is freed the same way, live face → killed face, and
+//! the winner then kills its tree, moved → killed (`KILLED_MOVED`): the
+//! one swap on the face decides between racing frees and reallocations of
+//! it, so the tree is killed once. Blocks of the caller's own heap are
+//! released at once rather than handed over.
+//!
 //! The bits and the `pending` flag are ordered SeqCst on both sides: a
 //! killer sets its bit and then tests-and-sets the flag; the owner clears
 //! the flag and then takes the bits. Either the killer sees the flag clear

@@ -23,6 +23,9 @@
 //!   (`FREELIKE_BLOCK`, poison). Every block is followed by a redzone of
 //!   `REDZONE` bytes the callers add to its slot or its run of granules,
 //!   so the byte past its end is never the next block's or a header;
+//! - a root reallocated into a face (see `root`): its client bytes are
+//!   freed for the tool at the move, its slot held back when its tree is
+//!   released (`KILLED_MOVED`);
 //! - a freed slot waits in its heap's `Quarantine` before it is reused,
 //!   so a read of a freed block finds it still inaccessible.
 //!

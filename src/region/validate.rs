@@ -6,9 +6,11 @@
 //! unmapped, the C heap's, the kernel's.
 //!
 //! The owner's paths (`root`, `child`, `tree`) look into the calling
-//! heap's own segments with its own fields; `any_root` and `any_child`
-//! find a block of any thread's from the few words other threads may read,
-//! for the cross-thread paths (`remote`, `guest`).
+//! heap's own segments with its own fields; `any_root`, `any_face` and
+//! `any_child` find a block of any thread's from the few words other
+//! threads may read, for the cross-thread paths (`remote`, `guest`) and
+//! the reallocated trees (`root`): a face is a live root whose tree is the
+//! moved slot it names, a moved tree's children live while it is moved.
 
 use super::chunk::{Chunk, CHUNK_HEADER};
 use super::class::{chunk_class_size, root_class_size, root_reciprocal, slot_index, CHUNK_CLASSES};
