@@ -8,8 +8,9 @@
 //! in that life (`Chunk::live_tree`: live, or moved to a face by a
 //! reallocation, which keeps the tree's slot), so the tree's free (on any
 //! thread) kills it with the rest at once. The first guest chunk of a
-//! life marks the root `GUESTED`, so that its owner does not drop the slot
-//! at a reallocation as it drops a childless root's. Its memory comes back when the maker
+//! life of a root with no chunk of its own marks it `GUESTED`, so that its
+//! owner does not drop the slot at a reallocation as it drops a childless
+//! root's. Its memory comes back when the maker
 //! sweeps its guest chunks and finds the tree dead: when the count of guest
 //! chunks reaches twice what the last sweep left (at least
 //! `SWEEP_MIN`), when the maker reads `mapi32_stats`, and when its thread
@@ -82,10 +83,13 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
             return Ok(made(heap, chunk, addr, granules, size));
         }
     }
-    // The tree's owner must know it has guests before it may drop its slot
-    // at a reallocation (`alloc::reallocate`); once a life: a chunk of the
-    // same life, above, was made after it.
-    if !tree.mark_guested(state) {
+    // The owner of a root with no chunk of its own must know it has guests
+    // before it may drop the root's slot at a reallocation
+    // (`alloc::reallocate`); once a life: a chunk of the same life, above,
+    // was made after it. A root with a chunk is never dropped (its `first`
+    // stays set for the life), and the flag's compare-and-swap, on a line
+    // the owner wrote, is the dearest step here: skipped then.
+    if tree.first().is_null() && !tree.mark_guested(state) {
         return Err(Error::InvalidParameter);
     }
     if guests.count() >= guests.sweep_at.get() {

@@ -28,10 +28,11 @@
 //! Either step is one compare-and-swap of a state word, from any thread
 //! (`alloc::move_root`, `remote`).
 //!
-//! `GUESTED` is set (once, by a compare-and-swap) on a live root before the
-//! first guest child of its life is made: an owner's reallocation of a root
-//! with no chunk and no such flag may then drop the old slot outright, as a
-//! plain reallocation would.
+//! `GUESTED` is set (once, by a compare-and-swap) on a live root with no
+//! chunk before the first guest child of its life is made: an owner's
+//! reallocation of a root with no chunk and no such flag may then drop the
+//! old slot outright, as a plain reallocation would. (A root's `first`,
+//! once set, stays set for its life.)
 
 use super::chunk::Chunk;
 use super::GRANULE;
