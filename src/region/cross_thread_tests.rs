@@ -192,8 +192,9 @@ fn reallocating_another_threads_child_copies_it_into_the_same_tree() {
 }
 
 /// Parks a thread that owns two trees in the middle of `call` on one of
-/// them, then, from another thread: frees the other tree, refuses foreign
-/// and freed pointers, and adds children to both trees. Each must complete
+/// them, then, from another thread: adds children to both trees,
+/// reallocates the other tree's root and frees the new root, and refuses
+/// foreign and freed pointers. Each must complete
 /// while the owner stays parked.
 fn parked_owner_keeps_no_one_waiting(call: fn(usize) -> bool) {
     let (parked_tx, parked) = mpsc::channel();
@@ -220,14 +221,15 @@ fn parked_owner_keeps_no_one_waiting(call: fn(usize) -> bool) {
     let outcomes = on_other_thread(move || {
         let onto_busy = allocate_child(busy, 24).is_ok();
         let onto_other = allocate_child(other_child, 24).is_ok();
-        let freed = free_root(other) == Ok(1);
+        let moved = reallocate(other, 100).map(Block::addr);
+        let freed = moved.map_or(false, |moved| free_root(moved) == Ok(1));
         let refused = free_root(foreign) == Err(NotARoot::Unknown)
             && allocate_child(foreign, 8) == Err(Error::InvalidParameter)
             && allocate_child(other_child, 8) == Err(Error::InvalidParameter)
             && free_root(other).is_err();
-        [onto_busy, onto_other, freed, refused]
+        [onto_busy, onto_other, moved.is_ok(), freed, refused]
     });
-    assert_eq!(outcomes, [true; 4], "children on both trees, the free, the refusals");
+    assert_eq!(outcomes, [true; 5], "children on both trees, the reallocation and free, the refusals");
     release.send(()).unwrap();
     let (done, released) = owner.join().unwrap();
     assert!(done, "the parked call completed once released");
