@@ -522,3 +522,50 @@ fn a_root_with_only_guest_children_is_moved_not_dropped() {
     maker.1.send(()).unwrap();
     maker.0.join().unwrap();
 }
+
+/// The owner's free is a load and a store; another thread's reallocation
+/// can land between its validation and its store (a racing double free:
+/// the client freed and reallocated one root at once). Replayed step by
+/// step: the owner validates, another thread moves the root to a new one,
+/// the owner ends and releases the tree. The new root is then a root of a
+/// dead tree: refused as a parent and to a reallocation, still freed once,
+/// and nothing is released twice.
+#[test]
+fn a_move_landing_inside_the_owners_free_leaves_a_new_root_that_is_only_freed() {
+    let heap = thread::heap().unwrap();
+    let base = counts();
+    let r = root(40);
+    let c = child(r, 8);
+    let (page, tree) = validate::root(heap, r).unwrap();
+    let (to_owner, from_mover) = mpsc::channel();
+    let (to_mover, from_owner) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        thread::heap().unwrap(); // it may be an exited thread's, with its trees
+        let before = counts().live_bytes;
+        let moved = reallocate(r, 64).map(Block::addr);
+        let _ = to_owner.send(moved);
+        from_owner.recv_timeout(PATIENCE).expect("the owner freed the tree");
+        let moved = moved.unwrap();
+        let refused = allocate_child(moved, 8) == Err(Error::InvalidParameter)
+            && reallocate(moved, 8) == Err(Error::InvalidParameter);
+        let freed = free_root(moved) == Ok(1) && free_root(moved) == Err(NotARoot::Unknown);
+        (refused, freed, counts().live_bytes - before)
+    });
+    let moved = from_mover.recv_timeout(PATIENCE).expect("the mover moved the root");
+    assert!(moved.is_ok(), "the move won its swap");
+    free::free_tree(heap, page, tree); // the owner's store and release, validated before
+    assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter), "the tree is dead");
+    to_mover.send(()).unwrap();
+    let (refused, freed, mover_bytes) = mover.join().unwrap();
+    assert!(refused, "a root of a dead tree takes no child and is not moved");
+    assert!(freed, "and is freed once");
+    assert_eq!(mover_bytes, 0, "with its bytes");
+    let a = root(40);
+    let b = root(40);
+    assert_ne!(a, b, "the old slot was released once, so it is handed out once");
+    let after = counts();
+    assert_eq!((after.live_roots, after.live_children), (base.live_roots + 2, base.live_children));
+    for addr in [a, b] {
+        assert_eq!(free_root(addr), Ok(1));
+    }
+}
