@@ -10,11 +10,15 @@
 //! thread) kills it with the rest at once. The first guest chunk of a
 //! life of a root with no chunk of its own marks it `GUESTED`, so that its
 //! owner does not drop the slot at a reallocation as it drops a childless
-//! root's. Its memory comes back when the maker
-//! sweeps its guest chunks and finds the tree dead: when the count of guest
-//! chunks reaches twice what the last sweep left (at least
-//! `SWEEP_MIN`), when the maker reads `mapi32_stats`, and when its thread
-//! exits; guests of trees still live then are swept by the adopter (at
+//! root's.
+//!
+//! A guest chunk's memory comes back when the maker sweeps its guest chunks
+//! and finds the tree dead: a few chunks, round the list, each time it
+//! makes a chunk (`step`: a thread adding children to trees new to it
+//! then reuses the warm slots of dead trees' chunks rather than new
+//! pages); all of them when the count of guest chunks reaches twice what
+//! the last sweep left (at least `SWEEP_MIN`), when the maker reads
+//! `mapi32_stats`, and when its thread exits; guests of trees still live then are swept by the adopter (at
 //! adoption and after, as its own), by `stats` (which claims an orphan
 //! holding guests for it) or at unloading (`thread::catch_up`).
 //! Until then the child stays in the maker's counts.
@@ -43,6 +47,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// Sweeps wait for at least this many guest chunks.
 const SWEEP_MIN: usize = 64;
 
+/// Chunks an incremental sweep step looks at (`step`).
+const STEP: usize = 2;
+
 /// A heap's guest chunks, newest first, linked through `Chunk::next`.
 #[derive(Debug)]
 pub struct Guests {
@@ -51,12 +58,20 @@ pub struct Guests {
     /// an orphan holds any (`thread::catch_up`).
     count: AtomicUsize,
     sweep_at: Cell<usize>,
+    /// Where the incremental sweep goes on: the chunk whose successor it
+    /// looks at next, or null for the newest. Always a chunk on the list:
+    /// only sweeps free chunks, and a full sweep starts it again.
+    cursor: Cell<*const Chunk>,
 }
 
 impl Guests {
     #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
-    pub const EMPTY: Guests =
-        Guests { newest: Cell::new(ptr::null()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
+    pub const EMPTY: Guests = Guests {
+        newest: Cell::new(ptr::null()),
+        count: AtomicUsize::new(0),
+        sweep_at: Cell::new(SWEEP_MIN),
+        cursor: Cell::new(ptr::null()),
+    };
 
     /// How many guest chunks the heap holds (any thread may ask: a hint).
     pub fn count(&self) -> usize {
@@ -94,6 +109,8 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     }
     if guests.count() >= guests.sweep_at.get() {
         sweep(heap);
+    } else {
+        step(heap);
     }
     let next_class = same_life.map_or(0, |chunk| (chunk.class() + CHUNK_GROWTH).min(CHUNK_CLASSES - 1));
     let child_bytes = granules.checked_mul(GRANULE).ok_or(Error::NoMemory)?;
@@ -135,6 +152,40 @@ fn made(heap: &Heap, chunk: &Chunk, addr: usize, granules: usize, size: ULONG) -
     addr
 }
 
+/// Looks at the next `STEP` guest chunks of `heap` (the caller's), round
+/// the list, and frees those whose tree is dead: a chunk is made each time
+/// a tree is new to the caller, so dead trees' chunks come back while
+/// their memory is still warm, and their slots serve the next ones, rather
+/// than wait for the list to double.
+fn step(heap: &Heap) {
+    let guests = &heap.guests;
+    let mut prev = guests.cursor.get();
+    for _ in 0..STEP {
+        // SAFETY: the cursor is null or a chunk on the list (see `Guests`).
+        let link = match unsafe { prev.as_ref() } {
+            Some(chunk) => chunk.next_link(),
+            None => &guests.newest,
+        };
+        // SAFETY: the list holds live chunk slots of this heap.
+        let chunk = match unsafe { link.get().as_ref() } {
+            Some(chunk) => chunk,
+            None => {
+                prev = ptr::null(); // round again from the newest
+                break;
+            }
+        };
+        if chunk.live_tree().is_some() {
+            prev = chunk;
+        } else {
+            link.set(chunk.next());
+            guests.count.store(guests.count() - 1, Ordering::Relaxed);
+            heap.counts.children_freed(chunk.count() as u64, chunk.bytes() as u64);
+            free::free_chunk(heap, chunk);
+        }
+    }
+    guests.cursor.set(prev);
+}
+
 /// Frees the guest chunks of `heap` (the caller's) whose tree is dead, and
 /// takes their children off the counts.
 #[cold]
@@ -156,4 +207,58 @@ pub fn sweep(heap: &Heap) {
     }
     guests.count.store(kept, Ordering::Relaxed);
     guests.sweep_at.set((2 * kept).max(SWEEP_MIN));
+    guests.cursor.set(ptr::null());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{allocate_child, allocate_root, free_root, thread};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Guest chunks of trees that died come back as the maker makes chunks
+    /// for new trees (`step`), long before the list doubles (`sweep`).
+    #[test]
+    fn dead_trees_guest_chunks_come_back_as_new_ones_are_made() {
+        const TREES: usize = 8;
+        let dead: Vec<usize> = (0..TREES).map(|_| allocate_root(32).unwrap().addr()).collect();
+        let live: Vec<usize> = (0..TREES).map(|_| allocate_root(32).unwrap().addr()).collect();
+        let (to_owner, made) = mpsc::channel();
+        let (to_guest, freed) = mpsc::channel::<()>();
+        let (on_dead, on_live) = (dead.clone(), live.clone());
+        let guest = std::thread::spawn(move || {
+            let heap = thread::heap().unwrap();
+            super::sweep(heap); // far from the next full sweep from here
+            for &tree in &on_dead {
+                allocate_child(tree, 24).unwrap();
+            }
+            to_owner.send(()).unwrap();
+            freed.recv_timeout(Duration::from_secs(30)).expect("the trees were freed");
+            let before = (heap.guests.count(), heap.counts.snapshot().live_children);
+            for &tree in &on_live {
+                allocate_child(tree, 24).unwrap();
+            }
+            let after = (heap.guests.count(), heap.counts.snapshot().live_children);
+            let far = heap.guests.count() < heap.guests.sweep_at.get();
+            to_owner.send(()).unwrap();
+            // Kept until the trees are freed: no other test's thread adopts
+            // a heap holding this test's live guests.
+            freed.recv_timeout(Duration::from_secs(30)).expect("the trees were freed");
+            (before, after, far)
+        });
+        made.recv_timeout(Duration::from_secs(30)).expect("the guest made its children");
+        for &tree in &dead {
+            assert!(free_root(tree).is_ok());
+        }
+        to_guest.send(()).unwrap();
+        made.recv_timeout(Duration::from_secs(30)).expect("the guest made its second children");
+        for tree in live {
+            assert!(free_root(tree).is_ok());
+        }
+        to_guest.send(()).unwrap();
+        let ((chunks, children), (chunks_after, children_after), far) = guest.join().unwrap();
+        assert!(far, "no full sweep ran");
+        assert!(chunks_after < chunks + TREES, "dead trees' chunks came back: {chunks} -> {chunks_after}");
+        assert!(children_after < children + TREES as u64, "with their children's counts");
+    }
 }
