@@ -128,15 +128,17 @@ fn own_child(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
 }
 
 /// A parent the cache does not hold: validated, and remembered if it is of
-/// the calling thread's tree; else another thread's (`guest_child`).
+/// the calling thread's tree (a face of its own, not remembered); else
+/// another thread's (`guest_child`).
 #[cold]
 #[inline(never)]
 fn child_of_parent(heap: &Heap, parent: usize, size: ULONG) -> Result<Block, Error> {
-    match validate::tree(heap, parent) {
-        Some(tree) => {
+    match validate::parent(heap, parent) {
+        Some(validate::Parent::Tree(tree)) => {
             heap.cache.remember(parent, tree);
             own_child(heap, tree, size)
         }
+        Some(validate::Parent::Face(tree)) => own_child(heap, tree, size),
         None => guest_child(parent, size),
     }
 }
@@ -276,7 +278,7 @@ fn reallocate_other(addr: usize, size: ULONG) -> Result<Block, Error> {
     let heap = thread::heap().ok_or(Error::NoMemory)?;
     match validate::any_slot(addr) {
         Some(found) if root::kind(found.state) == root::LIVE => move_root(heap, &found, size),
-        Some(found) if root::kind(found.state) == root::FACE => move_face(heap, addr, size),
+        Some(found) if root::kind(found.state) == root::FACE => move_face(heap, found, size),
         Some(_) => Err(Error::InvalidParameter),
         None => reallocate_guest(heap, addr, size),
     }
@@ -329,14 +331,15 @@ fn move_root(heap: &Heap, found: &validate::AnyRoot, size: ULONG) -> Result<Bloc
     Ok(new)
 }
 
-/// Moves the face at `addr` (of any thread's) to a new face of the same
+/// Moves the face `face` (of any thread's) to a new face of the same
 /// tree: no chain, the tree's slot is named by each face in turn. One swap
 /// of the old face's state word decides between racing frees and
 /// reallocations of it; the old face is released by its owner.
 #[cold]
 #[inline(never)]
-fn move_face(heap: &Heap, addr: usize, size: ULONG) -> Result<Block, Error> {
-    let found = validate::any_face(addr).ok_or(Error::InvalidParameter)?;
+fn move_face(heap: &Heap, face: validate::AnyRoot, size: ULONG) -> Result<Block, Error> {
+    let addr = face.root.client();
+    let found = validate::face_of(face).ok_or(Error::InvalidParameter)?;
     let old = &found.face;
     // A face whose tree died in a racing double free is only freed.
     let (tree, tree_state) = found.tree.ok_or(Error::InvalidParameter)?;

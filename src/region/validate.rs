@@ -44,6 +44,13 @@ pub fn root(heap: &Heap, addr: usize) -> Option<(&'static Page, &'static Root)> 
 
 #[inline(always)]
 fn root_in(segment: &'static Segment, addr: usize) -> Option<(&'static Page, &'static Root)> {
+    slot_in(segment, addr).filter(|(_, root)| root.is_live())
+}
+
+/// The header of the root slot of ours whose client address is `addr`, in
+/// any state.
+#[inline(always)]
+fn slot_in(segment: &'static Segment, addr: usize) -> Option<(&'static Page, &'static Root)> {
     let page = segment.page_of(addr);
     if page.kind() != Kind::Root {
         return None;
@@ -54,9 +61,19 @@ fn root_in(segment: &'static Segment, addr: usize) -> Option<(&'static Page, &'s
     }
     // SAFETY: a slot of a root page of ours that was handed out: its header
     // is mapped and was written by this heap.
-    let root = unsafe { Root::at(slot) };
-    if root.is_live() {
-        Some((page, root))
+    Some((page, unsafe { Root::at(slot) }))
+}
+
+/// The tree of `face`, a face of `heap`'s, when the tree is `heap`'s too
+/// and alive: what the owner's paths need of a root it reallocated, from
+/// its own tables (other threads' faces are `any_face`'s).
+fn own_face_tree(heap: &Heap, face: &Root) -> Option<&'static Root> {
+    let (tree_slot, tag) = face.face_tree();
+    let client = tree_slot + ROOT_HEADER;
+    let (_, tree) = slot_in(own_segment(heap, client)?, client)?;
+    let state = tree.state();
+    if root::kind(state) == root::MOVED && root::face_tag(state) == tag {
+        Some(tree)
     } else {
         None
     }
@@ -94,6 +111,30 @@ pub fn tree(heap: &Heap, addr: usize) -> Option<&'static Root> {
         Some((_, root)) => Some(root),
         None => child_in(heap, segment, addr).map(|(_, tree)| tree),
     }
+}
+
+/// A parent of the calling thread's: a live root or child (`tree`), or a
+/// face whose tree is the thread's too (see `root`).
+pub enum Parent {
+    Tree(&'static Root),
+    /// A face's tree: not to be remembered by the parent cache, which
+    /// sees the tree's state only, while a face can end (reallocated
+    /// again) with its tree alive.
+    Face(&'static Root),
+}
+
+/// `tree`, and the faces of the caller's own trees, in one look.
+pub fn parent(heap: &Heap, addr: usize) -> Option<Parent> {
+    let segment = own_segment(heap, addr)?;
+    // A root page holds no child: a slot there is all there is to find.
+    if let Some((_, root)) = slot_in(segment, addr) {
+        return match root::kind(root.state()) {
+            root::LIVE => Some(Parent::Tree(root)),
+            root::FACE => own_face_tree(heap, root).map(Parent::Face),
+            _ => None,
+        };
+    }
+    child_in(heap, segment, addr).map(|(_, tree)| Parent::Tree(tree))
 }
 
 /// A live root anywhere, found from the tables any thread may read (see
@@ -177,7 +218,14 @@ pub struct AnyFace {
 }
 
 pub fn any_face(addr: usize) -> Option<AnyFace> {
-    let face = any_slot(addr).filter(|found| root::kind(found.state) == root::FACE)?;
+    face_of(any_slot(addr)?)
+}
+
+/// `any_face` of a slot `any_slot` found.
+pub fn face_of(face: AnyRoot) -> Option<AnyFace> {
+    if root::kind(face.state) != root::FACE {
+        return None;
+    }
     let (tree_slot, tag) = face.root.face_tree();
     // The link was written before the face's state (Release); read again so
     // that a slot freed and reused meanwhile is not followed with a link of
@@ -230,7 +278,7 @@ pub fn any_tree(addr: usize) -> Option<(&'static Root, u32)> {
     if let Some(found) = any_slot(addr) {
         return match root::kind(found.state) {
             root::LIVE => Some((found.root, found.state)),
-            root::FACE => any_face(addr)?.tree,
+            root::FACE => face_of(found)?.tree,
             _ => None,
         };
     }
