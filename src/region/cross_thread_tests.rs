@@ -569,3 +569,53 @@ fn a_move_landing_inside_the_owners_free_leaves_a_new_root_that_is_only_freed() 
         assert_eq!(free_root(addr), Ok(1));
     }
 }
+
+/// Children stay valid through reallocations of their root (SPEC §5), so
+/// another thread adding children to one of them while the owner keeps
+/// reallocating the root never sees it refused, and none of its children
+/// is lost.
+#[test]
+fn children_added_while_the_owner_reallocates_their_root_are_never_refused() {
+    const CHILDREN: usize = 4000;
+    let mut r = root(24);
+    let c = child(r, 16);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (made_tx, made) = mpsc::channel();
+    let (freed_tx, freed) = mpsc::channel::<()>();
+    let guest_done = done.clone();
+    let guest = std::thread::spawn(move || {
+        let mut kids: Vec<usize> = Vec::with_capacity(CHILDREN);
+        let mut refused = None;
+        for i in 0..CHILDREN {
+            let parent = if i % 3 == 0 || kids.is_empty() { c } else { kids[i / 2] };
+            match allocate_child(parent, 24) {
+                Ok(kid) => {
+                    fill(kid.addr(), 24, i as u8);
+                    kids.push(kid.addr());
+                }
+                Err(error) => {
+                    refused = Some((i, error));
+                    break;
+                }
+            }
+        }
+        guest_done.store(true, std::sync::atomic::Ordering::Release);
+        let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, 24, i as u8));
+        let _ = made_tx.send((kids, intact, refused));
+        // Kept until the tree is freed (see above).
+        let _ = freed.recv_timeout(PATIENCE);
+    });
+    let mut moves = 0;
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        r = reallocate(r, 24 + (moves % 7) * 16).unwrap().addr();
+        moves += 1;
+    }
+    let (kids, intact, refused) = made.recv_timeout(PATIENCE).expect("the guest made its children");
+    assert_eq!(refused, None, "no child refused, across {moves} reallocations");
+    assert!(intact, "each holds its bytes");
+    assert!(kids.iter().all(|&k| free_root(k) == Err(NotARoot::Child)), "all children of the live tree");
+    assert!(free_root(r).is_ok());
+    assert!(kids.iter().all(|&k| allocate_child(k, 8) == Err(Error::InvalidParameter)), "freed with it");
+    freed_tx.send(()).unwrap();
+    guest.join().unwrap();
+}
