@@ -327,6 +327,7 @@ fn move_root(heap: &Heap, found: &validate::AnyRoot, size: ULONG) -> Result<Bloc
         // at once (another thread's say so when the tree is released).
         heap.counts.root_moved(old_size as u64);
         tree.clear_size();
+        heap.discard_moved(tree as *const Root as usize);
     }
     Ok(new)
 }

@@ -201,6 +201,21 @@ fn reallocating_a_root_moves_its_bytes_and_children() {
     assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
 }
 
+/// A big root reallocated with its children keeps its span as its tree's
+/// header, but not the memory of its dead client bytes.
+#[test]
+fn a_big_root_moved_gives_its_client_bytes_memory_back() {
+    let big = root(1 << 20);
+    fill(big, 1 << 20, 0xAB);
+    let c = child(big, 8);
+    let small = reallocate(big, 100).unwrap().addr();
+    assert!(holds(small, 100, 0xAB));
+    assert_eq!(free_root(c), Err(NotARoot::Child), "the tree lives on");
+    #[cfg(target_os = "linux")]
+    assert!(holds(big + (64 << 10), 1 << 19, 0), "the old bytes' memory went back to the OS");
+    assert!(free_root(small).is_ok());
+}
+
 /// A root with no child (its own or another thread's) is reallocated as
 /// `realloc` would: a new root, the old slot given back at once.
 #[test]
