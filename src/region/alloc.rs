@@ -323,11 +323,15 @@ fn move_root(heap: &Heap, found: &validate::AnyRoot, size: ULONG) -> Result<Bloc
         track::block_freed(tree.client(), old_size as usize);
     }
     if validate::is_own(heap, tree) {
-        // The root's bytes are the face's now; its owner's counts say so
-        // at once (another thread's say so when the tree is released).
-        heap.counts.root_moved(old_size as u64);
-        tree.clear_size();
-        heap.discard_moved(tree as *const Root as usize);
+        // The root's bytes are the face's now: its owner's counts say so.
+        free::root_moved(heap, tree);
+    } else {
+        // The owner's counts are the owner's to write: it is told as of a
+        // kill, and says so at its next call (`remote::release`).
+        remote::under_way(tree.client(), || {
+            remote::hand_over(found);
+            true
+        });
     }
     Ok(new)
 }

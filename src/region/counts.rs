@@ -155,9 +155,8 @@ impl HeapCounts {
 /// heap's thread next calls, and the guest children of dead trees until
 /// their maker sweeps; an orphan (its thread exited) is caught up here
 /// (see `remote`, `guest`, `thread::catch_up`). A root another thread
-/// reallocated keeps its bytes in its owner's share until its tree is
-/// released (the new root's bytes are counted in the mover's): the owner's
-/// counts are written by the owner only.
+/// reallocated keeps its bytes in its owner's share the same way, until the
+/// owner's next call (the new root's bytes are counted in the mover's).
 pub fn stats() -> Counts {
     if let Some(heap) = thread::current() {
         thread::catch_up(heap);

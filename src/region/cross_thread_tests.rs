@@ -341,6 +341,7 @@ fn another_threads_root_is_reallocated_with_its_children() {
     fill(r, 64, 5);
     let c = child(r, 40);
     fill(c, 40, 6);
+    let with_root = counts().live_bytes;
     let (to_owner, from_mover) = mpsc::channel();
     let (to_mover, from_owner) = mpsc::channel::<()>();
     let mover = std::thread::spawn(move || {
@@ -358,6 +359,8 @@ fn another_threads_root_is_reallocated_with_its_children() {
     let (moved, grandchild, refused) = from_mover.recv_timeout(PATIENCE).expect("the mover moved the root");
     assert!(refused, "the bytes were copied, and the old root is gone for everyone");
     assert!(holds(c, 40, 6), "the owner's child is untouched");
+    assert_eq!(free_root(root(8)), Ok(1)); // this thread's next calls
+    assert_eq!(counts().live_bytes, with_root - 64, "the old root's bytes left its owner's counts");
     let mine = child(moved, 24); // the tree is this thread's: its chunks
     assert_eq!(free_root(mine), Err(NotARoot::Child));
     assert_eq!(counts().live_roots, base.live_roots + 1, "one tree, counted at its owner");

@@ -66,6 +66,16 @@ pub fn root_dropped(heap: &Heap, page: &'static Page, root: &Root) {
     release_now(heap, page, root as *const Root as *mut u8);
 }
 
+/// A root of `heap`'s moved to a face (see `root`): its bytes are the
+/// face's now, its slot stays as its tree's header. By the mover when it
+/// is the owner, else by the owner when it drains the mover's notice
+/// (`remote`); once, as the size is cleared.
+pub fn root_moved(heap: &Heap, root: &Root) {
+    heap.counts.root_moved(root.size() as u64);
+    root.clear_size();
+    heap.discard_moved(root as *const Root as usize);
+}
+
 /// Releases a face of `heap`'s (see `root`) that is dead (killed) or being
 /// replaced by the caller; its tree is not touched.
 pub fn free_face(heap: &Heap, page: &'static Page, face: &Root) {

@@ -55,11 +55,9 @@
 //!   owner releases it, and a guest child of a dead tree when its maker
 //!   sweeps it: until then the tool still lets it be read.
 //!
-//! **Not built yet.** Counts lag where `counts::stats` says (a root moved
-//! by another thread keeps its bytes in its owner's counts until its tree
-//! is released). A reallocated tree keeps its first root's slot until it
-//! dies (a large one of the caller's gives its pages past the header back
-//! at the move; another thread's keeps them), and a face is not kept in the
+//! **Not built yet.** Counts lag where `counts::stats` says. A
+//! reallocated tree keeps its first root's slot until it dies (a large one
+//! gives its pages past the header back), and a face is not kept in the
 //! parent cache (each `MAPIAllocateMore` on one validates it). Emptied class pages go back only when a segment is
 //! used up or the thread exits (`heap::reclaim_empty_pages`), and free
 //! spans are reused by exact length.

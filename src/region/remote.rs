@@ -41,7 +41,9 @@
 //! the winner then kills its tree, moved → killed (`KILLED_MOVED`): the
 //! one swap on the face decides between racing frees and reallocations of
 //! it, so the tree is killed once. Blocks of the caller's own heap are
-//! released at once rather than handed over.
+//! released at once rather than handed over. A root another thread moved
+//! to a face is handed over the same way, for its owner to take its bytes
+//! off its counts (its slot stays: it is its tree's header).
 //!
 //! The bits and the `pending` flag are ordered SeqCst on both sides: a
 //! killer sets its bit and then tests-and-sets the flag; the owner clears
@@ -211,8 +213,9 @@ fn drain_pages(heap: &Heap) {
 }
 
 /// Releases slot `slot` of `page` if it holds a root or face that is still
-/// killed: a bit may be stale (the owner freed the root first, or the page
-/// holds something else now).
+/// killed, or takes the bytes of a root another thread moved off the counts:
+/// a bit may be stale (the owner freed the root first, or the page holds
+/// something else now).
 fn release(heap: &Heap, page: &'static Page, slot: usize) {
     if page.kind() != Kind::Root {
         return;
@@ -228,6 +231,9 @@ fn release(heap: &Heap, page: &'static Page, slot: usize) {
             free::free_tree(heap, page, root);
         }
         KILLED_FACE => free::free_face(heap, page, root),
+        // Another thread moved the root to a face: its bytes leave the
+        // counts (a root already counted off has size 0).
+        MOVED => free::root_moved(heap, root),
         _ => {}
     }
 }
