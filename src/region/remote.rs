@@ -3,7 +3,7 @@
 //! other (SPEC §3).
 //!
 //! The freeing thread validates the root from the tables any thread may
-//! read (`validate::any_root`), then swaps its state word from the exact
+//! read (`validate::any_slot`), then swaps its state word from the exact
 //! live word it read to killed (`Root::kill`). From that moment the tree is
 //! dead to every call: its root and children no longer validate, and the
 //! owner's parent cache no longer matches. The winner of the swap sets the

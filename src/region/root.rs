@@ -59,7 +59,8 @@ pub const KILLED_MOVED: u32 = 6;
 /// killed with it).
 pub const KILLED_FACE: u32 = 7;
 const KIND_MASK: u32 = 7;
-/// Another thread made, or is making, a guest child of the root's life.
+/// Another thread made, or is making, a guest child of the root's life (a
+/// flag, set on a root with no chunk only: see above).
 pub const GUESTED: u32 = 8;
 pub const GENERATION_SHIFT: u32 = 8;
 const GENERATION_STEP: u32 = 1 << GENERATION_SHIFT;
@@ -73,7 +74,8 @@ pub struct Root {
     /// Atomic because other threads read it and `kill` swaps it; the
     /// owner's loads and stores are relaxed (plain moves).
     state: AtomicU32,
-    /// Read by a thread that kills the root (it takes it off the counts).
+    /// Read by a thread that moves the root (what it copies). A moved
+    /// root's is 0 once its owner has taken its bytes off the counts.
     size: AtomicU32,
     /// The newest chunk, where children are bumped; older ones follow it.
     /// A free slot's link in its page's free list. A face's tree, tagged

@@ -6,7 +6,7 @@
 //! unmapped, the C heap's, the kernel's.
 //!
 //! The owner's paths (`root`, `child`, `tree`) look into the calling
-//! heap's own segments with its own fields; `any_root`, `any_face` and
+//! heap's own segments with its own fields; `any_slot`, `any_face` and
 //! `any_child` find a block of any thread's from the few words other
 //! threads may read, for the cross-thread paths (`remote`, `guest`) and
 //! the reallocated trees (`root`): a face is a live root whose tree is the
@@ -31,7 +31,7 @@ fn own_segment(heap: &Heap, addr: usize) -> Option<&'static Segment> {
     // SAFETY: the segment map says `addr`'s unit starts a published segment.
     let segment = unsafe { Segment::of(addr) };
     if !core::ptr::eq(segment.owner(), heap) {
-        return None; // another thread's: `any_root`, `any_child`
+        return None; // another thread's: `any_slot`, `any_child`
     }
     Some(segment)
 }
@@ -102,8 +102,9 @@ fn child_in(heap: &Heap, segment: &'static Segment, addr: usize) -> Option<(&'st
     }
 }
 
-/// The tree of `addr` when it is a live root or a live child.
-#[inline]
+/// The tree of `addr` when it is a live root or a live child (the tests'
+/// view; the owner's paths ask `parent`, which knows faces too).
+#[cfg(test)]
 pub fn tree(heap: &Heap, addr: usize) -> Option<&'static Root> {
     // Another thread's block is told once, by its segment.
     let segment = own_segment(heap, addr)?;
@@ -137,9 +138,9 @@ pub fn parent(heap: &Heap, addr: usize) -> Option<Parent> {
     child_in(heap, segment, addr).map(|(_, tree)| Parent::Tree(tree))
 }
 
-/// A live root anywhere, found from the tables any thread may read (see
+/// A root slot anywhere, found from the tables any thread may read (see
 /// `remote`): the segment, the index of its page, its slot's index in the
-/// page, the root, and the state word it was live in.
+/// page, the header, and the state word read from it.
 pub struct AnyRoot {
     pub segment: &'static Segment,
     pub page: usize,
@@ -187,11 +188,6 @@ pub fn any_slot(addr: usize) -> Option<AnyRoot> {
     let root = unsafe { Root::at(slot) };
     let state = root.state_acquire();
     Some(AnyRoot { segment, page: index, slot: slot_index, root, state })
-}
-
-/// The live root whose client address is `addr`, whoever owns it.
-pub fn any_root(addr: usize) -> Option<AnyRoot> {
-    any_slot(addr).filter(|found| root::kind(found.state) == root::LIVE)
 }
 
 /// The tree `tree` (a root slot's address, from a chunk or a face) if it
