@@ -198,7 +198,7 @@ fn a_forked_child_finishes_the_kills_left_half_done() {
         let (heap, r) = made.map_err(|_| "the thread making the tree panicked".to_string())?;
         // SAFETY: heaps are never freed.
         let heap = unsafe { &*(heap as *const Heap) };
-        let found = match validate::any_root(r) {
+        let found = match validate::any_slot(r).filter(|f| super::root::kind(f.state) == super::root::LIVE) {
             Some(found) => found,
             None => return Err("the orphan's root is not live".into()),
         };

@@ -36,6 +36,13 @@
 //!   owner, who releases the tree at its next call (`remote`); a child goes
 //!   into a chunk of the caller's own, tagged with the tree's life, swept
 //!   once the tree is dead (`guest`).
+//! - A tree is named for good by its first root's slot, so a reallocation
+//!   never tags a chunk again (`root`, `alloc::move_root`): a root with
+//!   children (its own, or guests: `GUESTED`), or any thread's root, stays
+//!   as the tree's hidden header (`MOVED`) and the bytes go to a `FACE`, a
+//!   root slot naming the tree; a face reallocated is another face, a face
+//!   freed frees the tree. One compare-and-swap a step, from any thread.
+//!   A childless root of the caller's is dropped at once, as before.
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
 //!   trees stay) — from the `pthread_key` destructor, or on Windows a TLS
@@ -54,10 +61,12 @@
 //!   a dead tree when its maker sweeps it: until then the tool still lets
 //!   them be read.
 //!
-//! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
-//! refused (its children are the owner's to move). Emptied class pages go back only when a segment is
-//! used up or the thread exits (`heap::reclaim_empty_pages`), and free
-//! spans are reused by exact length.
+//! **Not built yet.** A reallocated tree keeps its first root's slot until
+//! it dies (a large one gives its pages past the header back), and a face
+//! is not kept in the parent cache (each `MAPIAllocateMore` on one
+//! validates it). Emptied class pages go back only when a segment is used
+//! up or the thread exits (`heap::reclaim_empty_pages`), and free spans
+//! are reused by exact length.
 
 mod alloc;
 mod chunk;
