@@ -406,6 +406,78 @@ fn counts_are_exact_after_a_remote_free_while_the_owner_is_parked_in_the_tree() 
     assert_eq!(live(released), (roots + 1, children, bytes + 8), "released once: only the probe is left");
 }
 
+/// The exact counts hold through reallocations by other threads, the owner
+/// idle throughout: a root another thread moves to a face leaves its
+/// owner's share with its bytes when the move returns (its tree stays, one
+/// root, with its children), and a moved tree whose face a third thread
+/// frees leaves with every child when that free returns. The owner's next
+/// call takes each off its own counts once, and nothing twice.
+#[test]
+fn counts_are_exact_when_other_threads_move_an_idle_owners_roots_and_free_a_face() {
+    let (trees_tx, trees) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let (released_tx, released_rx) = mpsc::channel();
+    let (finish, finish_rx) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let kept = root(40); // moved, its children kept
+        child(kept, 24);
+        child(kept, 3000);
+        let dies = root(64); // moved, then its face freed
+        child(dies, 16);
+        let alone = root(32); // no child: moved all the same (another thread's)
+        trees_tx.send((heap, base, kept, dies, alone)).unwrap();
+        let _ = wait.recv_timeout(PATIENCE);
+        // Its next call takes the moves and the kill off its counts.
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        let _ = released_tx.send(released);
+        // Kept until the other trees are gone (see above).
+        let _ = finish_rx.recv_timeout(PATIENCE);
+        let probe = root(8);
+        let at_end = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        at_end
+    });
+    let (heap, base, kept, dies, alone) = trees.recv_timeout(PATIENCE).unwrap();
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(share_of(heap)), (roots + 3, children + 3, bytes + 40 + 24 + 3000 + 64 + 16 + 32));
+    let (faces_tx, faces) = mpsc::channel();
+    let (free_faces, free_faces_rx) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        let mover_heap = own_heap();
+        let mover_base = counts();
+        let moved: Vec<usize> = [kept, dies, alone].iter().map(|&r| reallocate(r, 100).unwrap().addr()).collect();
+        faces_tx.send((mover_heap, mover_base, moved[0], moved[1], moved[2])).unwrap();
+        let _ = free_faces_rx.recv_timeout(PATIENCE);
+        (free_root(moved[0]), free_root(moved[2]))
+    });
+    let (mover_heap, mover_base, kept_face, dies_face, alone_face) = faces.recv_timeout(PATIENCE).unwrap();
+    let moved = share_of(heap);
+    assert_eq!(live(moved), (roots + 3, children + 3, bytes + 24 + 3000 + 16), "the roots' bytes left with the moves");
+    let (mover_roots, mover_children, mover_bytes) = live(mover_base);
+    let faces_live = (mover_roots, mover_children, mover_bytes + 300);
+    assert_eq!(live(share_of(mover_heap)), faces_live, "the faces are the mover's bytes, no roots");
+    assert_eq!(on_other_thread(move || free_root(dies_face)), Ok(1));
+    assert_eq!(live(share_of(heap)), (roots + 2, children + 2, bytes + 24 + 3000), "the face took its tree along");
+    assert_eq!(share_of(heap).allocations, moved.allocations, "freed blocks were still made");
+    let (r, c, b) = faces_live;
+    assert_eq!(live(share_of(mover_heap)), (r, c, b - 100), "the freed face left the mover's share");
+    go_on.send(()).unwrap();
+    let released = released_rx.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(live(released), (roots + 3, children + 2, bytes + 24 + 3000 + 8), "released once, and the probe");
+    free_faces.send(()).unwrap();
+    assert_eq!(mover.join().unwrap(), (Ok(1), Ok(1)));
+    assert_eq!(live(share_of(heap)), live(base), "both moved trees gone with their faces, the owner idle");
+    for addr in [kept, dies, alone, kept_face, dies_face, alone_face] {
+        assert_eq!(free_root(addr), Err(NotARoot::Unknown));
+    }
+    finish.send(()).unwrap();
+    assert_eq!(live(owner.join().unwrap()), (roots + 1, children, bytes + 8), "only the second probe is left");
+}
+
 /// Roots of `size` bytes until the OS would have to be asked for memory
 /// (it refuses): every page the heap has for them, fresh or emptied.
 fn roots_until_refused(size: u32) -> Vec<usize> {
