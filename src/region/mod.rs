@@ -57,9 +57,11 @@
 //!   guest child too, is described to the tool, with a redzone after it
 //!   and a quarantine for freed slots; without a tool, one untaken branch
 //!   a call. A root another thread frees is freed for the tool by that
-//!   free; its children when its owner releases them, and a guest child of
-//!   a dead tree when its maker sweeps it: until then the tool still lets
-//!   them be read.
+//!   free, and for memcheck its children with it (each tree is a memcheck
+//!   pool, anchored at its first root's client address for its whole
+//!   life, moves included); for ASan its children when their maker
+//!   releases them (the owner, or a guest's maker at its sweep): until then
+//!   ASan still lets them be read. A move frees the old bytes for both.
 //!
 //! **Not built yet.** A reallocated tree keeps its first root's slot until
 //! it dies (a large one gives its pages past the header back), and a face
