@@ -478,6 +478,51 @@ fn counts_are_exact_when_other_threads_move_an_idle_owners_roots_and_free_a_face
     assert_eq!(live(owner.join().unwrap()), (roots + 1, children, bytes + 8), "only the second probe is left");
 }
 
+/// The exports' leaf fast paths (`quick_child`, `quick_free`) act on a
+/// root of the caller's, live, from the parent cache and the state word
+/// alone: a root moved to a face (by another thread, or by the owner) and
+/// a face must be misses there, leaving the heap idle, for the full paths
+/// to refuse or free; a child of the moved tree stays a parent they take.
+#[test]
+fn the_fast_paths_miss_on_moved_roots_and_faces_and_take_a_moved_trees_children() {
+    use super::alloc::{quick_child, Quick};
+    use super::free::{quick_free, QuickFree};
+    let heap = thread::heap().unwrap();
+    heap.leave(); // the test is no call: the fast paths mark it themselves
+                  // A parent taken: the child made here, or in a new chunk.
+    let taken = |quick: Quick| match quick {
+        Quick::Made(_) => true,
+        Quick::Grow(grow) => grow.child(8).is_ok(),
+        Quick::Miss => false,
+    };
+    let r = root(32);
+    let c = child(r, 8);
+    let kept = root(16);
+    let remembered = child(kept, 8);
+    assert!(taken(quick_child(kept, 8)) && !heap.is_busy(), "a live root is taken");
+    child(r, 8); // the cache's entry now: `r`, live
+    let face = on_other_thread(move || reallocate(r, 64).unwrap().addr());
+    assert!(matches!(quick_child(r, 8), Quick::Miss) && !heap.is_busy(), "a moved root is no parent");
+    assert!(matches!(quick_free(r), QuickFree::Miss) && !heap.is_busy(), "nor a root to free");
+    assert!(matches!(quick_child(face, 8), Quick::Miss) && !heap.is_busy(), "another thread's face");
+    assert!(matches!(quick_free(face), QuickFree::Miss) && !heap.is_busy());
+    assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter));
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    child(c, 8); // remembered through the full path: the moved tree's
+    assert!(taken(quick_child(c, 8)) && !heap.is_busy(), "a moved tree's child is");
+    // The owner's own move: its root with children becomes a face of its own.
+    child(kept, 8);
+    let own_face = reallocate(kept, 100).unwrap().addr();
+    assert!(matches!(quick_child(kept, 8), Quick::Miss) && !heap.is_busy());
+    assert!(matches!(quick_child(own_face, 8), Quick::Miss) && !heap.is_busy(), "a face is never cached");
+    assert!(matches!(quick_free(own_face), QuickFree::Miss) && !heap.is_busy());
+    assert!(child(own_face, 8) != 0 && child(remembered, 8) != 0, "the full paths take the face");
+    assert!(free_root(own_face).is_ok() && free_root(face).is_ok());
+    for k in [c, remembered] {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with their faces");
+    }
+}
+
 /// Roots of `size` bytes until the OS would have to be asked for memory
 /// (it refuses): every page the heap has for them, fresh or emptied.
 fn roots_until_refused(size: u32) -> Vec<usize> {
