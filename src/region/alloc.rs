@@ -406,6 +406,8 @@ fn move_root(heap: &Heap, found: &validate::AnyRoot, size: ULONG) -> Result<Bloc
     let old_size = tree.size();
     let moved = root::generation(state) | root::MOVED;
     let (page, face) = make_face(heap, size, tree, moved)?;
+    #[cfg(test)]
+    super::park::here();
     let claimed = remote::under_way(tree.client(), || {
         let mut from = state;
         loop {
