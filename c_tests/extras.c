@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -312,6 +313,148 @@ static void realloc_unknown_is_invalid(void)
 }
 
 /* Out of memory: the old block, its bytes and its tree stay as they were. */
+/* SPEC §5 from any thread (§3: a root may be used on any thread): a root
+ * reallocated by a thread that did not make it keeps its children, and
+ * children other threads made on a root follow it through a reallocation. */
+static void *run_on_thread(void *(*work)(void *), void *arg)
+{
+    pthread_t thread;
+    void *result = NULL;
+    REQUIRE(pthread_create(&thread, NULL, work, arg) == 0);
+    REQUIRE(pthread_join(thread, &result) == 0);
+    return result;
+}
+
+static void *reallocate_to_4000(void *root)
+{
+    LPVOID out = NULL;
+    return MAPIReallocateBuffer(root, 4000, &out) == S_OK ? out : NULL;
+}
+
+static void *child_of(void *parent)
+{
+    LPVOID out = NULL;
+    if (MAPIAllocateMore(40, parent, &out) != S_OK)
+        return NULL;
+    fill(out, 40, 0x3C);
+    return out;
+}
+
+static void *free_on_thread(void *root)
+{
+    MAPIFreeBuffer(root);
+    return NULL;
+}
+
+static void realloc_another_threads_root_takes_over_children(void)
+{
+    MAPI32_STATS before = stats_now();
+    void *root = new_root(48);
+    fill(root, 48, 7);
+    void *child = new_child(32, root);
+    fill(child, 32, 5);
+    void *moved = run_on_thread(reallocate_to_4000, root);
+    REQUIRE(moved != NULL);
+    CHECK(holds(moved, 48, 7));
+    CHECK(holds(child, 32, 5));
+    LPVOID out = SENTINEL;
+    CHECK(MAPIAllocateMore(8, root, &out) == MAPI_E_INVALID_PARAMETER && out == NULL); /* old root gone */
+    void *grandchild = new_child(8, child);
+    CHECK(new_child(8, moved) != NULL);
+    MAPI32_STATS during = stats_now();
+    CHECK(during.live_roots == before.live_roots + 1);
+    CHECK(during.live_children == before.live_children + 3);
+    run_on_thread(free_on_thread, moved); /* a third thread frees it all */
+    CHECK(nothing_live_since(before));
+    out = SENTINEL;
+    CHECK(MAPIAllocateMore(8, grandchild, &out) == MAPI_E_INVALID_PARAMETER && out == NULL);
+}
+
+static void realloc_keeps_other_threads_children(void)
+{
+    MAPI32_STATS before = stats_now();
+    void *root = new_root(16);
+    void *guest = run_on_thread(child_of, root);          /* on the root */
+    void *guest_too = run_on_thread(child_of, guest);     /* on that child */
+    REQUIRE(guest != NULL && guest_too != NULL);
+    void *moved = reallocated(root, 100);
+    CHECK(holds(guest, 40, 0x3C) && holds(guest_too, 40, 0x3C));
+    CHECK(stats_now().live_children == before.live_children + 2); /* swept by no one */
+    void *grandchild = new_child(8, guest);
+    CHECK(run_on_thread(child_of, guest_too) != NULL);
+    MAPIFreeBuffer(moved);
+    CHECK(nothing_live_since(before));
+    LPVOID out = SENTINEL;
+    CHECK(MAPIAllocateMore(8, grandchild, &out) == MAPI_E_INVALID_PARAMETER && out == NULL);
+}
+
+#ifdef MAPI32_REGISTRY_V3
+#define RACED_ROOTS 2000
+
+struct realloc_race {
+    void *roots[RACED_ROOTS];
+    void *won[2][RACED_ROOTS];
+    pthread_barrier_t start;
+};
+
+struct realloc_racer {
+    struct realloc_race *race;
+    unsigned side;
+};
+
+static void *realloc_every_root(void *arg)
+{
+    struct realloc_racer *racer = arg;
+    pthread_barrier_wait(&racer->race->start);
+    for (unsigned i = 0; i < RACED_ROOTS; i++) {
+        LPVOID out = NULL;
+        SCODE sc = MAPIReallocateBuffer(racer->race->roots[i], 64, &out);
+        racer->race->won[racer->side][i] = sc == S_OK ? out : NULL;
+        if (sc != S_OK && (sc != MAPI_E_INVALID_PARAMETER || out != NULL))
+            racer->race->won[racer->side][i] = SENTINEL;
+    }
+    return NULL;
+}
+
+/* Two threads, neither the maker, reallocate the same roots at once: each
+ * root is reallocated once, the loser is refused, nothing leaks (SPEC §3,
+ * racing calls on one root). Registry v3 only: today's registry reallocates
+ * in place where the block has room, handing both racers the same block,
+ * and lets both win about 1% of the rest, leaking those trees. */
+static void realloc_race_has_one_winner(void)
+{
+    static struct realloc_race race;
+    MAPI32_STATS before = stats_now();
+    for (unsigned i = 0; i < RACED_ROOTS; i++) {
+        race.roots[i] = new_root(i % 100);
+        if (i % 2)
+            new_child(24, race.roots[i]);
+    }
+    REQUIRE(pthread_barrier_init(&race.start, NULL, 2) == 0);
+    struct realloc_racer racers[2] = { { &race, 0 }, { &race, 1 } };
+    pthread_t threads[2];
+    for (unsigned side = 0; side < 2; side++)
+        REQUIRE(pthread_create(&threads[side], NULL, realloc_every_root, &racers[side]) == 0);
+    for (unsigned side = 0; side < 2; side++)
+        REQUIRE(pthread_join(threads[side], NULL) == 0);
+    pthread_barrier_destroy(&race.start);
+    unsigned one_winner = 0, both = 0;
+    for (unsigned i = 0; i < RACED_ROOTS; i++) {
+        void *a = race.won[0][i], *b = race.won[1][i];
+        one_winner += (a != NULL) != (b != NULL) && a != SENTINEL && b != SENTINEL;
+        both += a != NULL && b != NULL;
+        MAPIFreeBuffer(a != NULL ? a : b);
+    }
+    CHECK_MSG(one_winner == RACED_ROOTS, "%u of %u roots had exactly one winner, %u two", one_winner, RACED_ROOTS,
+              both);
+    MAPI32_STATS after = stats_now();
+    CHECK_MSG(nothing_live_since(before), "roots %llu -> %llu, children %llu -> %llu, bytes %llu -> %llu",
+              (unsigned long long)before.live_roots, (unsigned long long)after.live_roots,
+              (unsigned long long)before.live_children, (unsigned long long)after.live_children,
+              (unsigned long long)before.live_bytes, (unsigned long long)after.live_bytes);
+}
+#endif
+
 static void realloc_oom_changes_nothing(void)
 {
     void *root = new_root(64);
@@ -349,6 +492,11 @@ int main(int argc, char **argv)
         FORKED(realloc_child_stays_in_tree),
         FORKED(realloc_unknown_is_invalid),
         FORKED(realloc_oom_changes_nothing),
+        FORKED(realloc_another_threads_root_takes_over_children),
+        FORKED(realloc_keeps_other_threads_children),
+#ifdef MAPI32_REGISTRY_V3
+        FORKED(realloc_race_has_one_winner),
+#endif
     };
     return harness_main(tests, COUNT(tests), argc, argv);
 }

@@ -22,10 +22,16 @@
  *                                made by its owner, which then stays idle
  *   misuse read-guest-child-after-remote-free  likewise a child another
  *                                thread made on it, and stays idle after
+ *   misuse read-after-move       reads a root another thread reallocated
+ *                                (the tree lives on), its owner idle
+ *   misuse read-child-after-moved-tree-freed  reads a child made after
+ *                                such a move, once the new root is freed
  *   misuse remote-free-idle-owner  no misuse: trees freed by another thread
  *                                than their owner and their guests' maker,
  *                                both idle until the process ends, whose
- *                                children must not be reported as leaked
+ *                                children must not be reported as leaked;
+ *                                and trees reallocated on a third idle
+ *                                thread, children made after that
  *
  * Sizes are chosen to end mid-granule (13) and on a granule (16, 64): the
  * byte past the end is then slack in the block's last granule, or the
@@ -270,6 +276,28 @@ static void *kill_root(void *root)
     return NULL;
 }
 
+/* The tree at `arg` reallocated on this thread, neither its owner nor a
+ * maker of its children: its bytes move to a new block of this thread's,
+ * the tree and its children stay. */
+static void *move_tree(void *arg)
+{
+    return resized(arg, sizeof(struct tree) + 100);
+}
+
+/* A tree of two idle threads whose root a third, idle too, reallocated;
+ * then children made on it by this thread, after the move, into the
+ * slots the first ones left free (a child of the moved root and one of a
+ * child). Nothing was misused: every block is written in full. */
+static struct tree *moved_tree_of_idle_threads(void)
+{
+    struct tree *tree = on_an_idle_thread(move_tree, tree_of_idle_threads());
+    tree->kids[0] = child_of(tree, 64);
+    tree->kids[1] = child_of(tree->kids[KIDS - 1], 64);
+    for (int k = 0; k < KIDS; k++)
+        memset(tree->kids[k], 3, 64);
+    return tree;
+}
+
 int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "";
@@ -352,18 +380,35 @@ int main(int argc, char **argv)
         unsigned char *kid = tree->kids[KIDS - 1];
         MAPIFreeBuffer(tree);
         printf("misuse: read %u\n", read_at(kid));
+    } else if (strcmp(what, "read-after-move") == 0) {
+        /* The old root's bytes are freed by a reallocation on another
+         * thread, whose owner sits idle: the tree lives on. */
+        struct tree *tree = tree_of_idle_threads();
+        on_an_idle_thread(move_tree, tree);
+        printf("misuse: read %u\n", read_at((unsigned char *)tree));
+    } else if (strcmp(what, "read-child-after-moved-tree-freed") == 0) {
+        /* A child made after the move, of a tree whose new root is freed
+         * here: the tree dies with it, at once for memcheck (its pool). */
+        struct tree *tree = moved_tree_of_idle_threads();
+        unsigned char *kid = tree->kids[1];
+        MAPIFreeBuffer(tree);
+        printf("misuse: read %u\n", read_at(kid));
     } else if (strcmp(what, "remote-free-idle-owner") == 0) {
         /* Freed here, on neither idle thread: the children's addresses
          * were only in the roots, so a leak check at exit that still
-         * counts them live finds them "definitely lost". */
-        for (int i = 0; i < 3; i++)
+         * counts them live finds them "definitely lost". The same with
+         * roots reallocated on a third idle thread, and children made
+         * after that. */
+        for (int i = 0; i < 3; i++) {
             MAPIFreeBuffer(tree_of_idle_threads());
+            MAPIFreeBuffer(moved_tree_of_idle_threads());
+        }
     } else {
         fprintf(stderr, "usage: misuse clean|past-root|past-root-16|past-child|past-child-16|"
                         "past-big-child|freed-root|freed-child|past-guest-child|"
                         "freed-guest-child|freed-killed-root|read-after-remote-free|"
                         "read-child-after-remote-free|read-guest-child-after-remote-free|"
-                        "remote-free-idle-owner\n");
+                        "read-after-move|read-child-after-moved-tree-freed|remote-free-idle-owner\n");
         return 2;
     }
     /* Reached under valgrind, which reports and goes on; its exit code says. */

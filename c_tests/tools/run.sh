@@ -32,7 +32,7 @@ nm "$asan" | grep -q ' __asan_init$' || {
 for pair in past-root:'Invalid write' past-root-16:'Invalid write' past-child:'Invalid write' \
     past-child-16:'Invalid write' past-big-child:'Invalid write' freed-root:'Invalid read' \
     freed-child:"block of size 64 free'd" past-guest-child:'Invalid write' freed-guest-child:'Invalid read' \
-    freed-killed-root:'Invalid read' read-after-remote-free:'Invalid read'; do
+    freed-killed-root:'Invalid read' read-after-remote-free:'Invalid read' read-after-move:'Invalid read'; do
     what=${pair%%:*}
     says=${pair#*:}
     status=0
@@ -52,11 +52,12 @@ for pair in past-root:'Invalid write' past-root-16:'Invalid write' past-child:'I
 done
 
 # Children of a tree another thread freed while its owner and the maker of
-# its guest children sit idle: memcheck is told of them by the free itself
+# its guest children sit idle (or a thread that reallocated its root, and
+# made a child after that): memcheck is told of them by the free itself
 # (the tree's pool). ASan is told of a child only when the thread that made
 # it releases its chunk, at that thread's next call: it cannot see these
 # reads (src/region/track.rs), so they are valgrind's alone.
-for what in read-child-after-remote-free read-guest-child-after-remote-free; do
+for what in read-child-after-remote-free read-guest-child-after-remote-free read-child-after-moved-tree-freed; do
     status=0
     "$valgrind" -q --error-exitcode=99 "$plain" "$what" >"$log" 2>&1 || status=$?
     if [ "$status" -eq 99 ] && grep -q 'Invalid read' "$log"; then

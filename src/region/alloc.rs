@@ -6,8 +6,8 @@
 use super::chunk::{Chunk, CHUNK_HEADER, HEADER_GRANULES};
 use super::class::{chunk_class_for, chunk_class_size, root_class, CHUNK_CLASSES, CHUNK_GROWTH, ROOT_SLOT_MAX};
 use super::heap::Heap;
-use super::page::Kind;
-use super::root::{Root, ROOT_HEADER};
+use super::page::{Kind, Page};
+use super::root::{self, Root, GUESTED, ROOT_HEADER};
 use super::segment::Segment;
 use super::{free, guest, remote};
 use super::{thread, track, validate, Block, GRANULE, GRANULE_SHIFT};
@@ -165,15 +165,17 @@ fn own_child(heap: &Heap, tree: &Root, size: ULONG) -> Result<Block, Error> {
 }
 
 /// A parent the cache does not hold: validated, and remembered if it is of
-/// the calling thread's tree; else another thread's (`guest_child`).
+/// the calling thread's tree (a face of its own, not remembered); else
+/// another thread's (`guest_child`).
 #[cold]
 #[inline(never)]
 fn child_of_parent(heap: &Heap, parent: usize, size: ULONG) -> Result<Block, Error> {
-    match validate::tree(heap, parent) {
-        Some(tree) => {
+    match validate::parent(heap, parent) {
+        Some(validate::Parent::Tree(tree)) => {
             heap.cache.remember(parent, tree);
             own_child(heap, tree, size)
         }
+        Some(validate::Parent::Face(tree)) => own_child(heap, tree, size),
         None => guest_child(parent, size),
     }
 }
@@ -327,37 +329,29 @@ fn child_in_new_chunk(heap: &Heap, tree: &Root, granules: usize, size: ULONG) ->
     Ok(child_made(heap, chunk, chunk.children_start(), size))
 }
 
-/// `MAPIReallocateBuffer` of a live block (tree.rs handles 0): a root of
-/// the calling thread's is replaced by a new root that takes its children;
-/// a child gets a new sibling, of any thread's tree. The first
-/// `min(old, size)` bytes are copied.
+/// `MAPIReallocateBuffer` of a live block (tree.rs handles 0). A root
+/// gets a new root that takes its children: the calling thread's root with
+/// no child and no guest is dropped as `free` would, any other root or face
+/// is moved (`move_root`). A child gets a new sibling, of any thread's tree.
+/// The first `min(old, size)` bytes are copied.
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     let heap = match thread::entered() {
         Some(heap) => heap,
-        None => return reallocate_guest(addr, size),
+        None => return reallocate_other(addr, size),
     };
+    // Roots other threads killed are released first, so that the old root
+    // stays where it is while the new one is made.
+    remote::drain(heap);
     if let Some((page, old)) = validate::root(heap, addr) {
-        let new = allocate_root(size)?;
-        copy(addr, new, (old.size() as usize).min(size as usize));
-        // SAFETY: `new` is the client address of a root just made.
-        let new_root = unsafe { Root::at(new.addr() - ROOT_HEADER) };
-        let mut chunk = old.first();
-        // SAFETY: the old tree's chunks are live chunk slots of this heap.
-        while let Some(each) = unsafe { chunk.as_ref() } {
-            each.adopt(new_root, each.class());
-            chunk = each.next();
+        let state = old.state();
+        if old.first().is_null() && state & GUESTED == 0 {
+            return reallocate_alone(heap, page, old, state, size);
         }
-        new_root.set_first(old.first());
-        old.set_first(core::ptr::null());
-        if track::enabled() {
-            track::tree_moved(addr, new.addr());
-        }
-        free::free_root_alone(heap, page, old);
-        return Ok(new);
+        return reallocate_other(addr, size);
     }
     let (chunk, tree) = match validate::child(heap, addr) {
         Some(found) => found,
-        None => return reallocate_guest(addr, size),
+        None => return reallocate_other(addr, size),
     };
     let extent = child_extent(chunk, addr);
     let new = own_child(heap, tree, size)?;
@@ -365,18 +359,168 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     Ok(new)
 }
 
+/// A root of the caller's with no child of its own and none of another
+/// thread's: a new root, and the old one's life ended by one swap of its
+/// state word, which fails if another thread marked a guest child, freed
+/// or moved it meanwhile (then it is decided again, as any thread's root).
+fn reallocate_alone(heap: &Heap, page: &'static Page, old: &Root, state: u32, size: ULONG) -> Result<Block, Error> {
+    let new = allocate_root(size)?;
+    copy(old.client(), new, (old.size() as usize).min(size as usize));
+    if old.try_end(state) {
+        free::root_dropped(heap, page, old);
+        return Ok(new);
+    }
+    let _ = free::free_root(new.addr());
+    reallocate_other(old.client(), size)
+}
+
+/// `MAPIReallocateBuffer` of a block the caller's own paths did not take:
+/// a root or face of any thread's is moved (`move_root`, `move_face`), a
+/// child of another thread's tree, or in a guest chunk, gets a sibling.
+#[cold]
+#[inline(never)]
+fn reallocate_other(addr: usize, size: ULONG) -> Result<Block, Error> {
+    let heap = thread::heap().ok_or(Error::NoMemory)?;
+    match validate::any_slot(addr) {
+        Some(found) if root::kind(found.state) == root::LIVE => move_root(heap, &found, size),
+        Some(found) if root::kind(found.state) == root::FACE => move_face(heap, found, size),
+        Some(_) => Err(Error::InvalidParameter),
+        None => reallocate_guest(heap, addr, size),
+    }
+}
+
+/// Moves the live root `found` (of any thread's, the caller's too) to a
+/// new face in the caller's heap: its slot stays, `MOVED`, the header of
+/// its tree, whose chunks and guest chunks never change (see `root`).
+///
+/// The face is made first and the root claimed after by one swap of its
+/// state word, live → moved, so a failure changes nothing and a racing
+/// free or reallocation of the root from another thread either wins before
+/// (the move is refused, the face given back) or loses. Nothing waits: the
+/// owner is never asked; its later calls see a moved tree's children as
+/// they were.
+#[cold]
+#[inline(never)]
+fn move_root(heap: &Heap, found: &validate::AnyRoot, size: ULONG) -> Result<Block, Error> {
+    let (tree, state) = (found.root, found.state);
+    let old_size = tree.size();
+    let moved = root::generation(state) | root::MOVED;
+    let (page, face) = make_face(heap, size, tree, moved)?;
+    #[cfg(test)]
+    super::park::here();
+    let claimed = remote::under_way(tree.client(), || {
+        let mut from = state;
+        loop {
+            if root::kind(from) != root::LIVE || root::generation(from) != root::generation(state) {
+                return false;
+            }
+            match tree.swap_state(from, moved) {
+                Ok(()) => return true,
+                Err(now) => from = now,
+            }
+        }
+    });
+    if !claimed {
+        drop_face(heap, page, face);
+        return Err(Error::InvalidParameter);
+    }
+    let new = block(face.client());
+    copy(tree.client(), new, (old_size as usize).min(size as usize));
+    // The tree's pool stays at the root's client address (`track`).
+    if track::enabled() {
+        track::bytes_moved_out(tree.client(), old_size as usize);
+    }
+    if validate::is_own(heap, tree) {
+        // The root's bytes are the face's now: its owner's counts say so.
+        free::root_moved(heap, tree);
+    } else {
+        // The owner's counts are the owner's to write: it is told as of a
+        // kill, and says so at its next call (`remote::release`).
+        remote::under_way(tree.client(), || {
+            remote::hand_over(found);
+            true
+        });
+    }
+    Ok(new)
+}
+
+/// Moves the face `face` (of any thread's) to a new face of the same
+/// tree: no chain, the tree's slot is named by each face in turn. One swap
+/// of the old face's state word decides between racing frees and
+/// reallocations of it; the old face is released by its owner.
+#[cold]
+#[inline(never)]
+fn move_face(heap: &Heap, face: validate::AnyRoot, size: ULONG) -> Result<Block, Error> {
+    let addr = face.root.client();
+    let found = validate::face_of(face).ok_or(Error::InvalidParameter)?;
+    let old = &found.face;
+    // A face whose tree died in a racing double free is only freed.
+    let (tree, tree_state) = found.tree.ok_or(Error::InvalidParameter)?;
+    let old_size = old.root.size();
+    let (page, face) = make_face(heap, size, tree, tree_state)?;
+    if !remote::under_way(addr, || old.root.kill(old.state)) {
+        drop_face(heap, page, face);
+        return Err(Error::InvalidParameter);
+    }
+    let new = block(face.client());
+    copy(addr, new, (old_size as usize).min(size as usize));
+    if track::enabled() {
+        track::bytes_moved_out(addr, old_size as usize);
+    }
+    // Released once copied: by the caller if it is its own, else handed to
+    // its owner as a killed face.
+    if core::ptr::eq(old.segment.owner(), heap) {
+        free::free_face(heap, old.segment.page(old.page), old.root);
+    } else {
+        remote::under_way(addr, || {
+            remote::hand_over(old);
+            true
+        });
+    }
+    Ok(new)
+}
+
+/// Gives back a face just made whose move lost its race: told to the tool
+/// as freed, as the face was told as made.
+#[cold]
+fn drop_face(heap: &Heap, page: &'static Page, face: &Root) {
+    if track::enabled() {
+        track::bytes_moved_out(face.client(), face.size() as usize);
+    }
+    free::free_face(heap, page, face);
+}
+
+/// A face of `size` bytes for `tree`, moved in the life `moved` names, in
+/// a slot of `heap`'s: counted, and described to a tool if one watches.
+fn make_face(heap: &Heap, size: ULONG, tree: &Root, moved: u32) -> Result<(&'static Page, &'static Root), Error> {
+    let tracked = track::enabled();
+    let redzone = if tracked { track::REDZONE } else { 0 };
+    let bytes = root_slot_bytes(size, redzone).ok_or(Error::NoMemory)?;
+    let slot = if bytes <= ROOT_SLOT_MAX { heap.root_slot(root_class(bytes)) } else { heap.large(Kind::Root, bytes) };
+    if slot.is_null() {
+        return Err(Error::NoMemory);
+    }
+    if tracked {
+        track::header(slot as usize, ROOT_HEADER);
+    }
+    // SAFETY: a root slot just handed out by this heap.
+    let face = unsafe { Root::at(slot as usize) };
+    face.begin_face(size, tree, moved);
+    if tracked {
+        track::face_made(face.client(), size as usize);
+    }
+    heap.counts.face_made(size);
+    // SAFETY: the slot lies in a published segment of this heap.
+    let page = unsafe { Segment::of(slot as usize) }.page_of(slot as usize);
+    Ok((page, face))
+}
+
 /// `MAPIReallocateBuffer` of a child of another thread's tree, or of one
 /// in a guest chunk: a new guest child, holding the old one's bytes up to
 /// the next child's start or its chunk's end (what the old child may
 /// hold; its own size is its owner's to read).
-///
-/// A root of another thread's is refused: its children are its owner's,
-/// and cannot move to a new root without the owner (not built yet).
-#[cold]
-#[inline(never)]
-fn reallocate_guest(addr: usize, size: ULONG) -> Result<Block, Error> {
+fn reallocate_guest(heap: &Heap, addr: usize, size: ULONG) -> Result<Block, Error> {
     let (tree, state) = validate::any_child(addr).ok_or(Error::InvalidParameter)?;
-    let heap = thread::heap().ok_or(Error::NoMemory)?;
     let extent = guest_extent(heap, addr);
     let new = if validate::is_own(heap, tree) {
         own_child(heap, tree, size)?

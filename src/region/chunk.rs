@@ -15,7 +15,7 @@
 //! any thread (`remote::unreleased`). Only the owner writes any of them,
 //! with relaxed loads and stores: the same moves as plain fields.
 
-use super::root::{generation, Root, CHUNK, GENERATION_SHIFT};
+use super::root::{generation, tree_alive, Root, CHUNK, GENERATION_SHIFT};
 use super::{GRANULE, GRANULE_SHIFT};
 use core::cell::Cell;
 use core::ptr;
@@ -59,7 +59,7 @@ impl Chunk {
         unsafe { &*(slot as *const Chunk) }
     }
 
-    /// Makes a fresh slot a chunk of `tree` of class `class`, `end`
+    /// Makes a fresh slot a chunk of `tree` (live or moved) of class `class`, `end`
     /// granules long, whose first `used` granules (header included) are
     /// taken.
     pub fn begin(&self, tree: &Root, class: usize, used: usize, end: usize) {
@@ -75,12 +75,6 @@ impl Chunk {
         self.set_next(ptr::null());
         self.count.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
-    }
-
-    /// Makes the chunk belong to `tree` (a new one, when a root is
-    /// reallocated), keeping its class.
-    pub fn adopt(&self, tree: &Root, class: usize) {
-        self.tag(tree, tree.state(), class)
     }
 
     fn tag(&self, tree: &Root, state: u32, class: usize) {
@@ -103,19 +97,30 @@ impl Chunk {
         self.tree.load(Ordering::Relaxed)
     }
 
-    /// The state word its tree has while the chunk belongs to it.
+    /// The generation of the tree's life the chunk belongs to.
     #[inline(always)]
-    pub fn live_state(&self) -> u32 {
-        generation(self.state()) | super::root::LIVE
+    pub fn life(&self) -> u32 {
+        generation(self.state())
     }
 
-    /// The tree, and whether the chunk belongs to it in its current life.
+    /// Whether the slot is tagged as a chunk of `tree` in the life `life`
+    /// names: for walks along links another thread may be rewriting
+    /// (`remote::unreleased`). The kind is the low two bits: the class
+    /// lies above them (a root's kinds need three).
+    pub fn tagged(&self, tree: &Root, life: u32) -> bool {
+        let state = self.state();
+        state & 3 == CHUNK && generation(state) == life && ptr::eq(self.tree(), tree)
+    }
+
+    /// The tree, if the chunk belongs to it in its current life: the tree
+    /// live, or moved to a face (see `root`).
     #[inline(always)]
     pub fn live_tree(&self) -> Option<&Root> {
-        // SAFETY: `tree` is a root slot, set at `begin`/`adopt`, in a
-        // segment, and segments stay mapped for good.
+        // SAFETY: `tree` is a root slot, set at `begin`, in a segment, and
+        // segments stay mapped for good.
         let tree = unsafe { &*self.tree() };
-        if tree.state() == self.live_state() {
+        // The common case in one compare: live, no flag.
+        if tree.state() == self.life() | super::root::LIVE || tree_alive(tree.state(), self.life()) {
             Some(tree)
         } else {
             None
@@ -198,8 +203,10 @@ mod tests {
         assert!(chunk.live_tree().is_none(), "a freed tree's children are dead");
         tree.begin(0);
         assert!(chunk.live_tree().is_none(), "and stay dead in the slot's next root");
-        chunk.adopt(tree, 5);
+        let moved = tree.state() & !7 | super::super::root::MOVED;
+        chunk.begin(tree, 5, HEADER_GRANULES, 64 / GRANULE);
+        assert!(tree.swap_state(tree.state(), moved).is_ok());
         assert_eq!(chunk.class(), 5);
-        assert!(chunk.live_tree().is_some());
+        assert!(chunk.live_tree().is_some(), "a moved tree's children live on");
     }
 }

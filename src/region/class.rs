@@ -75,7 +75,7 @@ pub const fn reciprocal(slot_size: usize, slots: usize) -> u32 {
 }
 
 /// `reciprocal` of each root class's one-page layout, for the threads that
-/// find another thread's root from its class alone (`validate::any_root`),
+/// find another thread's root from its class alone (`validate::any_slot`),
 /// without a division.
 const ROOT_RECIPROCALS: [u32; ROOT_CLASSES] = {
     let mut table = [0u32; ROOT_CLASSES];

@@ -47,6 +47,9 @@ pub struct HeapCounts {
     live_bytes: Counter,
     peak_bytes: Counter,
     freed: Counter,
+    /// Faces (see `root`) live in the heap: not roots in the counts (their
+    /// tree's root is counted where it was made), but blocks all the same.
+    faces: Counter,
 }
 
 impl HeapCounts {
@@ -57,6 +60,7 @@ impl HeapCounts {
         live_bytes: Counter::ZERO,
         peak_bytes: Counter::ZERO,
         freed: Counter::ZERO,
+        faces: Counter::ZERO,
     };
 
     #[inline(always)]
@@ -99,6 +103,36 @@ impl HeapCounts {
         self.freed.add(1);
     }
 
+    /// A face (see `root`) of `bytes` bytes is made for a tree whose root
+    /// was reallocated: its bytes are live; the tree's root stays counted
+    /// where it was, so the old root (or face) counts as an allocation
+    /// freed.
+    pub fn face_made(&self, bytes: u32) {
+        self.faces.add(1);
+        self.live_bytes.add(bytes as u64);
+        self.freed.add(1);
+    }
+
+    /// A face of `bytes` bytes is freed, its tree killed with it or going
+    /// on with another face.
+    pub fn face_freed(&self, bytes: u64) {
+        self.take_peak();
+        self.faces.sub(1);
+        self.live_bytes.sub(bytes);
+    }
+
+    /// A root of this heap's, of `bytes` bytes, moved to a face: its bytes
+    /// are the face's now, its tree goes on.
+    pub fn root_moved(&self, bytes: u64) {
+        self.take_peak();
+        self.live_bytes.sub(bytes);
+    }
+
+    /// Whether any root or face of the heap's is live (the unloading).
+    pub fn holds_blocks(&self) -> bool {
+        self.live_roots.get() != 0 || self.faces.get() != 0
+    }
+
     /// `children` children of a tree, `bytes` bytes in all, are freed
     /// apart from it (a guest chunk swept: see `guest`).
     pub fn children_freed(&self, children: u64, bytes: u64) {
@@ -129,8 +163,9 @@ impl HeapCounts {
 /// heap and sweeps its guest chunks. Another heap's share leaves out the
 /// trees other threads freed there that its owner has not released yet,
 /// and its guest children of dead trees (`share`), so a tree, with every
-/// child, leaves the counts when its free returns, on any thread. An
-/// orphan (its thread exited) is caught up here (see `remote`, `guest`,
+/// child, leaves the counts when its free returns, on any thread; so does
+/// a root's bytes when another thread moves them to a face. An orphan (its
+/// thread exited) is caught up here (see `remote`, `guest`,
 /// `thread::catch_up`).
 pub fn stats() -> Counts {
     if let Some(heap) = thread::entered() {

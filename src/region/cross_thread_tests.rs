@@ -116,6 +116,8 @@ fn a_root_freed_on_another_thread_is_dead_everywhere_and_comes_back_to_its_owner
 #[test]
 fn racing_double_frees_release_each_root_once() {
     const ROOTS: usize = 20_000;
+    // The heap first: it may be an exited thread's, with live trees.
+    thread::heap().unwrap();
     let base = counts();
     let roots: Vec<usize> = (0..ROOTS).map(|n| root(n as u32 % 100)).collect();
     for &r in roots.iter().step_by(3) {
@@ -200,13 +202,12 @@ fn reallocating_another_threads_child_copies_it_into_the_same_tree() {
     let big = child(r, 100_000);
     fill(small, 40, 7);
     fill(big, 100_000, 9);
-    let (moved_small, moved_big, refused_root) = on_other_thread(move || {
+    let (moved_small, moved_big) = on_other_thread(move || {
         let a = reallocate(small, 200).unwrap().addr();
         let b = reallocate(big, 100_016).unwrap().addr();
-        ((a, holds(a, 40, 7)), (b, holds(b, 100_000, 9)), reallocate(r, 64) == Err(Error::InvalidParameter))
+        ((a, holds(a, 40, 7)), (b, holds(b, 100_000, 9)))
     });
     assert!(moved_small.1 && moved_big.1, "the old bytes were copied");
-    assert!(refused_root, "another thread's root is not moved (not built)");
     assert_eq!(free_root(moved_small.0), Err(NotARoot::Child), "a child of this thread's tree");
     child(moved_big.0, 8);
     assert!(free_root(r).is_ok());
@@ -214,8 +215,9 @@ fn reallocating_another_threads_child_copies_it_into_the_same_tree() {
 }
 
 /// Parks a thread that owns two trees in the middle of `call` on one of
-/// them, then, from another thread: frees the other tree, refuses foreign
-/// and freed pointers, and adds children to both trees. Each must complete
+/// them, then, from another thread: adds children to both trees,
+/// reallocates the other tree's root and frees the new root, and refuses
+/// foreign and freed pointers. Each must complete
 /// while the owner stays parked.
 fn parked_owner_keeps_no_one_waiting(call: fn(usize) -> bool) {
     let (parked_tx, parked) = mpsc::channel();
@@ -242,14 +244,15 @@ fn parked_owner_keeps_no_one_waiting(call: fn(usize) -> bool) {
     let outcomes = on_other_thread(move || {
         let onto_busy = allocate_child(busy, 24).is_ok();
         let onto_other = allocate_child(other_child, 24).is_ok();
-        let freed = free_root(other) == Ok(1);
+        let moved = reallocate(other, 100).map(Block::addr);
+        let freed = moved.map_or(false, |moved| free_root(moved) == Ok(1));
         let refused = free_root(foreign) == Err(NotARoot::Unknown)
             && allocate_child(foreign, 8) == Err(Error::InvalidParameter)
             && allocate_child(other_child, 8) == Err(Error::InvalidParameter)
             && free_root(other).is_err();
-        [onto_busy, onto_other, freed, refused]
+        [onto_busy, onto_other, moved.is_ok(), freed, refused]
     });
-    assert_eq!(outcomes, [true; 4], "children on both trees, the free, the refusals");
+    assert_eq!(outcomes, [true; 5], "children on both trees, the reallocation and free, the refusals");
     release.send(()).unwrap();
     let (done, released) = owner.join().unwrap();
     assert!(done, "the parked call completed once released");
@@ -403,6 +406,123 @@ fn counts_are_exact_after_a_remote_free_while_the_owner_is_parked_in_the_tree() 
     assert_eq!(live(released), (roots + 1, children, bytes + 8), "released once: only the probe is left");
 }
 
+/// The exact counts hold through reallocations by other threads, the owner
+/// idle throughout: a root another thread moves to a face leaves its
+/// owner's share with its bytes when the move returns (its tree stays, one
+/// root, with its children), and a moved tree whose face a third thread
+/// frees leaves with every child when that free returns. The owner's next
+/// call takes each off its own counts once, and nothing twice.
+#[test]
+fn counts_are_exact_when_other_threads_move_an_idle_owners_roots_and_free_a_face() {
+    let (trees_tx, trees) = mpsc::channel();
+    let (go_on, wait) = mpsc::channel::<()>();
+    let (released_tx, released_rx) = mpsc::channel();
+    let (finish, finish_rx) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let heap = own_heap();
+        let base = counts();
+        let kept = root(40); // moved, its children kept
+        child(kept, 24);
+        child(kept, 3000);
+        let dies = root(64); // moved, then its face freed
+        child(dies, 16);
+        let alone = root(32); // no child: moved all the same (another thread's)
+        trees_tx.send((heap, base, kept, dies, alone)).unwrap();
+        let _ = wait.recv_timeout(PATIENCE);
+        // Its next call takes the moves and the kill off its counts.
+        let probe = root(8);
+        let released = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        let _ = released_tx.send(released);
+        // Kept until the other trees are gone (see above).
+        let _ = finish_rx.recv_timeout(PATIENCE);
+        let probe = root(8);
+        let at_end = counts();
+        assert_eq!(free_root(probe), Ok(1));
+        at_end
+    });
+    let (heap, base, kept, dies, alone) = trees.recv_timeout(PATIENCE).unwrap();
+    let (roots, children, bytes) = live(base);
+    assert_eq!(live(share_of(heap)), (roots + 3, children + 3, bytes + 40 + 24 + 3000 + 64 + 16 + 32));
+    let (faces_tx, faces) = mpsc::channel();
+    let (free_faces, free_faces_rx) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        let mover_heap = own_heap();
+        let mover_base = counts();
+        let moved: Vec<usize> = [kept, dies, alone].iter().map(|&r| reallocate(r, 100).unwrap().addr()).collect();
+        faces_tx.send((mover_heap, mover_base, moved[0], moved[1], moved[2])).unwrap();
+        let _ = free_faces_rx.recv_timeout(PATIENCE);
+        (free_root(moved[0]), free_root(moved[2]))
+    });
+    let (mover_heap, mover_base, kept_face, dies_face, alone_face) = faces.recv_timeout(PATIENCE).unwrap();
+    let moved = share_of(heap);
+    assert_eq!(live(moved), (roots + 3, children + 3, bytes + 24 + 3000 + 16), "the roots' bytes left with the moves");
+    let (mover_roots, mover_children, mover_bytes) = live(mover_base);
+    let faces_live = (mover_roots, mover_children, mover_bytes + 300);
+    assert_eq!(live(share_of(mover_heap)), faces_live, "the faces are the mover's bytes, no roots");
+    assert_eq!(on_other_thread(move || free_root(dies_face)), Ok(1));
+    assert_eq!(live(share_of(heap)), (roots + 2, children + 2, bytes + 24 + 3000), "the face took its tree along");
+    assert_eq!(share_of(heap).allocations, moved.allocations, "freed blocks were still made");
+    let (r, c, b) = faces_live;
+    assert_eq!(live(share_of(mover_heap)), (r, c, b - 100), "the freed face left the mover's share");
+    go_on.send(()).unwrap();
+    let released = released_rx.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(live(released), (roots + 3, children + 2, bytes + 24 + 3000 + 8), "released once, and the probe");
+    free_faces.send(()).unwrap();
+    assert_eq!(mover.join().unwrap(), (Ok(1), Ok(1)));
+    assert_eq!(live(share_of(heap)), live(base), "both moved trees gone with their faces, the owner idle");
+    for addr in [kept, dies, alone, kept_face, dies_face, alone_face] {
+        assert_eq!(free_root(addr), Err(NotARoot::Unknown));
+    }
+    finish.send(()).unwrap();
+    assert_eq!(live(owner.join().unwrap()), (roots + 1, children, bytes + 8), "only the second probe is left");
+}
+
+/// The exports' leaf fast paths (`quick_child`, `quick_free`) act on a
+/// root of the caller's, live, from the parent cache and the state word
+/// alone: a root moved to a face (by another thread, or by the owner) and
+/// a face must be misses there, leaving the heap idle, for the full paths
+/// to refuse or free; a child of the moved tree stays a parent they take.
+#[test]
+fn the_fast_paths_miss_on_moved_roots_and_faces_and_take_a_moved_trees_children() {
+    use super::alloc::{quick_child, Quick};
+    use super::free::{quick_free, QuickFree};
+    let heap = thread::heap().unwrap();
+    heap.leave(); // the test is no call: the fast paths mark it themselves
+                  // A parent taken: the child made here, or in a new chunk.
+    let taken = |quick: Quick| match quick {
+        Quick::Made(_) => true,
+        Quick::Grow(grow) => grow.child(8).is_ok(),
+        Quick::Miss => false,
+    };
+    let r = root(32);
+    let c = child(r, 8);
+    let kept = root(16);
+    let remembered = child(kept, 8);
+    assert!(taken(quick_child(kept, 8)) && !heap.is_busy(), "a live root is taken");
+    child(r, 8); // the cache's entry now: `r`, live
+    let face = on_other_thread(move || reallocate(r, 64).unwrap().addr());
+    assert!(matches!(quick_child(r, 8), Quick::Miss) && !heap.is_busy(), "a moved root is no parent");
+    assert!(matches!(quick_free(r), QuickFree::Miss) && !heap.is_busy(), "nor a root to free");
+    assert!(matches!(quick_child(face, 8), Quick::Miss) && !heap.is_busy(), "another thread's face");
+    assert!(matches!(quick_free(face), QuickFree::Miss) && !heap.is_busy());
+    assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter));
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    child(c, 8); // remembered through the full path: the moved tree's
+    assert!(taken(quick_child(c, 8)) && !heap.is_busy(), "a moved tree's child is");
+    // The owner's own move: its root with children becomes a face of its own.
+    child(kept, 8);
+    let own_face = reallocate(kept, 100).unwrap().addr();
+    assert!(matches!(quick_child(kept, 8), Quick::Miss) && !heap.is_busy());
+    assert!(matches!(quick_child(own_face, 8), Quick::Miss) && !heap.is_busy(), "a face is never cached");
+    assert!(matches!(quick_free(own_face), QuickFree::Miss) && !heap.is_busy());
+    assert!(child(own_face, 8) != 0 && child(remembered, 8) != 0, "the full paths take the face");
+    assert!(free_root(own_face).is_ok() && free_root(face).is_ok());
+    for k in [c, remembered] {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with their faces");
+    }
+}
+
 /// Roots of `size` bytes until the OS would have to be asked for memory
 /// (it refuses): every page the heap has for them, fresh or emptied.
 fn roots_until_refused(size: u32) -> Vec<usize> {
@@ -467,4 +587,340 @@ fn a_guest_child_stays_dead_when_its_trees_page_is_emptied_and_reused() {
     for r in again {
         assert_eq!(free_root(r), Ok(1));
     }
+}
+
+/// SPEC §5: a reallocated root's children stay valid and stay children of
+/// the new root; that holds for the children another thread made on it
+/// (in a guest chunk of its own) as for the owner's, whoever reallocates.
+#[test]
+fn guest_children_follow_their_root_through_the_owners_reallocation() {
+    let r = root(32);
+    let own = child(r, 24);
+    let (to_owner, from_guest) = mpsc::channel();
+    let (to_guest, from_owner) = mpsc::channel::<()>();
+    let guest = std::thread::spawn(move || {
+        let kids: Vec<usize> = (0..100).map(|i| child(if i % 2 == 0 { r } else { own }, 40)).collect();
+        for (i, &k) in kids.iter().enumerate() {
+            fill(k, 40, i as u8);
+        }
+        let _ = to_owner.send(kids.clone());
+        from_owner.recv_timeout(PATIENCE).expect("the owner reallocated the root");
+        let _ = stats(); // the maker's sweep must keep them: their tree lives
+        let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, 40, i as u8));
+        let alive = kids.iter().all(|&k| allocate_child(k, 8).is_ok() && free_root(k) == Err(NotARoot::Child));
+        let _ = to_owner.send(vec![intact as usize, alive as usize]);
+        // Kept until the tree is freed: no other test's thread adopts a
+        // heap with this test's live guests.
+        from_owner.recv_timeout(PATIENCE).expect("the owner freed the tree");
+    });
+    let kids = from_guest.recv_timeout(PATIENCE).expect("the guest made its children");
+    fill(r, 32, 3);
+    let moved = reallocate(r, 4000).unwrap().addr();
+    assert!(holds(moved, 32, 3), "the root's bytes were copied");
+    to_guest.send(()).unwrap();
+    let checked = from_guest.recv_timeout(PATIENCE).expect("the guest looked at its children");
+    assert_eq!(checked, [1, 1], "the guest's children outlived the reallocation of their root, intact");
+    assert!(kids.iter().all(|&k| free_root(k) == Err(NotARoot::Child)), "children of the owner's tree");
+    assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter), "the old root is gone");
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    let grandchild = child(kids[3], 8);
+    assert!(free_root(moved).is_ok());
+    for k in kids.iter().copied().chain([own, grandchild]) {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with the new root");
+    }
+    to_guest.send(()).unwrap();
+    guest.join().unwrap();
+}
+
+/// SPEC §5 from any thread: another thread's root is reallocated with no
+/// word from its owner; the new root takes the children, the old address
+/// is refused, and freeing the new root (from a third thread) frees them.
+#[test]
+fn another_threads_root_is_reallocated_with_its_children() {
+    let probe = root(8); // the heap first: it may be an exited thread's
+    let base = counts();
+    let r = root(64);
+    fill(r, 64, 5);
+    let c = child(r, 40);
+    fill(c, 40, 6);
+    let with_root = counts().live_bytes;
+    let (to_owner, from_mover) = mpsc::channel();
+    let (to_mover, from_owner) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        let moved = reallocate(r, 5000).unwrap().addr();
+        let copied = holds(moved, 64, 5);
+        let grandchild = child(c, 16);
+        let refused = free_root(r) == Err(NotARoot::Unknown)
+            && allocate_child(r, 8) == Err(Error::InvalidParameter)
+            && reallocate(r, 8) == Err(Error::InvalidParameter)
+            && free_root(c) == Err(NotARoot::Child);
+        let _ = to_owner.send((moved, grandchild, copied && refused));
+        // Kept until its blocks are gone (see above).
+        from_owner.recv_timeout(PATIENCE).expect("the tree was freed");
+    });
+    let (moved, grandchild, refused) = from_mover.recv_timeout(PATIENCE).expect("the mover moved the root");
+    assert!(refused, "the bytes were copied, and the old root is gone for everyone");
+    assert!(holds(c, 40, 6), "the owner's child is untouched");
+    assert_eq!(free_root(root(8)), Ok(1)); // this thread's next calls
+    assert_eq!(counts().live_bytes, with_root - 64, "the old root's bytes left its owner's counts");
+    let mine = child(moved, 24); // the tree is this thread's: its chunks
+    assert_eq!(free_root(mine), Err(NotARoot::Child));
+    assert_eq!(counts().live_roots, base.live_roots + 1, "one tree, counted at its owner");
+    // The other thread's new root, reallocated here: a new root of this
+    // thread's for the same tree, the other one's released by its owner.
+    let again = reallocate(moved, 6000).unwrap().addr();
+    assert!(holds(again, 64, 5));
+    assert_eq!(free_root(moved), Err(NotARoot::Unknown));
+    let freed = on_other_thread(move || free_root(again) == Ok(1) && free_root(again).is_err());
+    assert!(freed, "the new root is freed once, from a third thread");
+    for k in [c, grandchild, mine] {
+        assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter), "freed with the new root");
+    }
+    assert_eq!(free_root(root(8)), Ok(1)); // releases what was killed here
+    let after = counts();
+    assert_eq!(
+        (after.live_roots, after.live_children, after.live_bytes),
+        (base.live_roots, base.live_children, base.live_bytes)
+    );
+    assert_eq!(free_root(probe), Ok(1));
+    to_mover.send(()).unwrap();
+    mover.join().unwrap();
+}
+
+/// An exited thread's root is reallocated as a live owner's is: its heap
+/// is an orphan, touched only through the state words. The test holds the
+/// orphan (`Heap::try_claim`) while it works, so no other test's thread
+/// adopts a heap whose tree this one frees under it.
+#[test]
+fn an_orphans_root_is_reallocated_with_its_children() {
+    for _ in 0..20 {
+        let (heap, r, c) = std::thread::spawn(|| {
+            let r = root(48);
+            fill(r, 48, 8);
+            let c = child(r, 100);
+            fill(c, 100, 9);
+            (thread::current().unwrap() as *const heap::Heap as usize, r, c)
+        })
+        .join()
+        .unwrap();
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*(heap as *const heap::Heap) };
+        if !heap.try_claim() {
+            continue; // adopted meanwhile
+        }
+        let moved = reallocate(r, 20).unwrap().addr();
+        assert!(holds(moved, 20, 8) && holds(c, 100, 9));
+        assert_eq!(free_root(r), Err(NotARoot::Unknown));
+        let grandchild = child(c, 8);
+        assert_eq!(free_root(grandchild), Err(NotARoot::Child));
+        let again = reallocate(moved, 30).unwrap().addr();
+        assert!(holds(again, 20, 8));
+        assert_eq!(allocate_child(moved, 8), Err(Error::InvalidParameter), "each old root is gone");
+        assert_eq!(free_root(again), Ok(1), "the tree is killed in the orphan");
+        for k in [c, grandchild, again] {
+            assert_eq!(allocate_child(k, 8), Err(Error::InvalidParameter));
+        }
+        let held = heap.counts.snapshot().live_roots;
+        thread::catch_up(heap);
+        assert_eq!(heap.counts.snapshot().live_roots, held - 1, "released by its holder");
+        heap.give_up();
+        return;
+    }
+    panic!("the orphan was adopted by another thread every time");
+}
+
+/// A failed reallocation of another thread's root changes nothing.
+#[test]
+fn a_refused_reallocation_of_another_threads_root_changes_nothing() {
+    let r = root(32);
+    fill(r, 32, 4);
+    let c = child(r, 16);
+    let refused = on_other_thread(move || {
+        thread::heap().unwrap(); // so that the reallocation is what fails
+        crate::sys::fail_allocation_after(Some(0));
+        let result = reallocate(r, u32::MAX).map(Block::addr);
+        crate::sys::fail_allocation_after(None);
+        result
+    });
+    assert_eq!(refused, Err(Error::NoMemory));
+    assert!(holds(r, 32, 4));
+    assert_eq!(free_root(c), Err(NotARoot::Child), "the tree is as it was");
+    assert_eq!(free_root(r), Ok(2));
+}
+
+/// Two threads, neither the owner, each free or reallocate the same roots
+/// at once (SPEC §3's racing calls on one root): for every root exactly one
+/// wins, and the owner's counts come out exact. A won reallocation's new
+/// root is freed by its maker at once, so no thread leaves blocks behind
+/// for another test's thread to adopt.
+#[test]
+fn racing_frees_and_reallocations_of_another_threads_roots_have_one_winner() {
+    const ROOTS: usize = 5000;
+    thread::heap().unwrap();
+    let base = counts();
+    let race = |roots: &[usize], first: fn(usize) -> bool, second: fn(usize) -> bool| {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let run = |op: fn(usize) -> bool, roots: Vec<usize>, start: std::sync::Arc<std::sync::Barrier>| {
+            std::thread::spawn(move || {
+                // Each thread has its heap before the start, so neither
+                // gets ahead by the other's first call.
+                thread::heap().unwrap();
+                start.wait();
+                roots.iter().map(|&r| op(r)).collect::<Vec<_>>()
+            })
+        };
+        let one = run(first, roots.to_vec(), start.clone());
+        let two = run(second, roots.to_vec(), start);
+        let (one, two) = (one.join().unwrap(), two.join().unwrap());
+        one.into_iter().zip(two).collect::<Vec<_>>()
+    };
+    let realloc = |r: usize| match reallocate(r, 300) {
+        Ok(new) => {
+            assert!(free_root(new.addr()).is_ok(), "the new root is a root");
+            true
+        }
+        Err(error) => {
+            assert_eq!(error, Error::InvalidParameter);
+            false
+        }
+    };
+    let free = |r: usize| free_root(r).is_ok();
+    for round in 0..2 {
+        let roots: Vec<usize> = (0..ROOTS).map(|n| root(n as u32 % 200)).collect();
+        for &r in roots.iter().step_by(2) {
+            child(r, 24);
+        }
+        let outcomes = if round == 0 { race(&roots, realloc, free) } else { race(&roots, realloc, realloc) };
+        let winners = |o: &(bool, bool)| o.0 as usize + o.1 as usize;
+        assert!(outcomes.iter().all(|o| winners(o) == 1), "one of the two won each root");
+        let probe = root(8); // releases the trees the other threads killed
+        let after = counts();
+        assert_eq!((after.live_roots, after.live_children), (base.live_roots + 1, base.live_children));
+        assert_eq!(free_root(probe), Ok(1));
+    }
+}
+
+/// A root whose only children are another thread's (in that thread's
+/// guest chunk) is not dropped at its owner's reallocation as a childless
+/// root is: the guest's first chunk marked it (`GUESTED`).
+#[test]
+fn a_root_with_only_guest_children_is_moved_not_dropped() {
+    let r = root(16);
+    let (kid, maker) = {
+        let (to_owner, from_guest) = mpsc::channel();
+        let (to_guest, from_owner) = mpsc::channel::<()>();
+        let maker = std::thread::spawn(move || {
+            let kid = child(r, 24);
+            fill(kid, 24, 0x42);
+            let _ = to_owner.send(kid);
+            from_owner.recv_timeout(PATIENCE).expect("the owner is done");
+        });
+        (from_guest.recv_timeout(PATIENCE).expect("the guest made its child"), (maker, to_guest))
+    };
+    let moved = reallocate(r, 100).unwrap().addr();
+    assert!(holds(kid, 24, 0x42));
+    assert_eq!(free_root(kid), Err(NotARoot::Child), "the guest child lives on");
+    let grandchild = child(kid, 8);
+    assert!(free_root(moved).is_ok());
+    assert_eq!(allocate_child(kid, 8), Err(Error::InvalidParameter));
+    assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
+    maker.1.send(()).unwrap();
+    maker.0.join().unwrap();
+}
+
+/// The owner's free is a load and a store; another thread's reallocation
+/// can land between its validation and its store (a racing double free:
+/// the client freed and reallocated one root at once). Replayed step by
+/// step: the owner validates, another thread moves the root to a new one,
+/// the owner ends and releases the tree. The new root is then a root of a
+/// dead tree: refused as a parent and to a reallocation, still freed once,
+/// and nothing is released twice.
+#[test]
+fn a_move_landing_inside_the_owners_free_leaves_a_new_root_that_is_only_freed() {
+    let heap = thread::heap().unwrap();
+    let base = counts();
+    let r = root(40);
+    let c = child(r, 8);
+    let (page, tree) = validate::root(heap, r).unwrap();
+    let (to_owner, from_mover) = mpsc::channel();
+    let (to_mover, from_owner) = mpsc::channel::<()>();
+    let mover = std::thread::spawn(move || {
+        thread::heap().unwrap(); // it may be an exited thread's, with its trees
+        let before = counts().live_bytes;
+        let moved = reallocate(r, 64).map(Block::addr);
+        let _ = to_owner.send(moved);
+        from_owner.recv_timeout(PATIENCE).expect("the owner freed the tree");
+        let moved = moved.unwrap();
+        let refused = allocate_child(moved, 8) == Err(Error::InvalidParameter)
+            && reallocate(moved, 8) == Err(Error::InvalidParameter);
+        let freed = free_root(moved) == Ok(1) && free_root(moved) == Err(NotARoot::Unknown);
+        (refused, freed, counts().live_bytes - before)
+    });
+    let moved = from_mover.recv_timeout(PATIENCE).expect("the mover moved the root");
+    assert!(moved.is_ok(), "the move won its swap");
+    free::free_tree(heap, page, tree); // the owner's store and release, validated before
+    assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter), "the tree is dead");
+    to_mover.send(()).unwrap();
+    let (refused, freed, mover_bytes) = mover.join().unwrap();
+    assert!(refused, "a root of a dead tree takes no child and is not moved");
+    assert!(freed, "and is freed once");
+    assert_eq!(mover_bytes, 0, "with its bytes");
+    let a = root(40);
+    let b = root(40);
+    assert_ne!(a, b, "the old slot was released once, so it is handed out once");
+    let after = counts();
+    assert_eq!((after.live_roots, after.live_children), (base.live_roots + 2, base.live_children));
+    for addr in [a, b] {
+        assert_eq!(free_root(addr), Ok(1));
+    }
+}
+
+/// Children stay valid through reallocations of their root (SPEC §5), so
+/// another thread adding children to one of them while the owner keeps
+/// reallocating the root never sees it refused, and none of its children
+/// is lost.
+#[test]
+fn children_added_while_the_owner_reallocates_their_root_are_never_refused() {
+    const CHILDREN: usize = 4000;
+    let mut r = root(24);
+    let c = child(r, 16);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (made_tx, made) = mpsc::channel();
+    let (freed_tx, freed) = mpsc::channel::<()>();
+    let guest_done = done.clone();
+    let guest = std::thread::spawn(move || {
+        let mut kids: Vec<usize> = Vec::with_capacity(CHILDREN);
+        let mut refused = None;
+        for i in 0..CHILDREN {
+            let parent = if i % 3 == 0 || kids.is_empty() { c } else { kids[i / 2] };
+            match allocate_child(parent, 24) {
+                Ok(kid) => {
+                    fill(kid.addr(), 24, i as u8);
+                    kids.push(kid.addr());
+                }
+                Err(error) => {
+                    refused = Some((i, error));
+                    break;
+                }
+            }
+        }
+        guest_done.store(true, std::sync::atomic::Ordering::Release);
+        let intact = kids.iter().enumerate().all(|(i, &k)| holds(k, 24, i as u8));
+        let _ = made_tx.send((kids, intact, refused));
+        // Kept until the tree is freed (see above).
+        let _ = freed.recv_timeout(PATIENCE);
+    });
+    let mut moves = 0;
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        r = reallocate(r, 24 + (moves % 7) * 16).unwrap().addr();
+        moves += 1;
+    }
+    let (kids, intact, refused) = made.recv_timeout(PATIENCE).expect("the guest made its children");
+    assert_eq!(refused, None, "no child refused, across {moves} reallocations");
+    assert!(intact, "each holds its bytes");
+    assert!(kids.iter().all(|&k| free_root(k) == Err(NotARoot::Child)), "all children of the live tree");
+    assert!(free_root(r).is_ok());
+    assert!(kids.iter().all(|&k| allocate_child(k, 8) == Err(Error::InvalidParameter)), "freed with it");
+    freed_tx.send(()).unwrap();
+    guest.join().unwrap();
 }

@@ -198,7 +198,7 @@ fn a_forked_child_finishes_the_kills_left_half_done() {
         let (heap, r) = made.map_err(|_| "the thread making the tree panicked".to_string())?;
         // SAFETY: heaps are never freed.
         let heap = unsafe { &*(heap as *const Heap) };
-        let found = match validate::any_root(r) {
+        let found = match validate::any_slot(r).filter(|f| super::root::kind(f.state) == super::root::LIVE) {
             Some(found) => found,
             None => return Err("the orphan's root is not live".into()),
         };
@@ -274,6 +274,53 @@ fn the_leaf_fast_paths_keep_the_heap_busy_until_their_rest_is_done() {
         }
         _ => false,
     });
+}
+
+/// A thread reallocating another thread's root (`alloc::move_root`),
+/// parked with its new face made and the root not yet claimed: its heap is
+/// busy, and a child forked then freezes it, as for any other call; the
+/// owner's heap, idle, is not. Once the move is done, the heap is idle.
+#[test]
+fn a_thread_moving_another_threads_root_keeps_its_heap_busy() {
+    let (made, ready) = mpsc::channel();
+    let (done, wait) = mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        let tree = root(64);
+        child(tree, 8);
+        made.send((my_heap(), tree)).unwrap();
+        // Idle until the tree is gone: no other test adopts a heap holding it.
+        let _ = wait.recv_timeout(PATIENCE);
+    });
+    let (owner_heap, tree) = ready.recv_timeout(PATIENCE).unwrap();
+    let (mover_made, mover_ready) = mpsc::channel();
+    let (parked_tx, parked) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let mover = std::thread::spawn(move || {
+        let _ = free_root(root(8)); // its heap, made before the move
+        mover_made.send(my_heap()).unwrap();
+        park::arm(parked_tx, release_rx);
+        let face = reallocate(tree, 100).map(Block::addr);
+        let idle_after = !thread::current().unwrap().is_busy();
+        let freed = face.map(free_root);
+        (face.is_ok() && idle_after, freed)
+    });
+    let mover_heap = mover_ready.recv_timeout(PATIENCE).unwrap();
+    parked.recv_timeout(PATIENCE).expect("the mover parked mid-move");
+    // SAFETY: heaps are never freed.
+    let (owner_heap, mover_heap) = unsafe { (&*(owner_heap as *const Heap), &*(mover_heap as *const Heap)) };
+    let outcome = in_a_child(move || {
+        check!(mover_heap.is_owned() && mover_heap.is_busy(), "the mover's heap is not frozen");
+        check!(!mover_heap.try_claim(), "the mover's heap can be claimed");
+        check!(!owner_heap.is_busy(), "the owner's heap, idle, is taken for busy");
+        Ok(())
+    });
+    release.send(()).unwrap();
+    let (moved_and_idle, freed) = mover.join().unwrap();
+    assert!(moved_and_idle, "the move failed, or left the heap busy");
+    assert_eq!(freed, Ok(Ok(1)), "the face, freed, takes the tree along");
+    done.send(()).unwrap();
+    owner.join().unwrap();
+    outcome.unwrap();
 }
 
 /// The fast paths that need no cold call leave the heap idle when done, as

@@ -114,12 +114,13 @@ pub fn quick_free(addr: usize) -> QuickFree {
 }
 
 /// Not a live root of the calling thread's: another thread's is killed
-/// (its blocks are counted when its owner releases them: 1 here).
+/// (its blocks are counted when its owner releases them: 1 here), and a
+/// face (see `root`) is freed with its tree.
 #[cold]
 #[inline(never)]
 fn not_ours(heap: Option<&Heap>, addr: usize) -> Result<usize, NotARoot> {
-    if remote::kill(addr) {
-        return Ok(1);
+    if let Some(freed) = remote::kill(heap, addr) {
+        return Ok(freed);
     }
     let own_child = heap.and_then(|heap| validate::child(heap, addr)).is_some();
     if own_child || validate::any_child(addr).is_some() {
@@ -146,10 +147,44 @@ pub fn free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
 #[inline(never)]
 fn tracked_free_root_alone(heap: &Heap, page: &'static Page, root: &Root) {
     if root.end_unless_killed() {
-        heap.counts.root_freed(root.size());
-        track::root_freed(root.client(), root.size() as usize);
-        tracked_hold(heap, page, root as *const Root as *mut u8);
+        root_dropped(heap, page, root);
     }
+}
+
+/// A root of `heap`'s with no children, whose life the caller ended, is
+/// given back (and the tool told, if one watches).
+#[inline(always)]
+pub fn root_dropped(heap: &Heap, page: &'static Page, root: &Root) {
+    heap.counts.root_freed(root.size());
+    let slot = root as *const Root as *mut u8;
+    if track::enabled() {
+        track::root_freed(root.client(), root.size() as usize);
+        return tracked_hold(heap, page, slot);
+    }
+    release_now(heap, page, slot);
+}
+
+/// A root of `heap`'s moved to a face (see `root`): its bytes are the
+/// face's now, its slot stays as its tree's header. By the mover when it
+/// is the owner, else by the owner when it drains the mover's notice
+/// (`remote`); once, as the size is cleared.
+pub fn root_moved(heap: &Heap, root: &Root) {
+    heap.counts.root_moved(root.size() as u64);
+    root.clear_size();
+    heap.discard_moved(root as *const Root as usize);
+}
+
+/// Releases a face of `heap`'s (see `root`) that is dead (killed) or being
+/// replaced by the caller; its tree is not touched. Whoever ended it told
+/// the tool, if one watches.
+pub fn free_face(heap: &Heap, page: &'static Page, face: &Root) {
+    face.end();
+    heap.counts.face_freed(face.size() as u64);
+    let slot = face as *const Root as *mut u8;
+    if track::enabled() {
+        return tracked_hold(heap, page, slot);
+    }
+    release_now(heap, page, slot);
 }
 
 /// Frees a live root of `heap`'s and its chunks.
@@ -166,6 +201,8 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     }
     if !root.end_unless_killed() {
         // Killed by another thread meanwhile: the tree is its drain's now.
+        // (Or moved: a racing double free lost to a reallocation, and the
+        // tree lives on in its face.)
         return 1;
     }
     // Its own children are freed from the tree's pool one by one, so that
@@ -176,8 +213,9 @@ pub fn free_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     blocks
 }
 
-/// Releases a root of `heap`'s that another thread killed (`remote`), and
-/// its chunks. That thread told the tool, if one watches, of the tree.
+/// Releases a root of `heap`'s that another thread killed (`remote`), a
+/// moved tree's too, and its chunks. That thread told the tool, if one
+/// watches, of the tree.
 pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize {
     root.end();
     release_tree(heap, page, root, track::enabled(), None)

@@ -5,12 +5,20 @@
 //! life (generation) it validated, on the caller's list of guest chunks.
 //!
 //! Such a child validates, for every thread, exactly while its tree lives
-//! in that life (`Chunk::live_tree`), so the tree's free (on any thread)
-//! kills it with the rest at once. Its memory comes back when the maker
-//! sweeps its guest chunks and finds the tree dead: when the count of guest
-//! chunks reaches twice what the last sweep left (at least
-//! `SWEEP_MIN`), when the maker reads `mapi32_stats`, and when its thread
-//! exits; guests of trees still live then are swept by the adopter (at
+//! in that life (`Chunk::live_tree`: live, or moved to a face by a
+//! reallocation, which keeps the tree's slot), so the tree's free (on any
+//! thread) kills it with the rest at once. The first guest chunk of a
+//! life of a root with no chunk of its own marks it `GUESTED`, so that its
+//! owner does not drop the slot at a reallocation as it drops a childless
+//! root's.
+//!
+//! A guest chunk's memory comes back when the maker sweeps its guest chunks
+//! and finds the tree dead: a few chunks, round the list, each time it
+//! makes a chunk (`step`: a thread adding children to trees new to it
+//! then reuses the warm slots of dead trees' chunks rather than new
+//! pages); all of them when the count of guest chunks reaches twice what
+//! the last sweep left (at least `SWEEP_MIN`), when the maker reads
+//! `mapi32_stats`, and when its thread exits; guests of trees still live then are swept by the adopter (at
 //! adoption and after, as its own), by `stats` (which claims an orphan
 //! holding guests for it) or at unloading (`thread::catch_up`).
 //! Until then the child stays in the maker's counters, but `stats` leaves
@@ -29,7 +37,7 @@ use super::class::{chunk_class_for, chunk_class_size, CHUNK_CLASSES, CHUNK_GROWT
 use super::free;
 use super::heap::Heap;
 use super::page::Kind;
-use super::root::{Root, ROOT_HEADER};
+use super::root::{generation, tree_alive, Root, ROOT_HEADER};
 use super::segment::Segment;
 use super::{track, validate, GRANULE, GRANULE_SHIFT};
 use crate::scode::{Error, ULONG};
@@ -39,6 +47,9 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Sweeps wait for at least this many guest chunks.
 const SWEEP_MIN: usize = 64;
+
+/// Chunks an incremental sweep step looks at (`step`).
+const STEP: usize = 2;
 
 /// A heap's guest chunks, newest first, linked through `Chunk::next`.
 #[derive(Debug)]
@@ -50,12 +61,20 @@ pub struct Guests {
     /// an orphan holds any (`thread::catch_up`).
     count: AtomicUsize,
     sweep_at: Cell<usize>,
+    /// Where the incremental sweep goes on: the chunk whose successor it
+    /// looks at next, or null for the newest. Always a chunk on the list:
+    /// only sweeps free chunks, and a full sweep starts it again.
+    cursor: Cell<*const Chunk>,
 }
 
 impl Guests {
     #[allow(clippy::declare_interior_mutable_const)] // an initialiser, copied
-    pub const EMPTY: Guests =
-        Guests { newest: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0), sweep_at: Cell::new(SWEEP_MIN) };
+    pub const EMPTY: Guests = Guests {
+        newest: AtomicPtr::new(ptr::null_mut()),
+        count: AtomicUsize::new(0),
+        sweep_at: Cell::new(SWEEP_MIN),
+        cursor: Cell::new(ptr::null()),
+    };
 
     /// How many guest chunks the heap holds (any thread may ask: a hint).
     pub fn count(&self) -> usize {
@@ -64,7 +83,8 @@ impl Guests {
 }
 
 /// A child of `size` bytes of `tree`, a root of another thread's that was
-/// live in `state`, in a guest chunk of `heap` (the caller's).
+/// alive (live or moved) in `state`, in a guest chunk of `heap` (the
+/// caller's); `InvalidParameter` if that life ended meanwhile.
 ///
 /// With a tool watching (`track`), the child has a redzone after it and is
 /// described to the tool; its chunk's free tells the tool it is freed.
@@ -75,14 +95,25 @@ pub fn child(heap: &Heap, tree: &Root, state: u32, size: ULONG) -> Result<usize,
     let guests = &heap.guests;
     // SAFETY: the list holds live chunk slots of this heap.
     let newest = unsafe { guests.newest.load(Ordering::Relaxed).as_ref() };
-    let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.live_state() == state);
+    let same_life = newest.filter(|chunk| ptr::eq(chunk.tree(), tree) && chunk.life() == generation(state));
     if let Some(chunk) = same_life {
         if let Some(addr) = chunk.bump(granules) {
             return Ok(made(heap, chunk, addr, granules, size));
         }
     }
+    // The owner of a root with no chunk of its own must know it has guests
+    // before it may drop the root's slot at a reallocation
+    // (`alloc::reallocate`); once a life: a chunk of the same life, above,
+    // was made after it. A root with a chunk is never dropped (its `first`
+    // stays set for the life), and the flag's compare-and-swap, on a line
+    // the owner wrote, is the dearest step here: skipped then.
+    if tree.first().is_null() && !tree.mark_guested(state) {
+        return Err(Error::InvalidParameter);
+    }
     if guests.count() >= guests.sweep_at.get() {
         sweep(heap);
+    } else {
+        step(heap);
     }
     let next_class = same_life.map_or(0, |chunk| (chunk.class() + CHUNK_GROWTH).min(CHUNK_CLASSES - 1));
     let child_bytes = granules.checked_mul(GRANULE).ok_or(Error::NoMemory)?;
@@ -133,7 +164,7 @@ fn made(heap: &Heap, chunk: &Chunk, addr: usize, granules: usize, size: ULONG) -
 /// whatever the maker is doing; nothing is written.
 ///
 /// Each link is validated before it is followed (`validate::any_chunk`)
-/// and each tree as any thread's (`validate::any_root`). Racing the maker's
+/// and each tree as any thread's (`validate::any_slot`: live, or moved to a face). Racing the maker's
 /// own sweep or a new guest chunk, a walk may count a chunk just freed or
 /// miss one just linked: the maker is in a call then, and its counts move
 /// anyway. It follows at most twice as many links as the maker last
@@ -147,14 +178,48 @@ pub fn dead(heap: &Heap) -> (u64, u64) {
             Some(chunk) => chunk,
             None => break,
         };
-        let tree = validate::any_root(chunk.tree() as usize + ROOT_HEADER);
-        if tree.map_or(true, |tree| tree.state != chunk.live_state()) {
+        let tree = validate::any_slot(chunk.tree() as usize + ROOT_HEADER);
+        if tree.map_or(true, |tree| !tree_alive(tree.state, chunk.life())) {
             children += chunk.count() as u64;
             bytes += chunk.bytes() as u64;
         }
         next = chunk.next() as usize;
     }
     (children, bytes)
+}
+
+/// Looks at the next `STEP` guest chunks of `heap` (the caller's), round
+/// the list, and frees those whose tree is dead: a chunk is made each time
+/// a tree is new to the caller, so dead trees' chunks come back while
+/// their memory is still warm, and their slots serve the next ones, rather
+/// than wait for the list to double.
+fn step(heap: &Heap) {
+    let guests = &heap.guests;
+    let mut prev = guests.cursor.get();
+    for _ in 0..STEP {
+        // SAFETY: the cursor is null or a chunk on the list (see `Guests`).
+        let link = match unsafe { prev.as_ref() } {
+            Some(chunk) => chunk.next_link(),
+            None => &guests.newest,
+        };
+        // SAFETY: the list holds live chunk slots of this heap.
+        let chunk = match unsafe { link.load(Ordering::Relaxed).as_ref() } {
+            Some(chunk) => chunk,
+            None => {
+                prev = ptr::null(); // round again from the newest
+                break;
+            }
+        };
+        if chunk.live_tree().is_some() {
+            prev = chunk;
+        } else {
+            link.store(chunk.next() as *mut Chunk, Ordering::Relaxed);
+            guests.count.store(guests.count() - 1, Ordering::Relaxed);
+            heap.counts.children_freed(chunk.count() as u64, chunk.bytes() as u64);
+            free::free_chunk(heap, chunk);
+        }
+    }
+    guests.cursor.set(prev);
 }
 
 /// Frees the guest chunks of `heap` (the caller's) whose tree is dead, and
@@ -178,4 +243,58 @@ pub fn sweep(heap: &Heap) {
     }
     guests.count.store(kept, Ordering::Relaxed);
     guests.sweep_at.set((2 * kept).max(SWEEP_MIN));
+    guests.cursor.set(ptr::null());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{allocate_child, allocate_root, free_root, thread};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Guest chunks of trees that died come back as the maker makes chunks
+    /// for new trees (`step`), long before the list doubles (`sweep`).
+    #[test]
+    fn dead_trees_guest_chunks_come_back_as_new_ones_are_made() {
+        const TREES: usize = 8;
+        let dead: Vec<usize> = (0..TREES).map(|_| allocate_root(32).unwrap().addr()).collect();
+        let live: Vec<usize> = (0..TREES).map(|_| allocate_root(32).unwrap().addr()).collect();
+        let (to_owner, made) = mpsc::channel();
+        let (to_guest, freed) = mpsc::channel::<()>();
+        let (on_dead, on_live) = (dead.clone(), live.clone());
+        let guest = std::thread::spawn(move || {
+            let heap = thread::heap().unwrap();
+            super::sweep(heap); // far from the next full sweep from here
+            for &tree in &on_dead {
+                allocate_child(tree, 24).unwrap();
+            }
+            to_owner.send(()).unwrap();
+            freed.recv_timeout(Duration::from_secs(30)).expect("the trees were freed");
+            let before = (heap.guests.count(), heap.counts.snapshot().live_children);
+            for &tree in &on_live {
+                allocate_child(tree, 24).unwrap();
+            }
+            let after = (heap.guests.count(), heap.counts.snapshot().live_children);
+            let far = heap.guests.count() < heap.guests.sweep_at.get();
+            to_owner.send(()).unwrap();
+            // Kept until the trees are freed: no other test's thread adopts
+            // a heap holding this test's live guests.
+            freed.recv_timeout(Duration::from_secs(30)).expect("the trees were freed");
+            (before, after, far)
+        });
+        made.recv_timeout(Duration::from_secs(30)).expect("the guest made its children");
+        for &tree in &dead {
+            assert!(free_root(tree).is_ok());
+        }
+        to_guest.send(()).unwrap();
+        made.recv_timeout(Duration::from_secs(30)).expect("the guest made its second children");
+        for tree in live {
+            assert!(free_root(tree).is_ok());
+        }
+        to_guest.send(()).unwrap();
+        let ((chunks, children), (chunks_after, children_after), far) = guest.join().unwrap();
+        assert!(far, "no full sweep ran");
+        assert!(chunks_after < chunks + TREES, "dead trees' chunks came back: {chunks} -> {chunks_after}");
+        assert!(children_after < children + TREES as u64, "with their children's counts");
+    }
 }

@@ -538,6 +538,20 @@ impl Heap {
         Some(self.new_segment(units)?.whole_span())
     }
 
+    /// A large root of this heap's moved to a face (see `root`) keeps its
+    /// span as its tree's header until the tree dies: its client bytes are
+    /// dead meanwhile, so a big one's pages past the header's go back to
+    /// the OS (a 10 MiB root grown to 20 MiB must not hold 30).
+    pub fn discard_moved(&self, root: usize) {
+        // SAFETY: `root` is a root slot of this heap, in a published segment.
+        let page = unsafe { Segment::of(root) }.page_of(root);
+        let len = page.span() * PAGE_SIZE;
+        if page.class() == LARGE && page.span() >= DISCARD_PAGES && root == page.base() as usize {
+            // SAFETY: inside the span's mapping, past its first OS page.
+            os::discard(unsafe { page.base().add(OS_PAGE) }, len - OS_PAGE);
+        }
+    }
+
     /// Frees a large block's span (or segment): nothing in it validates any
     /// more, and big ones go back to the OS.
     #[cold]

@@ -36,6 +36,13 @@
 //!   owner, who releases the tree at its next call (`remote`); a child goes
 //!   into a chunk of the caller's own, tagged with the tree's life, swept
 //!   once the tree is dead (`guest`).
+//! - A tree is named for good by its first root's slot, so a reallocation
+//!   never tags a chunk again (`root`, `alloc::move_root`): a root with
+//!   children (its own, or guests: `GUESTED`), or any thread's root, stays
+//!   as the tree's hidden header (`MOVED`) and the bytes go to a `FACE`, a
+//!   root slot naming the tree; a face reallocated is another face, a face
+//!   freed frees the tree. One compare-and-swap a step, from any thread.
+//!   A childless root of the caller's is dropped at once, as before.
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
 //!   trees stay) — from the `pthread_key` destructor, or on Windows a TLS
@@ -50,14 +57,18 @@
 //!   guest child too, is described to the tool, with a redzone after it
 //!   and a quarantine for freed slots; without a tool, one untaken branch
 //!   a call. A root another thread frees is freed for the tool by that
-//!   free; its children when its owner releases them, and a guest child of
-//!   a dead tree when its maker sweeps it: until then the tool still lets
-//!   them be read.
+//!   free, and for memcheck its children with it (each tree is a memcheck
+//!   pool, anchored at its first root's client address for its whole
+//!   life, moves included); for ASan its children when their maker
+//!   releases them (the owner, or a guest's maker at its sweep): until then
+//!   ASan still lets them be read. A move frees the old bytes for both.
 //!
-//! **Not built yet.** `MAPIReallocateBuffer` of another thread's root is
-//! refused (its children are the owner's to move). Emptied class pages go back only when a segment is
-//! used up or the thread exits (`heap::reclaim_empty_pages`), and free
-//! spans are reused by exact length.
+//! **Not built yet.** A reallocated tree keeps its first root's slot until
+//! it dies (a large one gives its pages past the header back), and a face
+//! is not kept in the parent cache (each `MAPIAllocateMore` on one
+//! validates it). Emptied class pages go back only when a segment is used
+//! up or the thread exits (`heap::reclaim_empty_pages`), and free spans
+//! are reused by exact length.
 
 mod alloc;
 mod chunk;

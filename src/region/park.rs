@@ -2,7 +2,9 @@
 //! test armed it for that thread, so a test can show that other threads'
 //! calls complete meanwhile (SPEC §3: no call waits on an unrelated
 //! thread). Called where an owner holds the most of its own state: while
-//! it makes a chunk for a child of its tree, and while it frees a tree.
+//! it makes a chunk for a child of its tree, and while it frees a tree;
+//! and where a thread moving a root (of any thread's) holds its new face
+//! but has not claimed the root yet.
 //!
 //! The arming lives in one static, not a `thread_local!`: a thread-local
 //! with a destructor registers it with the C runtime on every thread that

@@ -3,7 +3,7 @@
 //! other (SPEC §3).
 //!
 //! The freeing thread validates the root from the tables any thread may
-//! read (`validate::any_root`), then swaps its state word from the exact
+//! read (`validate::any_slot`), then swaps its state word from the exact
 //! live word it read to killed (`Root::kill`). From that moment the tree is
 //! dead to every call: its root and children no longer validate, and the
 //! owner's parent cache no longer matches. The winner of the swap sets the
@@ -40,6 +40,14 @@
 //!   earlier is seen, and the page keeps its class until a later reclaim.
 //!   No one waits.
 //!
+//! A face (see `root`) is freed the same way, live face → killed face, and
+//! the winner then kills its tree, moved → killed (`KILLED_MOVED`): the
+//! one swap on the face decides between racing frees and reallocations of
+//! it, so the tree is killed once. Blocks of the caller's own heap are
+//! released at once rather than handed over. A root another thread moved
+//! to a face is handed over the same way, for its owner to take its bytes
+//! off its counts (its slot stays: it is its tree's header).
+//!
 //! The bits and the `pending` flag are ordered SeqCst on both sides: a
 //! killer sets its bit and then tests-and-sets the flag; the owner clears
 //! the flag and then takes the bits. Either the killer sees the flag clear
@@ -49,33 +57,50 @@ use super::chunk::Chunk;
 use super::class::root_class_size;
 use super::heap::{Heap, LARGE};
 use super::page::{Kind, Page};
-use super::root::{self, generation, Root, CHUNK, KIND_MASK};
+use super::root::{face_tag, generation, kind, Root, FACE, KILLED, KILLED_FACE, KILLED_MOVED, LIVE, MOVED};
 use super::segment::{Segment, KILLED_WORDS};
-use super::{free, track, validate, PAGE_SIZE};
+use super::validate::{self, AnyRoot};
+use super::{free, track, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{fence, Ordering};
 
-/// Frees the root at `addr` if it is a live root of any thread's, for the
-/// owner to release. False if it is not (any more) a live root.
+/// Frees the root at `addr` if it is a live root or face of any thread's,
+/// for the owner to release; `heap` is the caller's, if it has one. How
+/// many blocks went (a killed root counts 1: its owner releases the rest),
+/// or `None` if `addr` is not (any more) a live root or face.
 #[cold]
 #[inline(never)]
-pub fn kill(addr: usize) -> bool {
+pub fn kill(heap: Option<&Heap>, addr: usize) -> Option<usize> {
+    let mut freed = None;
+    under_way(addr, || {
+        freed = match validate::any_slot(addr) {
+            Some(found) if kind(found.state) == LIVE && kill_found(&found) => Some(1),
+            Some(found) if kind(found.state) == FACE => kill_face(heap, addr),
+            _ => None,
+        };
+        true
+    });
+    freed
+}
+
+/// Runs `write`, which swaps a state word in the segment of `addr`, with
+/// the segment counting a kill under way (see the module's notes); false
+/// if `addr` is not in one of our segments.
+pub fn under_way(addr: usize, write: impl FnOnce() -> bool) -> bool {
     if addr % super::GRANULE != 0 || !super::segmap::contains(addr) {
         return false;
     }
     // SAFETY: the segment map says `addr`'s unit starts a published segment.
     let segment = unsafe { Segment::of(addr) };
     segment.kill_under_way(true);
-    let killed = kill_in(addr);
+    let done = write();
     segment.kill_under_way(false);
-    killed
+    done
 }
 
-fn kill_in(addr: usize) -> bool {
-    let found = match validate::any_root(addr) {
-        Some(found) => found,
-        None => return false,
-    };
+/// Kills the root or face `found` in the life it was found in, and hands
+/// its page to its owner; false if that life is over.
+fn kill_found(found: &AnyRoot) -> bool {
     if !found.root.kill(found.state) {
         return false;
     }
@@ -90,6 +115,18 @@ fn kill_in(addr: usize) -> bool {
     if track::enabled() {
         track::root_freed(found.root.client(), found.root.size() as usize);
     }
+    hand_over(found);
+    true
+}
+
+/// `heap` if `found` lies in its segments.
+fn owned_by<'a>(heap: Option<&'a Heap>, found: &AnyRoot) -> Option<&'a Heap> {
+    heap.filter(|heap| ptr::eq(found.segment.owner(), *heap))
+}
+
+/// Sets `found`'s killed bit and, if its page is not on its owner's stack
+/// already, pushes it there.
+pub fn hand_over(found: &AnyRoot) {
     let page = found.segment.page(found.page);
     found.segment.mark_killed(found.page, found.slot);
     if !page.killed_pending.swap(true, Ordering::SeqCst) {
@@ -98,7 +135,56 @@ fn kill_in(addr: usize) -> bool {
             push(owner, page);
         }
     }
-    true
+}
+
+/// Frees the face at `addr` (in a segment counting this kill) and its
+/// tree. One compare-and-swap of the face's state decides between racing
+/// frees and reallocations of it; the winner kills the tree as a root is
+/// killed. Blocks of the caller's heap (`heap`) are released at once,
+/// others by their owner.
+fn kill_face(heap: Option<&Heap>, addr: usize) -> Option<usize> {
+    let face = validate::any_face(addr)?;
+    if !face.face.root.kill(face.face.state) {
+        return None;
+    }
+    // Told before the face is released or handed over, as a killed root
+    // is (see `kill_found`).
+    if track::enabled() {
+        track::bytes_moved_out(addr, face.face.root.size() as usize);
+    }
+    match owned_by(heap, &face.face) {
+        Some(heap) => free::free_face(heap, face.face.segment.page(face.face.page), face.face.root),
+        None => hand_over(&face.face),
+    }
+    Some(1 + kill_tree(heap, face.tree_slot, face.tag))
+}
+
+/// Kills the moved tree whose slot is `tree_slot`, if it is still moved in
+/// the life `tag` checks: its face is gone. Only the thread that ended its
+/// face gets here, so no one else ends it. Released at once if it is in
+/// `heap` (the caller's): then how many blocks went, else 0.
+pub fn kill_tree(heap: Option<&Heap>, tree_slot: usize, tag: u32) -> usize {
+    let addr = tree_slot + super::root::ROOT_HEADER;
+    let mut freed = 0;
+    under_way(addr, || match validate::any_slot(addr) {
+        Some(tree) if kind(tree.state) == MOVED && face_tag(tree.state) == tag => {
+            if tree.root.swap_state(tree.state, generation(tree.state) | KILLED_MOVED).is_ok() {
+                // The tree's pool, where it was made (`track`); its root's
+                // bytes were told of at the move.
+                if track::enabled() {
+                    track::moved_tree_freed(tree.root.client());
+                }
+                match owned_by(heap, &tree) {
+                    // The tree's own blocks are counted from its root.
+                    Some(heap) => freed = free::free_killed_tree(heap, tree.segment.page(tree.page), tree.root) - 1,
+                    None => hand_over(&tree),
+                }
+            }
+            true
+        }
+        _ => false,
+    });
+    freed
 }
 
 /// Pushes `page` on `owner`'s stack of pages to look at.
@@ -138,7 +224,7 @@ pub struct Unreleased {
 /// finds the slot free or in a new life), with each chunk on its list
 /// that is tagged with this tree and life: a child the owner made in a
 /// call racing the kill is counted once that call is over. The slot is
-/// found from the page's class alone, as in `validate::any_root`.
+/// found from the page's class alone, as in `validate::any_slot`.
 ///
 /// Racing the owner's own drain, a walk may count a tree the owner just
 /// released, or miss one it just took off the stack: the owner is in a
@@ -163,7 +249,7 @@ pub fn unreleased(heap: &Heap) -> Unreleased {
                 let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 if let Some(tree) = killed_tree(segment, index, slot) {
-                    total.roots += 1;
+                    total.roots += tree.roots;
                     total.children += tree.children;
                     total.bytes += tree.bytes;
                 }
@@ -173,7 +259,11 @@ pub fn unreleased(heap: &Heap) -> Unreleased {
     total
 }
 
-/// The killed tree in slot `slot` of page `index`, if there is one.
+/// What slot `slot` of page `index` holds that its owner has yet to take
+/// off its counts, if it was handed over: a killed tree (moved or not:
+/// a moved one's root bytes are 0 once its owner took them off), a killed
+/// face's bytes (a face is no root in the counts), or the bytes of a root
+/// another thread moved to a face (0 once taken off).
 fn killed_tree(segment: &Segment, index: usize, slot: usize) -> Option<Unreleased> {
     let layout = segment.page(index).layout();
     if layout.kind != Kind::Root || index == 0 {
@@ -189,14 +279,15 @@ fn killed_tree(segment: &Segment, index: usize, slot: usize) -> Option<Unrelease
         slot * size
     };
     // SAFETY: a slot start in a root page of a published segment: mapped
-    // for good, and a root header's place (`validate::any_root`).
+    // for good, and a root header's place (`validate::any_slot`).
     let root = unsafe { Root::at(segment.page_start(index) + offset) };
     let state = root.state_acquire();
-    if !root::is_killed(state) {
-        return None;
-    }
-    let mut tree = Unreleased { roots: 1, children: 0, bytes: root.size() as u64 };
-    let mut next = root.first() as usize;
+    let bytes = root.size() as u64;
+    let (mut tree, mut next) = match kind(state) {
+        KILLED | KILLED_MOVED => (Unreleased { roots: 1, children: 0, bytes }, root.first() as usize),
+        KILLED_FACE | MOVED => (Unreleased { roots: 0, children: 0, bytes }, 0),
+        _ => return None,
+    };
     while next != 0 {
         let chunk = chunk_of(next, root, state)?;
         tree.children += chunk.count() as u64;
@@ -215,8 +306,7 @@ fn killed_tree(segment: &Segment, index: usize, slot: usize) -> Option<Unrelease
 /// The chunk at `addr` if it is one of `tree`'s in the life `state` names.
 fn chunk_of(addr: usize, tree: &Root, state: u32) -> Option<&'static Chunk> {
     let chunk = validate::any_chunk(addr)?;
-    let tagged = chunk.state() & KIND_MASK == CHUNK && generation(chunk.state()) == generation(state);
-    if tagged && ptr::eq(chunk.tree(), tree) {
+    if chunk.tagged(tree, generation(state)) {
         Some(chunk)
     } else {
         None
@@ -278,7 +368,8 @@ pub fn recover_after_fork(heap: &Heap) {
     drain(heap);
 }
 
-/// Releases slot `slot` of `page` if it holds a root that is still killed:
+/// Releases slot `slot` of `page` if it holds a root or face that is still
+/// killed, or takes the bytes of a root another thread moved off the counts:
 /// a bit may be stale (the owner freed the root first, or the page holds
 /// something else now).
 fn release(heap: &Heap, page: &'static Page, slot: usize) {
@@ -291,7 +382,14 @@ fn release(heap: &Heap, page: &'static Page, slot: usize) {
     }
     // SAFETY: a handed-out slot of a root page of this heap.
     let root = unsafe { Root::at(addr) };
-    if root.is_killed() {
-        free::free_killed_tree(heap, page, root);
+    match kind(root.state()) {
+        KILLED | KILLED_MOVED => {
+            free::free_killed_tree(heap, page, root);
+        }
+        KILLED_FACE => free::free_face(heap, page, root),
+        // Another thread moved the root to a face: its bytes leave the
+        // counts (a root already counted off has size 0).
+        MOVED => free::root_moved(heap, root),
+        _ => {}
     }
 }

@@ -6,7 +6,7 @@
 
 use super::chunk::{Chunk, CHUNK_HEADER};
 use super::class::chunk_class_size;
-use super::root::{Root, ROOT_HEADER};
+use super::root::{self, Root, ROOT_HEADER};
 use super::*;
 use crate::registry::NotARoot;
 use crate::scode::Error;
@@ -210,10 +210,55 @@ fn reallocating_a_root_moves_its_bytes_and_children() {
     let grown = reallocate(r, 64).unwrap().addr();
     assert!(holds(grown, 16, 0x11));
     assert_eq!(free_root(r), Err(NotARoot::Unknown), "the old root is gone");
+    assert_eq!(allocate_child(r, 8), Err(Error::InvalidParameter));
     let grandchild = child(c, 8);
-    assert_eq!(tree_of(grandchild) as *const Root as usize, grown - ROOT_HEADER);
-    assert_eq!(free_root(grown), Ok(3));
+    // The tree keeps the old root's slot as its header (see `root`): its
+    // children were never touched.
+    assert_eq!(tree_of(grandchild) as *const Root as usize, r - ROOT_HEADER);
+    assert_eq!(tree_of(child(grown, 8)) as *const Root as usize, r - ROOT_HEADER, "the new root's children too");
+    let again = reallocate(grown, 8).unwrap().addr();
+    assert_eq!(free_root(grown), Err(NotARoot::Unknown), "a reallocated new root is gone as well");
+    assert!(holds(again, 8, 0x11));
+    assert_eq!(free_root(again), Ok(4), "the root, its child, the grandchild and the new root's child");
     assert_eq!(allocate_child(c, 8), Err(Error::InvalidParameter));
+    assert_eq!(allocate_child(grandchild, 8), Err(Error::InvalidParameter));
+}
+
+/// A big root reallocated with its children keeps its span as its tree's
+/// header, but not the memory of its dead client bytes.
+#[test]
+fn a_big_root_moved_gives_its_client_bytes_memory_back() {
+    let big = root(1 << 20);
+    fill(big, 1 << 20, 0xAB);
+    let c = child(big, 8);
+    let small = reallocate(big, 100).unwrap().addr();
+    assert!(holds(small, 100, 0xAB));
+    assert_eq!(free_root(c), Err(NotARoot::Child), "the tree lives on");
+    #[cfg(target_os = "linux")]
+    assert!(holds(big + (64 << 10), 1 << 19, 0), "the old bytes' memory went back to the OS");
+    assert!(free_root(small).is_ok());
+}
+
+/// A root with no child (its own or another thread's) is reallocated as
+/// `realloc` would: a new root, the old slot given back at once.
+#[test]
+fn reallocating_a_root_without_children_gives_its_slot_back() {
+    // The thread's heap first: it may be an exited thread's, with its trees.
+    let probe = root(8);
+    let base = counts();
+    let r = root(100);
+    fill(r, 100, 0x5A);
+    let grown = reallocate(r, 5000).unwrap().addr();
+    assert!(holds(grown, 100, 0x5A));
+    let during = counts();
+    assert_eq!((during.live_roots, during.live_bytes), (base.live_roots + 1, base.live_bytes + 5000));
+    // SAFETY: the old root's slot, handed out once, ours for good.
+    let old = unsafe { Root::at(r - ROOT_HEADER) };
+    assert_eq!(root::kind(old.state()), root::FREE, "the old slot was given back, not kept as a tree");
+    assert_eq!(free_root(r), Err(NotARoot::Unknown));
+    assert_eq!(free_root(grown), Ok(1));
+    assert_eq!(counts().live_bytes, base.live_bytes);
+    assert_eq!(free_root(probe), Ok(1));
 }
 
 #[test]

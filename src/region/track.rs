@@ -24,6 +24,12 @@
 //!   followed by a redzone of `REDZONE` bytes the callers add to its slot
 //!   or its run of granules, so the byte past its end is never the next
 //!   block's or a header;
+//! - a root reallocated into a face (see `root`): its client bytes are
+//!   freed for the tool at the move, and the face is a block of its own.
+//!   The tree's pool stays anchored at the client address of the root it
+//!   was made with (that slot stays, `MOVED`, until the tree dies), so its
+//!   children, whose chunks name that slot, keep finding it, and its death
+//!   by a face's free is one `DESTROY_MEMPOOL` there (`moved_tree_freed`);
 //! - a freed slot waits in its heap's `Quarantine` before it is reused,
 //!   so a read of a freed block finds it still inaccessible.
 //!
@@ -167,17 +173,35 @@ pub fn root_freed(addr: usize, size: usize) {
     }
 }
 
-/// The children of the root at `old` now belong to the root at `new`
-/// (`MAPIReallocateBuffer` of a root): `new`'s pool, empty, gives way to
-/// `old`'s, and `old` gets an empty one back for its own free to end. A
-/// root killed meanwhile (a client freeing what it reallocates on another
-/// thread) has no pool left to move: its children are dead to memcheck.
+/// A face of `size` bytes at `addr` was made (see `root`): a block, with
+/// no pool of its own, its tree's being anchored where the tree was made.
 #[cold]
-pub fn tree_moved(old: usize, new: usize) {
-    if tool() == VALGRIND && valgrind::pool_exists(old) {
-        valgrind::destroy_pool(new);
-        valgrind::move_pool(old, new);
-        valgrind::create_pool(old);
+pub fn face_made(addr: usize, size: usize) {
+    match tool() {
+        NONE => {}
+        VALGRIND => valgrind::malloc_like(addr, size),
+        _ => asan::unpoison(addr, size),
+    }
+}
+
+/// The client bytes of `size` at `addr`, a root moved to a face or a face,
+/// are freed while their tree lives on: its pool stays where it is.
+#[cold]
+pub fn bytes_moved_out(addr: usize, size: usize) {
+    match tool() {
+        NONE => {}
+        VALGRIND => valgrind::free_like(addr),
+        _ => asan::poison(addr, size),
+    }
+}
+
+/// The moved tree whose first root's client address was `tree` died (its
+/// face was freed, and told as `bytes_moved_out`): memcheck forgets every
+/// child at once, as at `root_freed`.
+#[cold]
+pub fn moved_tree_freed(tree: usize) {
+    if tool() == VALGRIND {
+        valgrind::destroy_pool(tree);
     }
 }
 
@@ -335,7 +359,6 @@ mod valgrind {
     const DESTROY_MEMPOOL: usize = 0x1304;
     const MEMPOOL_ALLOC: usize = 0x1305;
     const MEMPOOL_FREE: usize = 0x1306;
-    const MOVE_MEMPOOL: usize = 0x1308;
     const MEMPOOL_EXISTS: usize = 0x130a;
     /// Memcheck's own requests start at ('M' << 24 | 'C' << 16).
     const MEMCHECK: usize = (b'M' as usize) << 24 | (b'C' as usize) << 16;
@@ -417,12 +440,6 @@ mod valgrind {
         request(0, [MEMPOOL_FREE, pool, addr, 0, 0, 0]);
     }
 
-    /// The pool at `from`, chunks and all, is anchored at `to` (where no
-    /// pool may be: memcheck would keep both under one key).
-    pub fn move_pool(from: usize, to: usize) {
-        request(0, [MOVE_MEMPOOL, from, to, 0, 0, 0]);
-    }
-
     pub fn pool_exists(pool: usize) -> bool {
         request(0, [MEMPOOL_EXISTS, pool, 0, 0, 0, 0]) != 0
     }
@@ -452,7 +469,6 @@ mod valgrind {
     pub fn destroy_pool(_: usize) {}
     pub fn pool_alloc(_: usize, _: usize, _: usize) {}
     pub fn pool_free(_: usize, _: usize) {}
-    pub fn move_pool(_: usize, _: usize) {}
     pub fn pool_exists(_: usize) -> bool {
         false
     }

@@ -93,7 +93,7 @@ pub fn unload() {
         thread::catch_up(heap);
         // Guest chunks of another heap's live tree keep it too. A heap kept
         // is given back, for the `leaks` report to walk.
-        if heap.counts.snapshot().live_roots != 0 || heap.guests.count() != 0 {
+        if heap.counts.holds_blocks() || heap.guests.count() != 0 {
             if !is_mine(heap) {
                 heap.give_up();
             }

@@ -8,8 +8,8 @@
 
 use super::heap::Heap;
 use super::page::Kind;
-use super::root::Root;
-use super::thread;
+use super::root::{self, Root};
+use super::{thread, validate};
 
 /// Calls `visit` with the address, requested size and tree bytes (its own
 /// and its children's requested sizes) of every live root of the heaps
@@ -39,8 +39,11 @@ pub(super) fn walk_heap(heap: &Heap, visit: &mut impl FnMut(usize, usize, u64)) 
                 // SAFETY: a slot of a root page of this heap that was handed
                 // out: its header was written by the heap, which we hold.
                 let root = unsafe { Root::at(slot) };
-                if root.is_live() {
-                    visit(root.client(), root.size() as usize, tree_bytes(root));
+                match root::kind(root.state()) {
+                    root::LIVE => visit(root.client(), root.size() as usize, tree_bytes(root)),
+                    root::FACE => visit(root.client(), root.size() as usize, face_tree_bytes(heap, root)),
+                    // A moved tree is reported at its face.
+                    _ => {}
                 }
                 slot += page.slot_size();
             }
@@ -48,8 +51,29 @@ pub(super) fn walk_heap(heap: &Heap, visit: &mut impl FnMut(usize, usize, u64)) 
     }
 }
 
+/// A face's bytes and its tree's children's, when the tree is `heap`'s
+/// (held); another heap's tree is not read.
+fn face_tree_bytes(heap: &Heap, face: &Root) -> u64 {
+    let (tree_slot, tag) = face.face_tree();
+    match validate::any_slot(tree_slot + root::ROOT_HEADER) {
+        Some(tree)
+            if root::kind(tree.state) == root::MOVED
+                && root::face_tag(tree.state) == tag
+                && core::ptr::eq(tree.segment.owner(), heap) =>
+        {
+            face.size() as u64 + children_bytes(tree.root)
+        }
+        _ => face.size() as u64,
+    }
+}
+
 fn tree_bytes(root: &Root) -> u64 {
-    let mut bytes = root.size() as u64;
+    (root.size() as u64).wrapping_add(children_bytes(root))
+}
+
+/// What a live or moved tree's own chunks hold.
+fn children_bytes(root: &Root) -> u64 {
+    let mut bytes = 0u64;
     let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of its heap, held.
     while let Some(chunk) = unsafe { next.as_ref() } {
