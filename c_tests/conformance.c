@@ -41,8 +41,8 @@
 #include "crew.h"
 #include "patterns.h"
 
-#ifdef MAPI32_REGISTRY_V3
-#include <valgrind/memcheck.h> /* blocks_come_from_c_allocator asks memcheck */
+#ifndef MAPI32_PREVIOUS_REGISTRY
+#include <valgrind/memcheck.h> /* blocks_are_seen_by_the_tools asks memcheck */
 #endif
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -324,7 +324,7 @@ static size_t address_space_in_use(void)
  * max_allocation_size_mb instead (see __asan_default_options). */
 static void limit_address_space(size_t headroom)
 {
-#if UNDER_ASAN && defined(MAPI32_REGISTRY_V3)
+#if UNDER_ASAN && !defined(MAPI32_PREVIOUS_REGISTRY)
     /* Registry v3 maps pages itself, past ASan's max_allocation_size_mb:
      * with no limit at all a huge request is a block like any other. The
      * uninstrumented and valgrind runs of this suite check these cases. */
@@ -1467,16 +1467,18 @@ static void oom_never_aborts(void)
     build_check_free_tree(77); /* and allocation works again */
 }
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 /*
- * Registry v3 (mk/v3.mk builds this file with MAPI32_REGISTRY_V3) takes
- * blocks from pages of its own, as SPEC §3 allows; what must stay true is
- * that valgrind and ASan still see every block. So this case checks that
- * the C allocator is not behind the blocks (a v3 that fell back on malloc
- * would fail it), and that the tool watching the process knows each
- * block's last byte, the byte after it, and that a freed block is gone.
- * With no tool there is nothing of the second part to check: make test-v3
- * runs the case under valgrind and built with ASan as well.
+ * The library takes blocks from pages of its own, as SPEC §3 allows; what
+ * must stay true is that valgrind and ASan still see every block. So this
+ * case checks that the C allocator is not behind the blocks (a library
+ * that fell back on malloc would fail it), and that the tool watching the
+ * process knows each block's last byte, the byte after it, and that a
+ * freed block is gone. With no tool there is nothing of the second part to
+ * check: make test runs the suite under valgrind and built with ASan as
+ * well. (Built with MAPI32_PREVIOUS_REGISTRY, for mk/previous.mk's
+ * library, it checks the opposite: that registry's blocks come from the C
+ * allocator.)
  */
 #if UNDER_ASAN
 int __asan_address_is_poisoned(void const volatile *addr);
@@ -1497,7 +1499,7 @@ static int tool_allows(const void *at)
 #endif
 }
 
-static void blocks_come_from_c_allocator(void)
+static void blocks_are_seen_by_the_tools(void)
 {
     const ULONG mebibyte = 1u << 20;
     struct heap_usage base = heap_usage_now();
@@ -1522,7 +1524,7 @@ static void blocks_come_from_c_allocator(void)
     CHECK(tool_allows(root) == 0 && tool_allows(child) == 0 && tool_allows(big) == 0);
 }
 #else
-static void blocks_come_from_c_allocator(void)
+static void blocks_are_seen_by_the_tools(void)
 {
     const ULONG mebibyte = 1u << 20;
     if (under_valgrind())
@@ -1592,7 +1594,7 @@ static const struct test_case tests[] = {
     FORKED(threads_more_racing_free_is_safe),
     FORKED(fork_while_busy_child_usable),
     FORKED(oom_never_aborts),
-    IN_PROCESS(blocks_come_from_c_allocator),
+    IN_PROCESS(blocks_are_seen_by_the_tools),
 };
 
 int main(int argc, char **argv)

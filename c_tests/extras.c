@@ -388,7 +388,7 @@ static void realloc_keeps_other_threads_children(void)
     CHECK(MAPIAllocateMore(8, grandchild, &out) == MAPI_E_INVALID_PARAMETER && out == NULL);
 }
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 #define RACED_ROOTS 2000
 
 struct realloc_race {
@@ -494,7 +494,7 @@ int main(int argc, char **argv)
         FORKED(realloc_oom_changes_nothing),
         FORKED(realloc_another_threads_root_takes_over_children),
         FORKED(realloc_keeps_other_threads_children),
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
         FORKED(realloc_race_has_one_winner),
 #endif
     };

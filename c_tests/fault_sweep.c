@@ -20,7 +20,8 @@
  * checks and LeakSanitizer checks leaks at exit. Under valgrind, run with a
  * smaller workload (--small), memcheck checks every access too.
  *
- * Registry v3 (MAPI32_REGISTRY_V3) asks the C allocator for nothing: its
+ * Today's registry (all but MAPI32_PREVIOUS_REGISTRY, which is mk/previous.mk's)
+ * asks the C allocator for nothing: its
  * requests are for pages from the OS (a thread's heap, a segment, a span for
  * a large block), and the hook fails those. It keeps pages it emptied, so a
  * workload repeated in one heap would reach no request after the first run:
@@ -50,7 +51,7 @@
 #define UNDER_ASAN 0
 #endif
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 #include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -85,7 +86,7 @@ static long heap_now(void)
 #define HEAP_UNIT "blocks"
 #endif
 
-#ifndef MAPI32_REGISTRY_V3
+#ifdef MAPI32_PREVIOUS_REGISTRY
 /* The live C blocks but the registry's own nodes: a free may give back a
  * node it emptied, and whether a run needs one depends on where its blocks
  * lie. Only meaningful without ASan. */
@@ -100,7 +101,7 @@ static long client_blocks_now(void)
 #endif
 
 /* Whether client_blocks_now() counts exactly what a free gives back. */
-#if defined(MAPI32_REGISTRY_V3) || !UNDER_ASAN
+#if !defined(MAPI32_PREVIOUS_REGISTRY) || !UNDER_ASAN
 #define CLIENT_BLOCKS_EXACT 1
 #else
 #define CLIENT_BLOCKS_EXACT 0
@@ -390,7 +391,7 @@ static int run_once(workload_fn workload, ULONG successes, unsigned n)
     return run.failure_reached;
 }
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 struct fresh_run {
     workload_fn workload;
     ULONG successes;
@@ -485,7 +486,7 @@ static void sweep_sparse_roots_workload(void)
 static void hook_makes_the_next_allocation_fail(void)
 {
     void *out = SENTINEL;
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
     /* A block larger than a segment always asks the OS for pages. */
     const ULONG size = 16u << 20;
 #else
@@ -517,7 +518,7 @@ int main(int argc, char **argv)
     }
     figures = mmap(NULL, sizeof *figures, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(figures != MAP_FAILED);
-#ifndef MAPI32_REGISTRY_V3
+#ifdef MAPI32_PREVIOUS_REGISTRY
     warm_up_library();
 #else
     /* No warm-up: its threads would leave heaps behind, with pages, for a

@@ -1,5 +1,5 @@
 # The benchmark: libmapi32 against malloc/free and talloc, in one process,
-# alternating rounds; then the rows the next registry is measured by
+# alternating rounds; then the rows the registry redesign was measured by
 # (cross-thread frees among busy threads, idle threads, an unvalidated
 # header+list allocator, memory after a burst), each cross-thread cell in a
 # fresh process. See docs/PERFORMANCE.md.

@@ -116,9 +116,9 @@ extern "C" fn report_leaks() {
     let mut bytes = 0u64;
     // (tree bytes, root size, root address), largest first.
     let mut largest = [(0u64, 0usize, 0usize); LARGEST];
-    #[cfg(feature = "registry-v3")]
+    #[cfg(not(feature = "previous-registry"))]
     use crate::region::for_each_root;
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     use crate::registry::for_each_root;
     let left_out = for_each_root(|addr, root_size, tree_bytes| {
         roots += 1;
@@ -150,9 +150,9 @@ extern "C" fn report_leaks() {
         let mut line = Line::new();
         line.push(b"libmapi32:   not counted: the roots of ");
         line.push_decimal(left_out as u64);
-        #[cfg(not(feature = "registry-v3"))]
+        #[cfg(feature = "previous-registry")]
         line.push(b" thread(s) whose records a thread was changing when the process ended it");
-        #[cfg(feature = "registry-v3")]
+        #[cfg(not(feature = "previous-registry"))]
         line.push(b" thread(s) still running, whose heaps may be changing");
         line.write();
     }

@@ -1,40 +1,48 @@
 //! libmapi32: the MAPI memory functions `MAPIAllocateBuffer`,
 //! `MAPIAllocateMore` and `MAPIFreeBuffer` as a C-ABI library.
 //!
-//! Where each rule of the contract lives, and what tests it:
+//! Where each rule of the contract lives, and what tests it (ARCHITECTURE.md
+//! has the design; the paths are under `src/region/` unless named):
 //! - Types, status codes (§1): `scode`; `c_tests/header_compiles.c`, the
 //!   compile-time size checks here.
 //! - The exports, out-pointers, errors → `SCODE` (§1–2): `ffi`; the C suite
 //!   `c_tests/conformance.c` (one check per rule), `tests/model.rs`.
 //! - Roots, children, child-as-parent, NULL parent, free-all, realloc (§2,
-//!   §5): `tree` over `registry`; `tree`'s unit tests, the C suite, the model.
-//! - Which blocks are live, lookups that read nothing at the pointer (§2):
-//!   `registry` (`mod.rs`), `blockmap` and its fallback `table`; their unit
-//!   tests, `c_tests/conformance.c`'s foreign, interior and unmapped cases.
-//! - Threads, exclusion without `membarrier` (§3): `registry/mod.rs` (the
-//!   owner/guest handshake; `owner_and_guests_are_never_inside_together`),
-//!   `c_tests/defects/membarrier_refused.c`, `c_tests/stress.c`.
-//! - No waiting on unrelated threads, cost flat in the number of threads
-//!   (§3), as far as today's registry goes: `registry/regions.rs`,
-//!   `registry/directory.rs`; `a_foreign_free_passes_by_a_heap_whose_owner_
-//!   is_mid_call`, `make bench`'s cross-thread and idle-thread rows.
-//! - Thread exit, unloading, no abort at a thread's start (§3):
-//!   `registry/thread.rs`; `c_tests/defects/{first_call_oom,exit_path_leak,
-//!   dlclose_cycles}.c`, `make fault-sweep-process`.
-//! - `fork()` (§3): `registry/fork.rs`; `c_tests/defects/{fork_malloc_lock,
-//!   fork_handler_calls}.c`, the C suite's fork cases, `c_tests/stress.c`.
-//! - Out of memory anywhere (§3): `sys` (every allocation goes through it)
-//!   and `fault_hook` (tests only: fail the Nth); `c_tests/fault_sweep.c`.
-//! - Block layout, alignment, size arithmetic (§2): `block`.
-//! - Diagnostics and statistics (§4): `debug`, `ffi::mapi32_stats`;
-//!   `c_tests/debug_check.sh`, `c_tests/extras.c`, `tests/stats_abi.rs`.
-//! - `lock`: the spin lock the registry heaps use.
+//!   §5): `tree` over `region` (`alloc`, `free`, `chunk`, `root`); their unit
+//!   tests (`region/tests.rs`), the C suite, the model.
+//! - Which blocks are live, decided without reading at the pointer (§2):
+//!   `segmap`, `segment`, `page`, `class`, `start_bits`, `validate`;
+//!   `region/tests.rs`, the C suite's foreign, interior and unmapped cases.
+//! - Any thread, no call waiting on an unrelated thread, cost flat in the
+//!   number of threads (§3): `remote` (a free of another thread's tree),
+//!   `guest` (a child on another thread's tree); `region/
+//!   cross_thread_tests.rs` (with `park`, an owner held mid-call), the C
+//!   suite's thread cases, `c_tests/stress.c`, `make bench`'s cross-thread
+//!   and idle-thread rows.
+//! - Thread exit, adoption, unloading, no abort at a thread's start (§3):
+//!   `thread`, `unload`, the exit hook in `registry/thread.rs`;
+//!   `region/life_tests.rs`, `c_tests/thread_life.c`, `c_tests/defects/
+//!   {first_call_oom,exit_path_leak,dlclose_cycles}.c`.
+//! - `fork()` (§3): `fork`; `region/fork_tests.rs`, `c_tests/defects/
+//!   {fork_malloc_lock,fork_handler_calls}.c`, the C suite's fork cases.
+//! - Out of memory anywhere (§3): `os` (every page request) and
+//!   `fault_hook` (tests only: fail the Nth); `c_tests/fault_sweep.c`,
+//!   `make fault-sweep-process`.
+//! - valgrind and ASan see every block (§3): `track`; `c_tests/tools/`.
+//! - Diagnostics and statistics (§4): `debug`, `counts`, `walk`,
+//!   `ffi::mapi32_stats`; `c_tests/debug_check.sh`, `c_tests/extras.c`,
+//!   `tests/stats_abi.rs`.
+//!
+//! `registry`, `blockmap`, `table`, `block`, `lock` and `sys` are the
+//! registry shipped before this one, built whole only with `--features
+//! previous-registry` (for `make bench-previous`); without it, only its
+//! thread-exit hook and the types `tree` shares with it are used, and the
+//! rest goes when it is removed.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-// With `registry-v3`, the registry and block code stay built (the load-time
-// hooks, fork handlers and `leaks` report still name them) but the MAPI
-// operations no longer reach most of it.
-#![cfg_attr(feature = "registry-v3", allow(dead_code))]
+// The previous registry stays built (its thread-exit hook and load-time
+// set-up are still used) but the MAPI operations no longer reach most of it.
+#![cfg_attr(not(feature = "previous-registry"), allow(dead_code))]
 #![warn(missing_debug_implementations)]
 
 // The shipped library must never unwind into C (SPEC §3). Test builds are
@@ -48,9 +56,9 @@ mod debug;
 #[cfg(feature = "fault-injection")]
 pub mod fault_hook;
 mod lock;
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 mod os;
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 mod region;
 mod registry;
 mod scode;
@@ -78,7 +86,7 @@ static AT_LOAD: extern "C" fn() = at_load;
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", windows))]
 extern "C" fn at_load() {
     registry::init();
-    #[cfg(feature = "registry-v3")]
+    #[cfg(not(feature = "previous-registry"))]
     region::init();
     debug::init();
 }
@@ -92,7 +100,7 @@ static AT_UNLOAD: extern "C" fn() = at_unload;
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
 extern "C" fn at_unload() {
-    #[cfg(feature = "registry-v3")]
+    #[cfg(not(feature = "previous-registry"))]
     region::unload();
     registry::shutdown();
 }

@@ -1,5 +1,5 @@
 //! Memory straight from the operating system, for the pages the library
-//! manages itself (`region`, the `registry-v3` feature): aligned mappings
+//! manages itself (`region`): aligned mappings
 //! and giving their pages back. Nothing here calls the C allocator, so
 //! nothing here can take one of its locks, and a refusal is a NULL pointer
 //! that callers turn into `MAPI_E_NOT_ENOUGH_MEMORY` (SPEC §3).

@@ -1,21 +1,22 @@
-//! The three MAPI operations in safe Rust: blocks from `block`, liveness and
-//! chains from `registry`. `ffi` turns their results into status codes.
+//! The three MAPI operations (and `MAPIReallocateBuffer`) in safe Rust.
+//! `ffi` turns their results into status codes.
 //!
-//! With the `registry-v3` feature (off by default, not shipped) the same
-//! operations go to `region`, the library's own pages: this file is the one
-//! place that chooses (see `v3` at its end).
+//! They go to `region`, the library's own pages; with the feature
+//! `previous-registry` (for `make bench-previous`, never shipped) to the
+//! registry before it. This file is the one place that chooses (see `v3` at
+//! its end).
 
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 pub use crate::block::Block;
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 use crate::registry::Reallocated;
 pub use crate::registry::{Counts, NotARoot};
 use crate::scode::{Error, ULONG};
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 pub use v3::{allocate_root, free_root, reallocate, stats, Block};
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
     let block = Block::allocate(client_size(size)?)?;
@@ -37,29 +38,29 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
     if parent == 0 {
         return allocate_root(size);
     }
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     return crate::registry::allocate_child(parent, client_size(size)?);
-    #[cfg(feature = "registry-v3")]
+    #[cfg(not(feature = "previous-registry"))]
     return crate::region::allocate_child(parent, size);
 }
 
 /// `allocate_child`'s common case, when the registry has one that can be
 /// tried alone (`region::quick_child`; only v3 has one): made, or left to
 /// `Grow::child`, or to `allocate_child` with nothing changed.
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 pub use crate::region::{quick_child, Grow, Quick};
 
 /// `free_root`'s common case, tried alone the same way
 /// (`region::quick_free`): done, or its rest left to `Rest::finish`, or
 /// left to `free_root` with nothing changed.
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 pub use crate::region::{quick_free, QuickFree, Rest};
 
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 pub use quick::{quick_child, quick_free, Grow, Quick, QuickFree, Rest};
 
 /// Today's registry has no common case to try alone: every call is a miss.
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 mod quick {
     use super::{Block, Error, ULONG};
 
@@ -110,7 +111,7 @@ mod quick {
 /// Frees the root at `addr` and all its children (`MAPIFreeBuffer`), and
 /// returns how many blocks that was. Anything else is left alone, and the
 /// reason is returned.
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 #[inline]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
     let mut freed = 0;
@@ -128,7 +129,7 @@ pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
 /// all; a child gets a new sibling in the same tree and stays itself; 0 acts
 /// as `allocate_root`. Anything else is `InvalidParameter`, with nothing
 /// allocated.
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     if addr == 0 {
         return allocate_root(size);
@@ -142,13 +143,13 @@ pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     Ok(block)
 }
 
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 fn client_size(size: ULONG) -> Result<usize, Error> {
     usize::try_from(size).map_err(|_| Error::NoMemory)
 }
 
 /// The counts `mapi32_stats` reports.
-#[cfg(not(feature = "registry-v3"))]
+#[cfg(feature = "previous-registry")]
 pub fn stats() -> Counts {
     crate::registry::stats()
 }
@@ -156,7 +157,7 @@ pub fn stats() -> Counts {
 /// The operations on the library's own pages (`region`), for the calling
 /// thread's own trees only in this step: a block of another thread's is
 /// refused or ignored as foreign (see `region`'s documentation).
-#[cfg(feature = "registry-v3")]
+#[cfg(not(feature = "previous-registry"))]
 mod v3 {
     use super::{Counts, Error, NotARoot, ULONG};
     use crate::region;
@@ -284,7 +285,7 @@ pub(crate) mod tests {
         assert!(holds(entry_id, 22, 0x5E));
         assert_eq!(free_root(child.addr()), Err(NotARoot::Child));
         assert_eq!(free_root(entry_id.addr()), Ok(2), "freed whole, with its child");
-        if cfg!(not(feature = "registry-v3")) {
+        if cfg!(feature = "previous-registry") {
             crate::sys::fail_allocation_after(Some(0));
             assert_eq!(allocate_child(8, 0), Err(Error::NoMemory), "out of memory as MAPIAllocateBuffer");
         }
@@ -302,7 +303,7 @@ pub(crate) mod tests {
 
     // A refusal of the block's own allocation: the v3 registry asks the OS
     // only for whole pages (`region`'s tests refuse those).
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     #[test]
     fn a_refused_child_allocation_leaves_the_tree_unchanged() {
         let _turn = my_turn();
@@ -316,7 +317,7 @@ pub(crate) mod tests {
     // The v3 registry has no tables to grow: its refusals are whole pages
     // (`region`'s tests). Its first call no longer always asks the OS for a
     // heap and a segment either: it may adopt an exited thread's.
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     #[test]
     fn registry_growth_refused_is_no_memory_and_leaks_nothing() {
         let _turn = my_turn();
@@ -345,7 +346,7 @@ pub(crate) mod tests {
     }
 
     // Another thread's tree: the v3 registry's next step (see `region`).
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     #[test]
     fn owner_and_guests_add_children_to_one_root_and_none_is_lost() {
         let _turn = my_turn();
@@ -372,7 +373,7 @@ pub(crate) mod tests {
     }
 
     // Another thread's tree: the v3 registry's next step (see `region`).
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     #[test]
     fn a_tree_outlives_the_thread_that_built_it() {
         let _turn = my_turn();
@@ -451,7 +452,7 @@ pub(crate) mod tests {
 
     // A refusal of the block's own allocation: the v3 registry asks the OS
     // only for whole pages (`region`'s tests refuse those).
-    #[cfg(not(feature = "registry-v3"))]
+    #[cfg(feature = "previous-registry")]
     #[test]
     fn a_refused_reallocation_changes_nothing() {
         let _turn = my_turn();

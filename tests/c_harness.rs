@@ -34,7 +34,7 @@ fn c_conformance_suite_passes() {
         .arg(manifest.join("include"))
         // The suite's cases for the registry this run built (see Makefile's
         // MAPI_CFLAGS).
-        .args(if cfg!(feature = "registry-v3") { &["-DMAPI32_REGISTRY_V3"][..] } else { &[] })
+        .args(if cfg!(feature = "previous-registry") { &["-DMAPI32_PREVIOUS_REGISTRY"][..] } else { &[] })
         .arg(manifest.join("c_tests/conformance.c"))
         .arg("-o")
         .arg(&program)

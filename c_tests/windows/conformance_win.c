@@ -23,9 +23,10 @@
  * form of the Linux suite's malloc wrappers. Calloc'd blocks, where
  * libmapi32 keeps its registry, are left out, as there. Both DLLs are measured alike,
  * whichever allocator they use; the program's own allocations are not counted.
- * Built with MAPI32_REGISTRY_V3 (mk/v3.mk), for a libmapi32 whose blocks
- * lie in pages it maps itself: its blocks are those mapi32_stats counts, and
- * its mappings (VirtualAlloc reservations) are counted as well.
+ * libmapi32's blocks lie in pages it maps itself: its blocks are those
+ * mapi32_stats counts, and its mappings (VirtualAlloc reservations) are
+ * counted as well (built with MAPI32_PREVIOUS_REGISTRY, for the previous
+ * registry's DLL, the heap wrappers count its blocks instead).
  *
  * The MAPI declarations are the MAPI SDK's, from mingw-w64's <mapix.h>.
  */
@@ -147,7 +148,7 @@ static void uncounted(void)
     InterlockedDecrement64(&live_blocks);
 }
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 /* v3's blocks come from no import to count: they are those it reports
  * (the builtin DLL has no mapi32_stats, and its blocks are counted above). */
 static long long blocks_reported(void)
@@ -181,7 +182,7 @@ static long mappings_live(void)
     return InterlockedCompareExchange(&live_mappings, 0, 0);
 }
 
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
 /* Whether `block` lies in a reservation the DLL made itself. */
 static int in_own_mapping(const void *block)
 {
@@ -1434,7 +1435,7 @@ static void blocks_come_from_a_heap_of_their_own(void)
     CHECK_LIVE(base + 2 * ROOTS, "blocks not counted");
     CHECKF(grown < ROOTS / 10, "blocks taken from the process heap", "%ld more busy entries for %d trees", grown,
            ROOTS);
-#ifdef MAPI32_REGISTRY_V3
+#ifndef MAPI32_PREVIOUS_REGISTRY
     /* v3's own heap is its pages, mapped by the DLL itself with VirtualAlloc. */
     CHECK(in_own_mapping(roots[0]) && in_own_mapping(roots[ROOTS - 1]), "blocks not in the DLL's own mappings");
 #endif

@@ -1,7 +1,7 @@
-//! Registry v3, steps 1 and 2 (the `registry-v3` feature, off by default):
-//! blocks in pages the library manages itself, validated from its own
-//! tables, used from any thread without waiting. ARCHITECTURE.md, "Where it goes next", has the
-//! design; `bench/mockup/` the C mock-up that measured these fast paths.
+//! The registry ("v3" in the history): blocks in pages the library manages
+//! itself, validated from its own tables, used from any thread without
+//! waiting. ARCHITECTURE.md has the design and the measurements that chose
+//! it; `bench/mockup/` the C mock-up that measured these fast paths first.
 //!
 //! ```text
 //! segment (4 MiB, aligned; 1 MiB on 32-bit), published in `segmap`

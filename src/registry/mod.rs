@@ -39,9 +39,9 @@ use core::ptr;
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use regions::Regions;
 
-#[cfg(all(windows, feature = "registry-v3"))]
+#[cfg(all(windows, not(feature = "previous-registry")))]
 pub(crate) use thread::process_is_exiting;
-#[cfg(all(unix, feature = "registry-v3"))]
+#[cfg(all(unix, not(feature = "previous-registry")))]
 pub(crate) use thread::register_region_heap;
 #[cfg(unix)]
 pub use thread::shutdown;

@@ -391,15 +391,15 @@ mod exit_hook {
     static STATE: AtomicU8 = AtomicU8::new(UNMADE);
     static mut KEY: libc::pthread_key_t = 0;
 
-    /// Marks a key value that is a region heap (`registry-v3`), not one of
+    /// Marks a key value that is a region heap (`region`), not one of
     /// ours: both kinds of heap are aligned to more than 2 bytes. One key
     /// serves both, and a build with the feature still runs this registry's
     /// unit tests.
-    #[cfg(feature = "registry-v3")]
+    #[cfg(not(feature = "previous-registry"))]
     pub(in crate::registry) const REGION_TAG: usize = 1;
 
     extern "C" fn destructor(value: *mut libc::c_void) {
-        #[cfg(feature = "registry-v3")]
+        #[cfg(not(feature = "previous-registry"))]
         if value as usize & REGION_TAG != 0 {
             crate::region::on_thread_exit((value as usize & !REGION_TAG) as *const ());
             return;
@@ -526,10 +526,10 @@ mod exit_hook {
 
 pub(super) use exit_hook::init;
 
-/// Arranges for `heap`, a region heap (`registry-v3`), to reach
+/// Arranges for `heap`, a region heap (`region`), to reach
 /// `region::on_thread_exit` when this thread exits: `Ok(false)` when no key
 /// exists.
-#[cfg(all(unix, feature = "registry-v3"))]
+#[cfg(all(unix, not(feature = "previous-registry")))]
 pub(crate) fn register_region_heap(heap: *const ()) -> Result<bool, Error> {
     exit_hook::register_value((heap as usize | exit_hook::REGION_TAG) as *const ())
 }
