@@ -29,9 +29,8 @@ CARGO_LIBDIR := $(TARGET_DIR)/release
 ABI_MAJOR := $(shell sed -n 's/^abi-major *= *\([0-9][0-9]*\).*/\1/p' Cargo.toml)
 SONAME := libmapi32.so.$(ABI_MAJOR)
 BUILD := build
-# Extra cargo flags for the library's build: mk/previous.mk builds the
-# previous registry with `--features previous-registry` in a tree of its own.
-# Empty for the shipped library.
+# Extra cargo flags for the library's build (e.g. `--features
+# fault-injection` in a tree of its own). Empty for the shipped library.
 CARGO_FEATURES ?=
 # The same features as rustc's --cfg flags, for the builds cargo does not run
 # (mk/windows.mk, mk/windows32.mk, mk/linux32.mk): they get the registry the

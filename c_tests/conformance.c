@@ -41,9 +41,7 @@
 #include "crew.h"
 #include "patterns.h"
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
 #include <valgrind/memcheck.h> /* blocks_are_seen_by_the_tools asks memcheck */
-#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -324,7 +322,7 @@ static size_t address_space_in_use(void)
  * max_allocation_size_mb instead (see __asan_default_options). */
 static void limit_address_space(size_t headroom)
 {
-#if UNDER_ASAN && !defined(MAPI32_PREVIOUS_REGISTRY)
+#if UNDER_ASAN
     /* Registry v3 maps pages itself, past ASan's max_allocation_size_mb:
      * with no limit at all a huge request is a block like any other. The
      * uninstrumented and valgrind runs of this suite check these cases. */
@@ -1467,7 +1465,6 @@ static void oom_never_aborts(void)
     build_check_free_tree(77); /* and allocation works again */
 }
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
 /*
  * The library takes blocks from pages of its own, as SPEC §3 allows; what
  * must stay true is that valgrind and ASan still see every block. So this
@@ -1476,9 +1473,7 @@ static void oom_never_aborts(void)
  * process knows each block's last byte, the byte after it, and that a
  * freed block is gone. With no tool there is nothing of the second part to
  * check: make test runs the suite under valgrind and built with ASan as
- * well. (Built with MAPI32_PREVIOUS_REGISTRY, for mk/previous.mk's
- * library, it checks the opposite: that registry's blocks come from the C
- * allocator.)
+ * well.
  */
 #if UNDER_ASAN
 int __asan_address_is_poisoned(void const volatile *addr);
@@ -1523,23 +1518,6 @@ static void blocks_are_seen_by_the_tools(void)
     free_root(root);
     CHECK(tool_allows(root) == 0 && tool_allows(child) == 0 && tool_allows(big) == 0);
 }
-#else
-static void blocks_are_seen_by_the_tools(void)
-{
-    const ULONG mebibyte = 1u << 20;
-    if (under_valgrind())
-        SKIP_TEST(BLIND_UNDER_VALGRIND);
-    struct heap_usage base = heap_usage_now();
-    void *root = new_root(mebibyte);
-    CHECK(heap_bytes_in_use() >= base.bytes + mebibyte);
-    CHECK(UNDER_ASAN || live_client_blocks() == base.blocks + 1); /* seen by a wrapping malloc */
-    new_child(mebibyte, root);
-    CHECK(heap_bytes_in_use() >= base.bytes + 2u * mebibyte);
-    CHECK(UNDER_ASAN || live_client_blocks() == base.blocks + 2);
-    free_root(root);
-    CHECK_HEAP_IS(base);
-}
-#endif
 
 /* ======================================================================== */
 

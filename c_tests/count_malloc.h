@@ -6,11 +6,12 @@
  * malloc (SPEC §3), and they count the blocks alive: live_c_blocks() is exact
  * at any moment, so a test can assert that a call left nothing allocated.
  *
- * libmapi32 takes its blocks from malloc and the nodes of its registry (a
- * bitmap of block addresses) from calloc. How many nodes there are follows
- * where the blocks lie, not how many there are, so the calloc'd blocks are
- * also remembered by address, and counted apart: live_client_blocks() and
- * client_heap_bytes() leave them out.
+ * libmapi32 takes nothing from the C allocator (its pages come from the
+ * OS), so every block counted is the program's own, and a call of the
+ * library must leave the count as it found it. Calloc'd blocks are also
+ * remembered by address and counted apart (live_client_blocks() and
+ * client_heap_bytes() leave them out): the registry before this one kept
+ * its bookkeeping there, and the tests still tell the two apart.
  *
  * Include it in exactly one translation unit of a program, and not under
  * AddressSanitizer, which replaces malloc itself. Valgrind replaces these

@@ -388,7 +388,6 @@ static void realloc_keeps_other_threads_children(void)
     CHECK(MAPIAllocateMore(8, grandchild, &out) == MAPI_E_INVALID_PARAMETER && out == NULL);
 }
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
 #define RACED_ROOTS 2000
 
 struct realloc_race {
@@ -453,7 +452,6 @@ static void realloc_race_has_one_winner(void)
               (unsigned long long)before.live_children, (unsigned long long)after.live_children,
               (unsigned long long)before.live_bytes, (unsigned long long)after.live_bytes);
 }
-#endif
 
 static void realloc_oom_changes_nothing(void)
 {
@@ -494,9 +492,7 @@ int main(int argc, char **argv)
         FORKED(realloc_oom_changes_nothing),
         FORKED(realloc_another_threads_root_takes_over_children),
         FORKED(realloc_keeps_other_threads_children),
-#ifndef MAPI32_PREVIOUS_REGISTRY
         FORKED(realloc_race_has_one_winner),
-#endif
     };
     return harness_main(tests, COUNT(tests), argc, argv);
 }

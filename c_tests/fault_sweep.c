@@ -2,31 +2,25 @@
  * fault_sweep.c: fault injection (issue 3). Against a libmapi32 built with
  * the cargo feature `fault-injection`, which exports
  * mapi32_test_fail_allocation_after(), each test runs a realistic workload
- * again and again: the Nth time, the library's Nth C-allocator request fails
- * — a block, or the registry's own bookkeeping — for every N from 0
+ * again and again: the Nth time, the library's Nth request for memory fails
+ * — pages from the OS for a thread's heap, a segment, or a span for a large
+ * block (the library asks the C allocator for nothing) — for every N from 0
  * until the workload no longer reaches the failure. At every N:
  *
  *   - the failing call returns MAPI_E_NOT_ENOUGH_MEMORY with *lppBuffer NULL;
- *   - the number of live C blocks is what it was before the call (nothing
+ *   - the library's live blocks are what they were before the call (nothing
  *     kept, nothing lost), and the tree it was adding to holds what it held;
- *   - a free that runs into the failure still frees its whole tree;
+ *   - a free still frees its whole tree;
  *   - misuse (a freed parent, a double free) costs no allocation;
  *   - the rest of the workload, retried call included, then works, and once
- *     everything is freed the process holds exactly the blocks it had (not
- *     counting the registry's own nodes, which follow where blocks lie).
+ *     everything is freed no block is left.
  *
- * Live C blocks are counted exactly by count_malloc.h; under ASan, which
- * replaces malloc, its allocated-bytes counter stands in for the per-call
- * checks and LeakSanitizer checks leaks at exit. Under valgrind, run with a
- * smaller workload (--small), memcheck checks every access too.
- *
- * Today's registry (all but MAPI32_PREVIOUS_REGISTRY, which is mk/previous.mk's)
- * asks the C allocator for nothing: its
- * requests are for pages from the OS (a thread's heap, a segment, a span for
- * a large block), and the hook fails those. It keeps pages it emptied, so a
- * workload repeated in one heap would reach no request after the first run:
- * each run goes in a child process, on a thread of its own, whose first call
- * makes a heap from nothing. The live blocks are mapi32_stats' counts.
+ * The live blocks are mapi32_stats' counts, exact at any moment. The library
+ * keeps pages it emptied, so a workload repeated in one heap would reach no
+ * request after the first run: each run goes in a child process, on a
+ * thread of its own, whose first call makes a heap from nothing. Under ASan
+ * and valgrind (with a smaller workload, --small) the tools check every
+ * access too.
  *
  * Run: ./fault_sweep [--small] [--list] [test-name ...]
  */
@@ -45,13 +39,6 @@
 #include "harness.h"
 #include "crew.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#else
-#define UNDER_ASAN 0
-#endif
-
-#ifndef MAPI32_PREVIOUS_REGISTRY
 #include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -69,43 +56,6 @@ static long client_blocks_now(void)
 {
     return heap_now();
 }
-#elif UNDER_ASAN
-size_t __sanitizer_get_current_allocated_bytes(void);
-/* Bytes asked for: exact across a call that must leave nothing behind. */
-static long heap_now(void)
-{
-    return (long)__sanitizer_get_current_allocated_bytes();
-}
-#define HEAP_UNIT "bytes"
-#else
-#include "count_malloc.h"
-static long heap_now(void)
-{
-    return live_c_blocks();
-}
-#define HEAP_UNIT "blocks"
-#endif
-
-#ifdef MAPI32_PREVIOUS_REGISTRY
-/* The live C blocks but the registry's own nodes: a free may give back a
- * node it emptied, and whether a run needs one depends on where its blocks
- * lie. Only meaningful without ASan. */
-static long client_blocks_now(void)
-{
-#if UNDER_ASAN
-    return 0;
-#else
-    return live_client_blocks();
-#endif
-}
-#endif
-
-/* Whether client_blocks_now() counts exactly what a free gives back. */
-#if !defined(MAPI32_PREVIOUS_REGISTRY) || !UNDER_ASAN
-#define CLIENT_BLOCKS_EXACT 1
-#else
-#define CLIENT_BLOCKS_EXACT 0
-#endif
 
 /* The test hook of src/fault_hook.rs (not in mapix.h: test builds only). */
 ULONG mapi32_test_fail_allocation_after(ULONG successes);
@@ -234,7 +184,8 @@ static unsigned char *allocate(struct run *run, ULONG size, int tree, unsigned p
                   "refused with no failure armed (pending %u)", (unsigned)left);
         if (tree >= 0)
             CHECK_MSG(tree_intact(run, (unsigned)tree), "tree %d changed by a refused child", tree);
-        /* The block is the call's first request; a later one is the registry's. */
+        /* The call's first request for memory, or a later one (a thread's
+         * first call asks for its heap, then a segment). */
         if (left == 0)
             run->failed_blocks++;
         else
@@ -260,13 +211,13 @@ static void free_tree(struct run *run, unsigned tree)
     long after_all = heap_now();
     t->live = 0;
     if (left != NO_FAILURE && pending_failure() == NO_FAILURE) {
-        /* The registry tried to shrink a table and was refused: harmless. */
+        /* A free asks for no memory; should one ever, a refusal must be
+         * harmless. */
         run->failed_in_free++;
         run->failure_reached = 1;
     }
-    if (CLIENT_BLOCKS_EXACT)
-        CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the heap by %+ld blocks",
-                  t->count, after - before);
+    CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the heap by %+ld blocks",
+              t->count, after - before);
     /* Nothing was allocated since the free, so no address is live again. */
     ULONG armed = pending_failure();
     for (unsigned i = 0; i < t->count; i++) {
@@ -341,11 +292,9 @@ static void many_roots_workload(struct run *run)
 }
 
 /*
- * Roots far apart: message bodies of 64 KiB, each with a small property on
- * it. Each body lies in a 64 KiB stretch of address space of its own, where
- * the registry's bitmap needs a new leaf: the workload that reaches the
- * registry's own allocations under any allocator (in the others, blocks
- * mostly land where it has leaves already).
+ * Big roots: message bodies of 64 KiB, each with a small property on it.
+ * Each body takes a span of pages of its own, so the run asks for memory
+ * more often than the others, whose blocks fit in a first segment.
  */
 static void sparse_roots_workload(struct run *run)
 {
@@ -379,10 +328,7 @@ static int run_once(workload_fn workload, ULONG successes, unsigned n)
     for (unsigned i = 0; i < run.tree_count; i++)
         CHECK_MSG(!run.trees[i].live, "N=%u: workload left tree %u", n, i);
     long leaked = client_blocks_now() - baseline;
-    /* Under ASan the registry's nodes cannot be told apart; LeakSanitizer
-     * checks for leaks at exit instead. */
-    if (CLIENT_BLOCKS_EXACT)
-        CHECK_MSG(leaked == 0, "N=%u: %+ld blocks after everything was freed", n, leaked);
+    CHECK_MSG(leaked == 0, "N=%u: %+ld blocks after everything was freed", n, leaked);
     figures->runs++;
     figures->failed_blocks += run.failed_blocks;
     figures->failed_growths += run.failed_growths;
@@ -391,7 +337,6 @@ static int run_once(workload_fn workload, ULONG successes, unsigned n)
     return run.failure_reached;
 }
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
 struct fresh_run {
     workload_fn workload;
     ULONG successes;
@@ -428,18 +373,11 @@ static int run_with_failure_after(workload_fn workload, ULONG successes, unsigne
               (unsigned)status);
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
-#else
-static int run_with_failure_after(workload_fn workload, ULONG successes, unsigned n)
-{
-    return run_once(workload, successes, n);
-}
-#endif
 
 /* Every N from 0 until a run no longer reaches the failure (and a few past
- * it, as the registry's tables may have grown or shrunk differently), then
- * one clean run. `grows_registry`: some failure must strike the registry's
- * own allocations, not only blocks. */
-static void sweep(workload_fn workload, const char *name, int grows_registry)
+ * it), then one clean run. `later_requests`: some failure must strike a
+ * call's later request for memory, not only its first. */
+static void sweep(workload_fn workload, const char *name, int later_requests)
 {
     struct figures start = *figures;
     unsigned n = 0, unreached = 0;
@@ -454,19 +392,15 @@ static void sweep(workload_fn workload, const char *name, int grows_registry)
         }
     }
     CHECK(!run_with_failure_after(workload, NO_FAILURE, n));
-    printf("  %s: %u runs, N = 0..%u; failures injected: %lu into blocks, %lu into registry growth, "
-           "%lu into frees (registry shrinking), %lu into refused parents; %lu library calls\n",
+    printf("  %s: %u runs, N = 0..%u; failures injected: %lu into a call's first request, %lu into a later "
+           "one, %lu into frees, %lu into refused parents; %lu library calls\n",
            name, n + 1, n - 1, figures->failed_blocks - start.failed_blocks,
            figures->failed_growths - start.failed_growths, figures->failed_in_free - start.failed_in_free,
            figures->failed_in_misuse - start.failed_in_misuse, figures->calls - start.calls);
-    if (grows_registry)
-        CHECK_MSG(figures->failed_growths > start.failed_growths, "no failure ever struck the registry's growth");
+    if (later_requests)
+        CHECK_MSG(figures->failed_growths > start.failed_growths, "no failure ever struck a later request");
 }
 
-/* These two reach the registry's own allocations only where the allocator
- * hands out addresses its bitmap has no leaf for yet: ASan's, whose
- * quarantine keeps moving on, does; glibc's, reusing the same chunks run
- * after run, need not. */
 static void sweep_message_store_workload(void)
 {
     sweep(message_store_workload, "message store", 0);
@@ -486,12 +420,8 @@ static void sweep_sparse_roots_workload(void)
 static void hook_makes_the_next_allocation_fail(void)
 {
     void *out = SENTINEL;
-#ifndef MAPI32_PREVIOUS_REGISTRY
     /* A block larger than a segment always asks the OS for pages. */
     const ULONG size = 16u << 20;
-#else
-    const ULONG size = 16;
-#endif
     CHECK(mapi32_test_fail_allocation_after(0) == NO_FAILURE);
     CHECK(MAPIAllocateBuffer(size, &out) == MAPI_E_NOT_ENOUGH_MEMORY && out == NULL);
     CHECK(pending_failure() == NO_FAILURE);
@@ -518,11 +448,7 @@ int main(int argc, char **argv)
     }
     figures = mmap(NULL, sizeof *figures, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(figures != MAP_FAILED);
-#ifdef MAPI32_PREVIOUS_REGISTRY
-    warm_up_library();
-#else
     /* No warm-up: its threads would leave heaps behind, with pages, for a
      * run's thread to adopt instead of asking for any. */
-#endif
     return harness_main(tests, sizeof tests / sizeof tests[0], argc, argv);
 }

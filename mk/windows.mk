@@ -28,8 +28,8 @@ WIN_BUILD := $(BUILD)/windows
 # of no use to Windows debuggers, and it would make the DLL 10x larger.
 WIN_RUSTFLAGS := --edition 2021 -C panic=abort -C opt-level=3 -C codegen-units=1 -C lto -C strip=debuginfo -D warnings
 WIN_CFLAGS := -std=c11 $(STRICT) -O2
-# What the test programs are told of the library (MAPI32_PREVIOUS_REGISTRY
-# from mk/previous.mk); not the include path: they use the MAPI SDK's headers.
+# What the test programs are told of the library (its -D flags, if any);
+# not the include path: they use the MAPI SDK's headers.
 WIN_MAPI_CFLAGS := $(filter -D%,$(MAPI_CFLAGS))
 WIN_SOURCES := $(RUST_SOURCES) mapi32.def
 

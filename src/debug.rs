@@ -116,10 +116,7 @@ extern "C" fn report_leaks() {
     let mut bytes = 0u64;
     // (tree bytes, root size, root address), largest first.
     let mut largest = [(0u64, 0usize, 0usize); LARGEST];
-    #[cfg(not(feature = "previous-registry"))]
     use crate::region::for_each_root;
-    #[cfg(feature = "previous-registry")]
-    use crate::registry::for_each_root;
     let left_out = for_each_root(|addr, root_size, tree_bytes| {
         roots += 1;
         bytes = bytes.wrapping_add(tree_bytes);
@@ -150,9 +147,6 @@ extern "C" fn report_leaks() {
         let mut line = Line::new();
         line.push(b"libmapi32:   not counted: the roots of ");
         line.push_decimal(left_out as u64);
-        #[cfg(feature = "previous-registry")]
-        line.push(b" thread(s) whose records a thread was changing when the process ended it");
-        #[cfg(not(feature = "previous-registry"))]
         line.push(b" thread(s) still running, whose heaps may be changing");
         line.write();
     }

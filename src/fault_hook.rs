@@ -5,8 +5,8 @@
 //! and prove that every such failure is `MAPI_E_NOT_ENOUGH_MEMORY` with the
 //! tree unchanged and nothing leaked (see c_tests/fault_sweep.c).
 
+use crate::fault;
 use crate::scode::ULONG;
-use crate::sys;
 
 /// Passed to, or returned by, [`mapi32_test_fail_allocation_after`]: no
 /// failure armed.
@@ -22,5 +22,5 @@ pub const MAPI32_TEST_NO_FAILURE: ULONG = ULONG::MAX;
 #[no_mangle]
 pub extern "C" fn mapi32_test_fail_allocation_after(successes: ULONG) -> ULONG {
     let armed = if successes == MAPI32_TEST_NO_FAILURE { None } else { Some(successes) };
-    sys::fail_allocation_after(armed).unwrap_or(MAPI32_TEST_NO_FAILURE)
+    fault::fail_allocation_after(armed).unwrap_or(MAPI32_TEST_NO_FAILURE)
 }

@@ -96,7 +96,7 @@ unsafe fn grow_tree(grow: Grow, cbSize: ULONG, lppBuffer: *mut LPVOID) -> SCODE 
 ///
 /// # Safety
 /// As `MAPIAllocateMore`.
-#[cfg_attr(not(feature = "previous-registry"), inline(never))]
+#[inline(never)]
 unsafe fn allocate_more(cbSize: ULONG, lpObject: LPVOID, lppBuffer: *mut LPVOID) -> SCODE {
     let out = match NonNull::new(lppBuffer) {
         Some(out) => out,
@@ -139,7 +139,7 @@ fn finish_free(rest: Rest) -> ULONG {
 }
 
 /// `MAPIFreeBuffer` in full, every case.
-#[cfg_attr(not(feature = "previous-registry"), inline(never))]
+#[inline(never)]
 fn free_buffer(lpBuffer: LPVOID) -> ULONG {
     if !lpBuffer.is_null() {
         // Misuse is not an error here: MAPI callers ignore this result.

@@ -32,17 +32,8 @@
 //! - Diagnostics and statistics (§4): `debug`, `counts`, `walk`,
 //!   `ffi::mapi32_stats`; `c_tests/debug_check.sh`, `c_tests/extras.c`,
 //!   `tests/stats_abi.rs`.
-//!
-//! `registry`, `blockmap`, `table`, `block`, `lock` and `sys` are the
-//! registry shipped before this one, built whole only with `--features
-//! previous-registry` (for `make bench-previous`); without it, only its
-//! thread-exit hook and the types `tree` shares with it are used, and the
-//! rest goes when it is removed.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-// The previous registry stays built (its thread-exit hook and load-time
-// set-up are still used) but the MAPI operations no longer reach most of it.
-#![cfg_attr(not(feature = "previous-registry"), allow(dead_code))]
 #![warn(missing_debug_implementations)]
 
 // The shipped library must never unwind into C (SPEC §3). Test builds are
@@ -50,26 +41,19 @@
 #[cfg(all(not(panic = "abort"), not(test), not(debug_assertions)))]
 compile_error!("libmapi32 must be built with panic = \"abort\" (see Cargo.toml)");
 
-mod block;
-mod blockmap;
 mod debug;
+mod fault;
 #[cfg(feature = "fault-injection")]
 pub mod fault_hook;
-mod lock;
-#[cfg(not(feature = "previous-registry"))]
 mod os;
-#[cfg(not(feature = "previous-registry"))]
 mod region;
-mod registry;
 mod scode;
-mod sys;
-mod table;
 mod tree;
 
 pub mod ffi;
 
 /// Runs when the library is loaded, before any thread can call it: the
-/// registry's fence mode and fork handlers, and `MAPI32_DEBUG`. (Where no
+/// thread-exit hook, the fork handler, and `MAPI32_DEBUG`. (Where no
 /// loader runs it, as in a Rust test binary, each part also starts lazily.)
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
 #[used]
@@ -85,8 +69,6 @@ static AT_LOAD: extern "C" fn() = at_load;
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", windows))]
 extern "C" fn at_load() {
-    registry::init();
-    #[cfg(not(feature = "previous-registry"))]
     region::init();
     debug::init();
 }
@@ -100,9 +82,8 @@ static AT_UNLOAD: extern "C" fn() = at_unload;
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd"))]
 extern "C" fn at_unload() {
-    #[cfg(not(feature = "previous-registry"))]
     region::unload();
-    registry::shutdown();
+    region::shutdown();
 }
 
 pub use ffi::{mapi32_stats, MAPIAllocateBuffer, MAPIAllocateMore, MAPIFreeBuffer, MAPIReallocateBuffer, MAPI32_STATS};

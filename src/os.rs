@@ -11,7 +11,7 @@
 /// multiple of `align` (a power of two, at least the OS page size), or NULL.
 /// `size` is a multiple of the OS page size.
 pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
-    if crate::sys::injected_failure() {
+    if crate::fault::injected_failure() {
         return core::ptr::null_mut();
     }
     imp::map_aligned(size, align)
@@ -302,8 +302,8 @@ mod tests {
 
     #[test]
     fn an_injected_failure_is_a_refusal() {
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         assert!(map_aligned(1 << 16, 1 << 16).is_null());
-        assert_eq!(crate::sys::fail_allocation_after(None), None);
+        assert_eq!(crate::fault::fail_allocation_after(None), None);
     }
 }

@@ -1,32 +1,22 @@
-//! The three MAPI operations (and `MAPIReallocateBuffer`) in safe Rust.
-//! `ffi` turns their results into status codes.
-//!
-//! They go to `region`, the library's own pages; with the feature
-//! `previous-registry` (for `make bench-previous`, never shipped) to the
-//! registry before it. This file is the one place that chooses (see `v3` at
-//! its end).
+//! The MAPI operations on trees, in safe Rust, over `region` (the
+//! library's own pages): `ffi` turns their results into status codes.
+//! What is a tree's rule rather than the memory's lives here: no parent
+//! makes a root (SPEC §2), a null block reallocates into a new root (§5).
 
-#[cfg(feature = "previous-registry")]
-pub use crate::block::Block;
-#[cfg(feature = "previous-registry")]
-use crate::registry::Reallocated;
-pub use crate::registry::{Counts, NotARoot};
+use crate::region;
+pub use crate::region::{Block, Counts, NotARoot};
 use crate::scode::{Error, ULONG};
-#[cfg(not(feature = "previous-registry"))]
-pub use v3::{allocate_root, free_root, reallocate, stats, Block};
+
+/// The common cases the exports try first, each alone as a leaf function
+/// (`region::quick_child`, `region::quick_free`): done, or the rest left to
+/// `Grow::child` / `Rest::finish`, or left to `allocate_child` /
+/// `free_root` with nothing changed.
+pub use crate::region::{quick_child, quick_free, Grow, Quick, QuickFree, Rest};
 
 /// A new root of `size` bytes (`MAPIAllocateBuffer`).
-#[cfg(feature = "previous-registry")]
 #[inline(always)]
 pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
-    let block = Block::allocate(client_size(size)?)?;
-    if let Err(error) = crate::registry::insert_root(block) {
-        // SAFETY: the block is fresh, and the registry refused to record it,
-        // so nothing else knows it.
-        unsafe { block.release() };
-        return Err(error);
-    }
-    Ok(block)
+    region::allocate_root(size)
 }
 
 /// A new child of `size` bytes that lives as long as the root of `parent`
@@ -38,154 +28,32 @@ pub fn allocate_child(size: ULONG, parent: usize) -> Result<Block, Error> {
     if parent == 0 {
         return allocate_root(size);
     }
-    #[cfg(feature = "previous-registry")]
-    return crate::registry::allocate_child(parent, client_size(size)?);
-    #[cfg(not(feature = "previous-registry"))]
-    return crate::region::allocate_child(parent, size);
-}
-
-/// `allocate_child`'s common case, when the registry has one that can be
-/// tried alone (`region::quick_child`; only v3 has one): made, or left to
-/// `Grow::child`, or to `allocate_child` with nothing changed.
-#[cfg(not(feature = "previous-registry"))]
-pub use crate::region::{quick_child, Grow, Quick};
-
-/// `free_root`'s common case, tried alone the same way
-/// (`region::quick_free`): done, or its rest left to `Rest::finish`, or
-/// left to `free_root` with nothing changed.
-#[cfg(not(feature = "previous-registry"))]
-pub use crate::region::{quick_free, QuickFree, Rest};
-
-#[cfg(feature = "previous-registry")]
-pub use quick::{quick_child, quick_free, Grow, Quick, QuickFree, Rest};
-
-/// Today's registry has no common case to try alone: every call is a miss.
-#[cfg(feature = "previous-registry")]
-mod quick {
-    use super::{Block, Error, ULONG};
-
-    // The export matches every case; only `Miss` is ever made here.
-    #[allow(dead_code)]
-    pub enum Quick {
-        Made(Block),
-        Grow(Grow),
-        Miss,
-    }
-
-    /// Never made: `Quick::Grow` is never returned.
-    pub enum Grow {}
-
-    impl Grow {
-        pub fn child(self, _size: ULONG) -> Result<Block, Error> {
-            match self {}
-        }
-    }
-
-    #[inline(always)]
-    pub fn quick_child(_parent: usize, _size: ULONG) -> Quick {
-        Quick::Miss
-    }
-
-    #[allow(dead_code)]
-    pub enum QuickFree {
-        Done,
-        Rest(Rest),
-        Miss,
-    }
-
-    /// Never made: `QuickFree::Rest` is never returned.
-    pub enum Rest {}
-
-    impl Rest {
-        pub fn finish(self) {
-            match self {}
-        }
-    }
-
-    #[inline(always)]
-    pub fn quick_free(_addr: usize) -> QuickFree {
-        QuickFree::Miss
-    }
+    region::allocate_child(parent, size)
 }
 
 /// Frees the root at `addr` and all its children (`MAPIFreeBuffer`), and
 /// returns how many blocks that was. Anything else is left alone, and the
 /// reason is returned.
-#[cfg(feature = "previous-registry")]
-#[inline]
+#[inline(always)]
 pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
-    let mut freed = 0;
-    for block in crate::registry::remove_root(addr)? {
-        // SAFETY: the chain hands over each block after removing it from the
-        // registry, so this is its last use.
-        unsafe { block.release() };
-        freed += 1;
-    }
-    Ok(freed)
+    region::free_root(addr)
 }
 
 /// A block of `size` bytes holding what the block at `addr` held, as many
 /// bytes as fit (`MAPIReallocateBuffer`). A root is replaced, children and
-/// all; a child gets a new sibling in the same tree and stays itself; 0 acts
-/// as `allocate_root`. Anything else is `InvalidParameter`, with nothing
-/// allocated.
-#[cfg(feature = "previous-registry")]
+/// all, from any thread; a child gets a new sibling in the same tree and
+/// stays itself; 0 acts as `allocate_root`. Anything else is
+/// `InvalidParameter`, with nothing allocated.
 pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
     if addr == 0 {
         return allocate_root(size);
     }
-    let Reallocated { block, replaced_root } = crate::registry::reallocate(addr, client_size(size)?)?;
-    if let Some(old_root) = replaced_root {
-        // SAFETY: the old root left the registry in `reallocate`; its
-        // children moved to the new root, and this is its last use.
-        unsafe { old_root.release() };
-    }
-    Ok(block)
-}
-
-#[cfg(feature = "previous-registry")]
-fn client_size(size: ULONG) -> Result<usize, Error> {
-    usize::try_from(size).map_err(|_| Error::NoMemory)
+    region::reallocate(addr, size)
 }
 
 /// The counts `mapi32_stats` reports.
-#[cfg(feature = "previous-registry")]
 pub fn stats() -> Counts {
-    crate::registry::stats()
-}
-
-/// The operations on the library's own pages (`region`), for the calling
-/// thread's own trees only in this step: a block of another thread's is
-/// refused or ignored as foreign (see `region`'s documentation).
-#[cfg(not(feature = "previous-registry"))]
-mod v3 {
-    use super::{Counts, Error, NotARoot, ULONG};
-    use crate::region;
-    pub use crate::region::Block;
-
-    /// A new root of `size` bytes (`MAPIAllocateBuffer`).
-    #[inline(always)]
-    pub fn allocate_root(size: ULONG) -> Result<Block, Error> {
-        region::allocate_root(size)
-    }
-
-    /// Frees the root at `addr` and all its children; how many blocks.
-    #[inline(always)]
-    pub fn free_root(addr: usize) -> Result<usize, NotARoot> {
-        region::free_root(addr)
-    }
-
-    /// As `super::reallocate` describes; 0 acts as `allocate_root`.
-    pub fn reallocate(addr: usize, size: ULONG) -> Result<Block, Error> {
-        if addr == 0 {
-            return allocate_root(size);
-        }
-        region::reallocate(addr, size)
-    }
-
-    pub fn stats() -> Counts {
-        region::stats()
-    }
+    region::stats()
 }
 
 #[cfg(test)]
@@ -262,9 +130,9 @@ pub(crate) mod tests {
             // block is allocated before the heap is entered and released
             // after: the C suite checks that nothing stays allocated.)
             assert_eq!(allocate_child(ULONG::MAX, parent), Err(Error::InvalidParameter), "{parent:#x}");
-            crate::sys::fail_allocation_after(Some(0));
+            crate::fault::fail_allocation_after(Some(0));
             assert_eq!(allocate_child(8, parent), Err(Error::InvalidParameter), "{parent:#x}");
-            crate::sys::fail_allocation_after(None);
+            crate::fault::fail_allocation_after(None);
         }
         assert_eq!(free_root(root.addr()), Ok(1), "the refused calls added no child");
     }
@@ -274,21 +142,17 @@ pub(crate) mod tests {
     #[test]
     fn no_parent_makes_a_root_as_allocate_buffer_does() {
         let _turn = my_turn();
-        let before = stats();
+        let before = crate::region::own_share();
         let entry_id = allocate_child(22, 0).unwrap();
-        assert_eq!(entry_id.addr() % crate::sys::BLOCK_ALIGN, 0);
+        assert_eq!(entry_id.addr() % crate::region::GRANULE, 0);
         fill(entry_id, 22, 0x5E);
         let child = allocate_child(40, entry_id.addr()).unwrap();
-        let during = stats();
+        let during = crate::region::own_share();
         assert_eq!(during.live_roots, before.live_roots + 1, "a root, not a child");
         assert_eq!(during.live_children, before.live_children + 1);
         assert!(holds(entry_id, 22, 0x5E));
         assert_eq!(free_root(child.addr()), Err(NotARoot::Child));
         assert_eq!(free_root(entry_id.addr()), Ok(2), "freed whole, with its child");
-        if cfg!(feature = "previous-registry") {
-            crate::sys::fail_allocation_after(Some(0));
-            assert_eq!(allocate_child(8, 0), Err(Error::NoMemory), "out of memory as MAPIAllocateBuffer");
-        }
     }
 
     #[test]
@@ -301,57 +165,11 @@ pub(crate) mod tests {
         assert!(foreign.iter().all(|&b| b == 0));
     }
 
-    // A refusal of the block's own allocation: the v3 registry asks the OS
-    // only for whole pages (`region`'s tests refuse those).
-    #[cfg(feature = "previous-registry")]
-    #[test]
-    fn a_refused_child_allocation_leaves_the_tree_unchanged() {
-        let _turn = my_turn();
-        let root = allocate_root(8).unwrap();
-        let child = allocate_child(8, root.addr()).unwrap();
-        crate::sys::fail_allocation_after(Some(0));
-        assert_eq!(allocate_child(8, child.addr()), Err(Error::NoMemory));
-        assert_eq!(free_root(root.addr()), Ok(2));
-    }
-
-    // The v3 registry has no tables to grow: its refusals are whole pages
-    // (`region`'s tests). Its first call no longer always asks the OS for a
-    // heap and a segment either: it may adopt an exited thread's.
-    #[cfg(feature = "previous-registry")]
-    #[test]
-    fn registry_growth_refused_is_no_memory_and_leaks_nothing() {
-        let _turn = my_turn();
-        // The block allocation succeeds and the heap's table may or may not
-        // need to grow; force a refusal of the *second* allocation on this
-        // thread across many fresh blocks until one of them needed the
-        // registry to grow.
-        let mut kept = Vec::new();
-        let mut saw_registry_refusal = false;
-        for _ in 0..100_000 {
-            crate::sys::fail_allocation_after(Some(1));
-            match allocate_root(8) {
-                Ok(block) => kept.push(block),
-                Err(error) => {
-                    assert_eq!(error, Error::NoMemory);
-                    saw_registry_refusal = true;
-                    break;
-                }
-            }
-        }
-        crate::sys::fail_allocation_after(None);
-        assert!(saw_registry_refusal, "some insert had to grow a table");
-        for block in kept {
-            assert_eq!(free_root(block.addr()), Ok(1));
-        }
-    }
-
-    // Another thread's tree: the v3 registry's next step (see `region`).
-    #[cfg(feature = "previous-registry")]
     #[test]
     fn owner_and_guests_add_children_to_one_root_and_none_is_lost() {
         let _turn = my_turn();
         // The root's heap belongs to this thread, which keeps adding children
-        // on its fast path while the workers come in as guests.
+        // on its fast path while the workers add theirs in chunks of their own.
         const GUESTS: usize = 3;
         const PER_THREAD: usize = 5_000;
         let root = allocate_root(8).unwrap().addr();
@@ -369,11 +187,14 @@ pub(crate) mod tests {
         children.sort_unstable();
         children.dedup();
         assert_eq!(children.len(), (GUESTS + 1) * PER_THREAD);
-        assert_eq!(free_root(root), Ok((GUESTS + 1) * PER_THREAD + 1));
+        // The count is of the blocks in the root's own chunks: the guests'
+        // children lie in theirs, dead with the tree all the same.
+        assert_eq!(free_root(root), Ok(PER_THREAD + 1));
+        for child in children {
+            assert_eq!(allocate_child(8, child), Err(Error::InvalidParameter), "{child:#x} died with its tree");
+        }
     }
 
-    // Another thread's tree: the v3 registry's next step (see `region`).
-    #[cfg(feature = "previous-registry")]
     #[test]
     fn a_tree_outlives_the_thread_that_built_it() {
         let _turn = my_turn();
@@ -384,7 +205,7 @@ pub(crate) mod tests {
         })
         .join()
         .unwrap();
-        // The thread is gone and its heap orphaned: the tree is still live,
+        // The thread is gone and its heap an orphan: the tree is still live,
         // still grows, refuses a child free, and frees whole from here.
         let grandchild = allocate_child(8, child).unwrap();
         assert_eq!(free_root(child), Err(NotARoot::Child));
@@ -437,56 +258,39 @@ pub(crate) mod tests {
         let root = reallocate(0, 24).unwrap();
         assert_eq!(free_root(root.addr()), Ok(1));
         let live = allocate_root(8).unwrap();
-        let before = stats();
+        let before = crate::region::own_share();
         for unknown in [live.addr() + 16, live.addr() - 16, 16] {
             assert_eq!(reallocate(unknown, 8), Err(Error::InvalidParameter), "{unknown:#x}");
             // A bad block outranks a size the C allocator refuses.
-            crate::sys::fail_allocation_after(Some(0));
+            crate::fault::fail_allocation_after(Some(0));
             assert_eq!(reallocate(unknown, 8), Err(Error::InvalidParameter), "{unknown:#x}");
-            crate::sys::fail_allocation_after(None);
+            crate::fault::fail_allocation_after(None);
         }
-        let after = stats();
+        let after = crate::region::own_share();
         assert_eq!((after.live_roots, after.live_children), (before.live_roots, before.live_children));
         assert_eq!(free_root(live.addr()), Ok(1));
-    }
-
-    // A refusal of the block's own allocation: the v3 registry asks the OS
-    // only for whole pages (`region`'s tests refuse those).
-    #[cfg(feature = "previous-registry")]
-    #[test]
-    fn a_refused_reallocation_changes_nothing() {
-        let _turn = my_turn();
-        let root = allocate_root(16).unwrap();
-        fill(root, 16, 0x44);
-        let child = allocate_child(8, root.addr()).unwrap();
-        crate::sys::fail_allocation_after(Some(0));
-        assert_eq!(reallocate(root.addr(), 32), Err(Error::NoMemory));
-        crate::sys::fail_allocation_after(Some(0));
-        assert_eq!(reallocate(child.addr(), 32), Err(Error::NoMemory));
-        assert!(holds(root, 16, 0x44));
-        assert_eq!(free_root(root.addr()), Ok(2), "the same root, with its one child");
     }
 
     #[test]
     fn stats_count_live_blocks_bytes_and_allocations() {
         let _turn = my_turn();
-        let before = stats();
+        let before = crate::region::own_share();
         let root = allocate_root(100).unwrap();
         let child = allocate_child(20, root.addr()).unwrap();
         let _grandchild = allocate_child(3, child.addr()).unwrap();
-        let during = stats();
+        let during = crate::region::own_share();
         assert_eq!(during.live_roots, before.live_roots + 1);
         assert_eq!(during.live_children, before.live_children + 2);
         assert_eq!(during.live_bytes, before.live_bytes + 123);
         assert_eq!(during.allocations, before.allocations + 3);
         assert!(during.peak_bytes >= during.live_bytes);
         let moved = reallocate(root.addr(), 10).unwrap();
-        let after_move = stats();
+        let after_move = crate::region::own_share();
         assert_eq!(after_move.live_roots, during.live_roots);
         assert_eq!(after_move.live_bytes, during.live_bytes - 90);
         assert_eq!(after_move.allocations, during.allocations + 1);
         assert_eq!(free_root(moved.addr()), Ok(3));
-        let after = stats();
+        let after = crate::region::own_share();
         assert_eq!(
             (after.live_roots, after.live_children, after.live_bytes),
             (before.live_roots, before.live_children, before.live_bytes)

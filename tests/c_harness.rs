@@ -32,9 +32,6 @@ fn c_conformance_suite_passes() {
         .args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-pthread"])
         .arg("-I")
         .arg(manifest.join("include"))
-        // The suite's cases for the registry this run built (see Makefile's
-        // MAPI_CFLAGS).
-        .args(if cfg!(feature = "previous-registry") { &["-DMAPI32_PREVIOUS_REGISTRY"][..] } else { &[] })
         .arg(manifest.join("c_tests/conformance.c"))
         .arg("-o")
         .arg(&program)

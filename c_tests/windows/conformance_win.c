@@ -20,13 +20,11 @@
  * blocks the DLL itself takes from the C runtime and the Win32 heap: its
  * import address table entries for malloc, calloc, realloc, free, HeapAlloc,
  * HeapReAlloc and HeapFree are pointed at counting wrappers here, the Windows
- * form of the Linux suite's malloc wrappers. Calloc'd blocks, where
- * libmapi32 keeps its registry, are left out, as there. Both DLLs are measured alike,
- * whichever allocator they use; the program's own allocations are not counted.
- * libmapi32's blocks lie in pages it maps itself: its blocks are those
- * mapi32_stats counts, and its mappings (VirtualAlloc reservations) are
- * counted as well (built with MAPI32_PREVIOUS_REGISTRY, for the previous
- * registry's DLL, the heap wrappers count its blocks instead).
+ * form of the Linux suite's malloc wrappers. Both DLLs are measured alike,
+ * whichever allocator they use; the program's own allocations are not
+ * counted. libmapi32's blocks lie in pages it maps itself: its blocks are
+ * those mapi32_stats counts, and its mappings (VirtualAlloc reservations)
+ * are counted as well (Wine's builtin's blocks are its heap's).
  *
  * The MAPI declarations are the MAPI SDK's, from mingw-w64's <mapix.h>.
  */
@@ -148,8 +146,7 @@ static void uncounted(void)
     InterlockedDecrement64(&live_blocks);
 }
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
-/* v3's blocks come from no import to count: they are those it reports
+/* libmapi32's blocks come from no import to count: they are those it reports
  * (the builtin DLL has no mapi32_stats, and its blocks are counted above). */
 static long long blocks_reported(void)
 {
@@ -158,12 +155,6 @@ static long long blocks_reported(void)
         return 0;
     return (long long)(stats.live_roots + stats.live_children);
 }
-#else
-static long long blocks_reported(void)
-{
-    return 0;
-}
-#endif
 
 static long long blocks_live(void)
 {
@@ -182,7 +173,6 @@ static long mappings_live(void)
     return InterlockedCompareExchange(&live_mappings, 0, 0);
 }
 
-#ifndef MAPI32_PREVIOUS_REGISTRY
 /* Whether `block` lies in a reservation the DLL made itself. */
 static int in_own_mapping(const void *block)
 {
@@ -195,13 +185,12 @@ static int in_own_mapping(const void *block)
             return 1;
     return 0;
 }
-#endif
 
 /*
- * libmapi32 keeps its registry (a bitmap of block addresses) in calloc'd
- * nodes, whose number follows where blocks lie, not how many there are; so
- * calloc'd blocks are not counted, only remembered here until they are
- * freed. A lock-free set: a slot goes from empty to a block, and from a
+ * Calloc'd blocks are a DLL's own bookkeeping, whose number follows where
+ * blocks lie, not how many there are (the registry before this one kept a
+ * bitmap of block addresses in them); so they are not counted, only
+ * remembered here until they are freed. A lock-free set: a slot goes from empty to a block, and from a
  * block to a tombstone that a later block may take, never back to empty,
  * so a lookup stops at the first empty slot.
  */
@@ -1435,10 +1424,8 @@ static void blocks_come_from_a_heap_of_their_own(void)
     CHECK_LIVE(base + 2 * ROOTS, "blocks not counted");
     CHECKF(grown < ROOTS / 10, "blocks taken from the process heap", "%ld more busy entries for %d trees", grown,
            ROOTS);
-#ifndef MAPI32_PREVIOUS_REGISTRY
     /* v3's own heap is its pages, mapped by the DLL itself with VirtualAlloc. */
     CHECK(in_own_mapping(roots[0]) && in_own_mapping(roots[ROOTS - 1]), "blocks not in the DLL's own mappings");
-#endif
     for (unsigned i = 0; i < ROOTS; i++)
         free_root(roots[i]);
     CHECK_LIVE(base, "trees not freed");

@@ -7,8 +7,20 @@
 
 use super::heap::Heap;
 use super::thread;
-use crate::registry::Counts;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts of blocks, as `mapi32_stats` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub live_roots: u64,
+    pub live_children: u64,
+    /// Bytes the live blocks' callers asked for.
+    pub live_bytes: u64,
+    /// The most `live_bytes` ever reached (per heap: see `stats`).
+    pub peak_bytes: u64,
+    /// Blocks ever made, by any of the allocating calls.
+    pub allocations: u64,
+}
 
 /// A counter only its heap's owner changes.
 #[derive(Debug)]
@@ -190,6 +202,14 @@ pub fn stats() -> Counts {
         total.allocations = total.allocations.wrapping_add(counts.allocations);
     }
     total
+}
+
+/// The calling thread's heap's share of the counts: exact for the blocks
+/// this thread makes and frees, whatever other threads (other tests) do.
+/// The heap is claimed first, so that a later call does not adopt another.
+#[cfg(test)]
+pub fn own_share() -> Counts {
+    thread::heap().map(share).unwrap_or_default()
 }
 
 /// `heap`'s counts without what was freed on other threads and not yet

@@ -7,7 +7,7 @@
 
 use super::*;
 use super::{free, validate};
-use crate::registry::{Counts, NotARoot};
+use super::{Counts, NotARoot};
 use crate::scode::Error;
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -528,13 +528,13 @@ fn the_fast_paths_miss_on_moved_roots_and_faces_and_take_a_moved_trees_children(
 fn roots_until_refused(size: u32) -> Vec<usize> {
     let mut made = Vec::new();
     loop {
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         match allocate_root(size) {
             Ok(block) => made.push(block.addr()),
             Err(_) => break,
         }
     }
-    crate::sys::fail_allocation_after(None);
+    crate::fault::fail_allocation_after(None);
     made
 }
 
@@ -737,9 +737,9 @@ fn a_refused_reallocation_of_another_threads_root_changes_nothing() {
     let c = child(r, 16);
     let refused = on_other_thread(move || {
         thread::heap().unwrap(); // so that the reallocation is what fails
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         let result = reallocate(r, u32::MAX).map(Block::addr);
-        crate::sys::fail_allocation_after(None);
+        crate::fault::fail_allocation_after(None);
         result
     });
     assert_eq!(refused, Err(Error::NoMemory));

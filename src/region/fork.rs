@@ -31,6 +31,7 @@
 //! that did not come along, plus a look at each page descriptor of the
 //! idle heaps' segments.
 
+#[cfg(unix)]
 use super::{remote, thread};
 
 /// Registers the child handler; when the library is loaded.
@@ -53,6 +54,7 @@ extern "C" fn in_child() {
 
 /// The child handler's work; the caller is the only thread of a child
 /// just forked.
+#[cfg(unix)]
 pub(super) fn catch_up_after_fork() {
     let mine = thread::current();
     for heap in thread::heaps() {

@@ -333,9 +333,9 @@ fn the_leaf_fast_paths_leave_the_heap_idle() {
         if heap.is_busy() {
             return false;
         }
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         let refused = allocate_root(u32::MAX) == Err(Error::NoMemory) && !heap.is_busy();
-        crate::sys::fail_allocation_after(None);
+        crate::fault::fail_allocation_after(None);
         if !refused {
             return false;
         }

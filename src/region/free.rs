@@ -13,7 +13,15 @@ use super::page::{Kind, Page};
 use super::root::Root;
 use super::segment::Segment;
 use super::{remote, thread, track, validate};
-use crate::registry::NotARoot;
+
+/// Why `MAPIFreeBuffer` left a pointer alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotARoot {
+    /// A live child: it is freed with its root.
+    Child,
+    /// Not a live block of this library: already freed, interior or foreign.
+    Unknown,
+}
 
 /// Frees the root at `addr` and its children; returns how many blocks.
 #[inline(always)]

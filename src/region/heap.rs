@@ -252,6 +252,7 @@ impl Heap {
 
     /// Whether its holder was changing it (for a forked child, which has no
     /// other thread: whether that was so at the fork).
+    #[cfg(any(unix, test))]
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }

@@ -74,6 +74,7 @@ mod alloc;
 mod chunk;
 mod class;
 mod counts;
+mod exit_hook;
 mod fork;
 mod free;
 mod guest;
@@ -105,11 +106,14 @@ mod tests;
 
 pub use alloc::{quick_child, Grow, Quick};
 pub use free::{quick_free, QuickFree, Rest};
-pub use thread::on_thread_exit;
 pub use unload::unload;
 pub use walk::for_each_root;
 
-use crate::registry::{Counts, NotARoot};
+#[cfg(test)]
+pub use counts::own_share;
+pub use counts::Counts;
+pub use free::NotARoot;
+
 use crate::scode::{Error, ULONG};
 use core::ptr::NonNull;
 
@@ -153,8 +157,18 @@ pub fn stats() -> Counts {
 
 /// When the library is loaded.
 pub fn init() {
+    exit_hook::init();
     unload::init();
     fork::init();
+}
+
+/// When the library is unloaded (and at process exit), after `unload`:
+/// the exit hook goes, so that no later thread exit calls into unmapped
+/// code. (On Windows the loader calls the TLS callback no more once the DLL
+/// is unloaded.)
+#[cfg(unix)]
+pub fn shutdown() {
+    exit_hook::shutdown();
 }
 
 /// Segments are `SEGMENT_SIZE` bytes, aligned to their size.

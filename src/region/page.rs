@@ -236,13 +236,10 @@ impl Page {
         self.slot_size.get()
     }
 
-    /// Whether the page holds a single (large) block.
+    /// Whether the page holds a single (large) block (for tests).
+    #[cfg(test)]
     pub fn is_single(&self) -> bool {
         self.cap.get() == 1
-    }
-
-    pub fn queued(&self) -> bool {
-        self.queued.get()
     }
 
     pub fn set_queued(&self, queued: bool) {

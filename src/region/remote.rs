@@ -354,6 +354,7 @@ fn drain_pages(heap: &Heap) {
 /// And the segments' counts of kills under way go to zero, or the owner
 /// would never change a root page's class again. A kill stopped between
 /// its swap and its bit leaves that one tree killed and kept.
+#[cfg(unix)]
 pub fn recover_after_fork(heap: &Heap) {
     drain(heap);
     for segment in heap.segments() {

@@ -255,7 +255,7 @@ impl Root {
         kind(self.state()) == LIVE
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     pub fn is_killed(&self) -> bool {
         kind(self.state()) == KILLED
     }

@@ -175,6 +175,7 @@ impl Segment {
 
     /// Forgets the kills counted under way: in a forked child, where the
     /// threads that started them do not exist (`fork`).
+    #[cfg(unix)]
     pub fn forget_kills(&self) {
         self.kills.store(0, Ordering::Relaxed);
     }

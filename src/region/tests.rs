@@ -7,11 +7,11 @@
 use super::chunk::{Chunk, CHUNK_HEADER};
 use super::class::chunk_class_size;
 use super::root::{self, Root, ROOT_HEADER};
+use super::NotARoot;
 use super::*;
-use crate::registry::NotARoot;
 use crate::scode::Error;
 
-fn counts() -> crate::registry::Counts {
+fn counts() -> super::Counts {
     thread::current().map(|heap| heap.counts.snapshot()).unwrap_or_default()
 }
 
@@ -310,19 +310,19 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
     // Roots of one class until its pages need a new segment, refused.
     let mut made = Vec::new();
     let refused = loop {
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         match allocate_root(2000) {
             Ok(block) => made.push(block.addr()),
             Err(error) => break error,
         }
     };
-    crate::sys::fail_allocation_after(None);
+    crate::fault::fail_allocation_after(None);
     assert_eq!(refused, Error::NoMemory);
-    crate::sys::fail_allocation_after(Some(0));
+    crate::fault::fail_allocation_after(Some(0));
     assert_eq!(allocate_root(u32::MAX), Err(Error::NoMemory), "a huge block refused");
-    crate::sys::fail_allocation_after(Some(0));
+    crate::fault::fail_allocation_after(Some(0));
     assert_eq!(allocate_child(r, u32::MAX), Err(Error::NoMemory), "a huge child refused");
-    crate::sys::fail_allocation_after(None);
+    crate::fault::fail_allocation_after(None);
     let after = counts();
     assert_eq!(after.live_roots - before.live_roots, made.len() as u64);
     assert_eq!(after.live_children, before.live_children, "the tree is unchanged");
@@ -339,7 +339,7 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
     let mut blocks = Vec::new();
     loop {
         let size = 100 + blocks.len() as u32 % 2 * 100;
-        crate::sys::fail_allocation_after(Some(0));
+        crate::fault::fail_allocation_after(Some(0));
         match allocate_root(size) {
             Ok(block) => blocks.push((block.addr(), size)),
             Err(_) => break,
@@ -356,7 +356,7 @@ fn a_refused_segment_is_no_memory_and_changes_nothing() {
         fill(addr, size as usize, n as u8);
     }
     assert!(blocks.iter().enumerate().all(|(n, &(addr, size))| holds(addr, size as usize, n as u8)), "no page twice");
-    crate::sys::fail_allocation_after(None);
+    crate::fault::fail_allocation_after(None);
 }
 
 /// Once every block went back, blocks of other sizes need no new segment:
@@ -375,7 +375,7 @@ fn emptied_pages_serve_other_classes_without_a_new_segment() {
     for &r in roots.iter().rev() {
         assert!(free_root(r).is_ok());
     }
-    crate::sys::fail_allocation_after(Some(0));
+    crate::fault::fail_allocation_after(Some(0));
     for seed in 0..50u32 {
         let mut blocks = vec![root(seed % 500)];
         for k in 1..=64u32 {
@@ -387,7 +387,7 @@ fn emptied_pages_serve_other_classes_without_a_new_segment() {
         }
         assert_eq!(free_root(blocks[0]), Ok(65));
     }
-    assert_eq!(crate::sys::fail_allocation_after(None), Some(0), "no new mapping was needed");
+    assert_eq!(crate::fault::fail_allocation_after(None), Some(0), "no new mapping was needed");
 }
 
 /// A page another block used comes back as a root page with that block's

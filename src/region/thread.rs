@@ -24,6 +24,7 @@
 //!   leaves it frozen (`fork` has the rules). The forking thread keeps its
 //!   own heap; orphans stay adoptable.
 
+use super::exit_hook;
 use super::heap::Heap;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -196,67 +197,16 @@ pub fn heaps() -> impl Iterator<Item = &'static Heap> {
     })
 }
 
-/// The default registry's thread-exit hook, shared: a value per thread
-/// that its destructor hands to [`on_thread_exit`].
-#[cfg(unix)]
-mod exit_hook {
-    use super::Heap;
-
-    /// False only when the key's slot could not be had for want of memory;
-    /// with no key at all (none left at load) the heap is kept, owned, for
-    /// good, as the default registry's shared heap would be.
-    pub fn register(heap: &Heap) -> bool {
-        crate::registry::register_region_heap(heap as *const Heap as *const ()).is_ok()
-    }
-}
-
-/// The exit hook on Windows: a TLS callback of v3's own, which the loader
-/// calls at every thread's exit (`DLL_THREAD_DETACH`) while the DLL is
-/// loaded, after the Rust and C++ thread-local destructors of this module,
-/// and which reads the heap from the thread's slot. Nothing is registered
-/// per thread beyond the slot's value, which is all `register` sets.
-///
-/// Not while the process exits: `ExitProcess` has then ended the other
-/// threads wherever they were and nobody is left to adopt the heap (the
-/// default registry's hook does the same). A thread whose first call comes
-/// from a later detach (another DLL's) keeps its heap owned for good, as
-/// the default registry's does: its trees stay valid and freeable by any
-/// thread (a free is a kill), only its memory is not reused.
+/// The slot's value for the Windows exit hook (`exit_hook`).
 #[cfg(windows)]
-mod exit_hook {
-    use super::{slot, Heap};
-    use core::ffi::c_void;
-
-    const DLL_THREAD_DETACH: u32 = 3;
-
-    #[used]
-    #[link_section = ".CRT$XLD"]
-    static ON_DETACH: unsafe extern "system" fn(*mut c_void, u32, *mut c_void) = on_detach;
-
-    unsafe extern "system" fn on_detach(_module: *mut c_void, reason: u32, _reserved: *mut c_void) {
-        if reason == DLL_THREAD_DETACH && !crate::registry::process_is_exiting() {
-            let heap = slot::get();
-            if !heap.is_null() {
-                super::on_thread_exit(heap.cast());
-            }
-        }
-    }
-
-    /// False when the slot refused the value (no TLS index, or no memory
-    /// for the thread's expansion slots): the heap would never be given up.
-    pub fn register(heap: &Heap) -> bool {
-        slot::try_set(heap)
-    }
+pub fn slot_value() -> *const Heap {
+    slot::get()
 }
 
-/// Elsewhere no exit hook exists: a heap stays its thread's.
-#[cfg(not(any(unix, windows)))]
-mod exit_hook {
-    use super::Heap;
-
-    pub fn register(_heap: &Heap) -> bool {
-        true
-    }
+/// Sets the slot for the Windows exit hook; false when it was refused.
+#[cfg(windows)]
+pub fn try_set_slot(heap: &Heap) -> bool {
+    slot::try_set(heap)
 }
 
 /// Makes the thread slot's TLS index, when the DLL is loaded (`unload`).

@@ -460,6 +460,7 @@ mod valgrind {
 #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86"))))]
 mod valgrind {
     //! No client requests written for this target: never detected.
+    #[cfg(target_os = "linux")]
     pub fn memcheck() -> bool {
         false
     }

@@ -61,7 +61,7 @@ pub fn init() {
 /// the unloading, then the TLS index goes.
 #[cfg(windows)]
 extern "C" fn detached() {
-    if crate::registry::process_is_exiting() {
+    if super::exit_hook::process_is_exiting() {
         EXITING.store(true, Ordering::Relaxed);
         return;
     }
