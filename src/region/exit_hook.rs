@@ -137,9 +137,9 @@ mod imp {
     }
 }
 
-pub use imp::{init, register};
 #[cfg(unix)]
 pub use imp::shutdown;
+pub use imp::{init, register};
 
 /// Whether the process is exiting and its other threads are already gone.
 #[cfg(windows)]
