@@ -109,7 +109,7 @@ fn claim() -> Option<&'static Heap> {
 
 /// Makes `heap`, an orphan, the calling thread's (which has none), as its
 /// first call would adopt one: for tests that must know which.
-#[cfg(test)]
+#[cfg(all(test, unix))]
 pub fn adopt(heap: &'static Heap) -> bool {
     if current().is_some() || !heap.try_claim() {
         return false;
