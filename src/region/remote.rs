@@ -235,28 +235,65 @@ pub struct Unreleased {
 /// the heap as it goes (each page it revisits was pushed again).
 pub fn unreleased(heap: &Heap) -> Unreleased {
     let mut total = Unreleased::default();
-    let mut next = heap.killed.load(Ordering::Acquire) as *const Page;
-    // SAFETY: pushed pages are descriptors of `heap`'s segments, mapped for
-    // good.
-    while let Some(page) = unsafe { next.as_ref() } {
-        next = page.killed_next.load(Ordering::Relaxed);
-        // SAFETY: a page descriptor lies in its segment's first unit.
-        let segment = unsafe { Segment::of(page as *const Page as usize) };
-        let index = segment.index_of(page);
+    for killed in KilledPages::from(heap.killed.load(Ordering::Acquire)) {
         for word in 0..KILLED_WORDS {
-            let mut bits = segment.killed_bits(index, word);
-            while bits != 0 {
-                let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if let Some(tree) = killed_tree(segment, index, slot) {
-                    total.roots += tree.roots;
-                    total.children += tree.children;
-                    total.bytes += tree.bytes;
-                }
+            let bits = killed.segment.killed_bits(killed.index, word);
+            for tree in slots(word, bits).filter_map(|slot| killed_tree(killed.segment, killed.index, slot)) {
+                total.roots += tree.roots;
+                total.children += tree.children;
+                total.bytes += tree.bytes;
             }
         }
     }
     total
+}
+
+/// A page on a heap's stack of pages with killed roots, with where its
+/// bits are.
+struct Killed {
+    page: &'static Page,
+    segment: &'static Segment,
+    index: usize,
+}
+
+/// The pages of a killed-pages stack, from its top down: the one walk the
+/// drain (which took the stack) and `unreleased` (which reads it in place)
+/// share.
+struct KilledPages {
+    next: *const Page,
+}
+
+impl KilledPages {
+    fn from(top: *mut Page) -> KilledPages {
+        KilledPages { next: top }
+    }
+}
+
+impl Iterator for KilledPages {
+    type Item = Killed;
+
+    fn next(&mut self) -> Option<Killed> {
+        // SAFETY: pushed pages are descriptors of one heap's segments,
+        // mapped for good (a descriptor is never freed while the library is
+        // loaded), so any link read from the stack leads to one.
+        let page: &'static Page = unsafe { self.next.as_ref() }?;
+        self.next = page.killed_next.load(Ordering::Relaxed);
+        // SAFETY: a page descriptor lies in its segment's first unit.
+        let segment = unsafe { Segment::of(page as *const Page as usize) };
+        Some(Killed { page, segment, index: segment.index_of(page) })
+    }
+}
+
+/// The slots whose bits are set in `bits`, word `word` of a page's bits.
+fn slots(word: usize, mut bits: usize) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        if bits == 0 {
+            return None;
+        }
+        let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        Some(slot)
+    })
 }
 
 /// What slot `slot` of page `index` holds that its owner has yet to take
@@ -325,21 +362,11 @@ pub fn drain(heap: &Heap) {
 #[cold]
 #[inline(never)]
 fn drain_pages(heap: &Heap) {
-    let mut next = heap.killed.swap(ptr::null_mut(), Ordering::Acquire) as *const Page;
-    // SAFETY: pushed pages are descriptors of this heap's segments, mapped
-    // for good.
-    while let Some(page) = unsafe { next.as_ref() } {
-        next = page.killed_next.load(Ordering::Relaxed);
-        page.killed_pending.store(false, Ordering::SeqCst);
-        // SAFETY: a page descriptor lies in its segment's first unit.
-        let segment = unsafe { Segment::of(page as *const Page as usize) };
-        let index = segment.index_of(page);
+    for killed in KilledPages::from(heap.killed.swap(ptr::null_mut(), Ordering::Acquire)) {
+        killed.page.killed_pending.store(false, Ordering::SeqCst);
         for word in 0..KILLED_WORDS {
-            let mut bits = segment.take_killed(index, word);
-            while bits != 0 {
-                let slot = word * usize::BITS as usize + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                release(heap, page, slot);
+            for slot in slots(word, killed.segment.take_killed(killed.index, word)) {
+                release(heap, killed.page, slot);
             }
         }
     }
