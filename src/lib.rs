@@ -8,8 +8,10 @@
 //! - The exports, out-pointers, errors → `SCODE` (§1–2): `ffi`; the C suite
 //!   `c_tests/conformance.c` (one check per rule), `tests/model.rs`.
 //! - Roots, children, child-as-parent, NULL parent, free-all, realloc (§2,
-//!   §5): `tree` over `region` (`alloc`, `free`, `chunk`, `root`); their unit
-//!   tests (`region/tests.rs`), the C suite, the model.
+//!   §5): `tree` over `region` (`alloc`, `free`, `chunk`, `root`; a root
+//!   reallocated from any thread: faces and moved headers in `alloc`); their
+//!   unit tests (`tree`, `region/tests.rs`), the C suite, `c_tests/extras.c`,
+//!   the model.
 //! - Which blocks are live, decided without reading at the pointer (§2):
 //!   `segmap`, `segment`, `page`, `class`, `start_bits`, `validate`;
 //!   `region/tests.rs`, the C suite's foreign, interior and unmapped cases.
@@ -20,12 +22,13 @@
 //!   suite's thread cases, `c_tests/stress.c`, `make bench`'s cross-thread
 //!   and idle-thread rows.
 //! - Thread exit, adoption, unloading, no abort at a thread's start (§3):
-//!   `thread`, `unload`, the exit hook in `registry/thread.rs`;
+//!   `thread`, `exit_hook` (a `pthread_key`; on Windows a TLS callback),
+//!   `unload`;
 //!   `region/life_tests.rs`, `c_tests/thread_life.c`, `c_tests/defects/
 //!   {first_call_oom,exit_path_leak,dlclose_cycles}.c`.
 //! - `fork()` (§3): `fork`; `region/fork_tests.rs`, `c_tests/defects/
 //!   {fork_malloc_lock,fork_handler_calls}.c`, the C suite's fork cases.
-//! - Out of memory anywhere (§3): `os` (every page request) and
+//! - Out of memory anywhere (§3): `os` (every page request), `fault` and
 //!   `fault_hook` (tests only: fail the Nth); `c_tests/fault_sweep.c`,
 //!   `make fault-sweep-process`.
 //! - valgrind and ASan see every block (§3): `track`; `c_tests/tools/`.
