@@ -46,7 +46,7 @@
 //! - A heap's life (`thread`): given up when its thread exits (its killed
 //!   trees and dead guests go back first, then its unused pages; its live
 //!   trees stay) — from the `pthread_key` destructor, or on Windows a TLS
-//!   callback at `DLL_THREAD_DETACH` — adopted by a later thread's first
+//!   callback at `DLL_THREAD_DETACH` (`exit_hook`) — adopted by a later thread's first
 //!   call, which drains and sweeps it as the owner; in a forked child,
 //!   heaps of threads that did not come along become orphans too, unless
 //!   they were in a call, which leaves them frozen (`fork`); `unload` unmaps
