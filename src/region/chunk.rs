@@ -182,6 +182,40 @@ impl Chunk {
     }
 }
 
+/// A tree's own chunks, newest first, for the thread that holds the
+/// tree's heap: the one walk the free, the `leaks` report and the tests
+/// share. Each chunk's link is read before the chunk is yielded, so the
+/// caller may give each one back as it gets it.
+#[derive(Debug)]
+pub struct Chunks {
+    next: *const Chunk,
+}
+
+impl Chunks {
+    /// The chunks from `first` (a root's `first()`) on.
+    ///
+    /// # Safety
+    /// The caller holds the heap the chunks belong to, and they are live
+    /// chunk slots of it (a live, moved or killed tree's, not yet released);
+    /// it gives back no chunk it has not been yielded yet.
+    pub unsafe fn from(first: *const Chunk) -> Chunks {
+        Chunks { next: first }
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = &'static Chunk;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<&'static Chunk> {
+        // SAFETY: `from`'s contract: the link leads to a live chunk slot of
+        // the held heap, in a segment mapped for good.
+        let chunk: &'static Chunk = unsafe { self.next.as_ref() }?;
+        self.next = chunk.next();
+        Some(chunk)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! when the owner releases them). A child, or anything that is not a live
 //! root, is left alone.
 
-use super::chunk::Chunk;
+use super::chunk::{Chunk, Chunks};
 use super::heap::{Heap, LARGE};
 use super::page::{Kind, Page};
 use super::root::Root;
@@ -236,11 +236,9 @@ pub fn free_killed_tree(heap: &Heap, page: &'static Page, root: &Root) -> usize 
 #[inline(always)]
 fn release_tree(heap: &Heap, page: &'static Page, root: &Root, tracked: bool, pool: Option<usize>) -> usize {
     let (mut children, mut bytes) = (0u64, root.size() as u64);
-    let mut next = root.first();
-    // SAFETY: a live tree's chunks are live chunk slots of this heap; each
-    // is read before it is given back.
-    while let Some(chunk) = unsafe { next.as_ref() } {
-        next = chunk.next();
+    // SAFETY: the tree's chunks are live chunk slots of `heap`, which the
+    // caller holds; each is given back only once yielded.
+    for chunk in unsafe { Chunks::from(root.first()) } {
         children += chunk.count() as u64;
         bytes += chunk.bytes() as u64;
         if tracked {

@@ -28,14 +28,8 @@ fn tree_of(addr: usize) -> &'static Root {
 }
 
 fn chunks(tree: &Root) -> Vec<&'static Chunk> {
-    let mut all = Vec::new();
-    let mut next = tree.first();
-    // SAFETY: a live tree's chunks.
-    while let Some(chunk) = unsafe { next.as_ref() } {
-        all.push(chunk);
-        next = chunk.next();
-    }
-    all
+    // SAFETY: a live tree's chunks, of this thread's heap.
+    unsafe { super::chunk::Chunks::from(tree.first()) }.collect()
 }
 
 fn fill(addr: usize, size: usize, byte: u8) {

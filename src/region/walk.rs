@@ -6,6 +6,7 @@
 //! and given back after (`Heap::try_claim`'s rule). A heap another thread
 //! still owns may be changing under the walk and is left out, counted.
 
+use super::chunk::Chunks;
 use super::heap::Heap;
 use super::page::Kind;
 use super::root::{self, Root};
@@ -73,12 +74,6 @@ fn tree_bytes(root: &Root) -> u64 {
 
 /// What a live or moved tree's own chunks hold.
 fn children_bytes(root: &Root) -> u64 {
-    let mut bytes = 0u64;
-    let mut next = root.first();
     // SAFETY: a live tree's chunks are live chunk slots of its heap, held.
-    while let Some(chunk) = unsafe { next.as_ref() } {
-        bytes = bytes.wrapping_add(chunk.bytes() as u64);
-        next = chunk.next();
-    }
-    bytes
+    unsafe { Chunks::from(root.first()) }.fold(0u64, |bytes, chunk| bytes.wrapping_add(chunk.bytes() as u64))
 }
