@@ -319,28 +319,26 @@ impl Heap {
     /// A slot of root class `class`, or null when memory runs out.
     #[inline(always)]
     pub fn root_slot(&self, class: usize) -> *mut u8 {
-        match self.roots.get(class) {
-            Some(queue) => {
-                let slot = queue.alloc();
-                if !slot.is_null() {
-                    return slot;
-                }
-                self.slot_slow(queue, Kind::Root, class, root_class_size(class))
-            }
-            None => ptr::null_mut(),
-        }
+        self.class_slot(self.roots.get(class), Kind::Root, class, root_class_size)
     }
 
     /// A slot of chunk class `class`, or null when memory runs out.
     #[inline(always)]
     pub fn chunk_slot(&self, class: usize) -> *mut u8 {
-        match self.chunks.get(class) {
+        self.class_slot(self.chunks.get(class), Kind::Chunk, class, chunk_class_size)
+    }
+
+    /// A slot from `queue`, the queue of `kind`'s class `class` (none: no
+    /// such class), or from `slot_slow` when its current page is full.
+    #[inline(always)]
+    fn class_slot(&self, queue: Option<&Queue>, kind: Kind, class: usize, slot_size: fn(usize) -> usize) -> *mut u8 {
+        match queue {
             Some(queue) => {
                 let slot = queue.alloc();
                 if !slot.is_null() {
                     return slot;
                 }
-                self.slot_slow(queue, Kind::Chunk, class, chunk_class_size(class))
+                self.slot_slow(queue, kind, class, slot_size(class))
             }
             None => ptr::null_mut(),
         }
