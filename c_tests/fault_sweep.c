@@ -44,17 +44,11 @@
 #include <unistd.h>
 
 /* The library's live blocks, roots and children: exact at any moment. */
-static long heap_now(void)
+static long live_blocks(void)
 {
     MAPI32_STATS stats = { .cbSize = sizeof stats };
     REQUIRE(mapi32_stats(&stats) == S_OK);
     return (long)(stats.live_roots + stats.live_children);
-}
-#define HEAP_UNIT "blocks"
-
-static long client_blocks_now(void)
-{
-    return heap_now();
 }
 
 /* The test hook of src/fault_hook.rs (not in mapix.h: test builds only). */
@@ -155,7 +149,7 @@ static unsigned char *allocate(struct run *run, ULONG size, int tree, unsigned p
     void *parent_address = tree < 0 ? NULL : run->blocks[run->trees[tree].first + parent].address;
     for (int attempt = 0;; attempt++) {
         ULONG left = pending_failure();
-        long before = heap_now();
+        long before = live_blocks();
         void *out = SENTINEL;
         SCODE status = parent_address ? MAPIAllocateMore(size, parent_address, &out)
                                       : MAPIAllocateBuffer(size, &out);
@@ -178,8 +172,7 @@ static unsigned char *allocate(struct run *run, ULONG size, int tree, unsigned p
         REQUIRE_MSG(attempt == 0, "the retry failed too: status 0x%08x", (unsigned)status);
         CHECK_MSG(status == MAPI_E_NOT_ENOUGH_MEMORY, "status 0x%08x", (unsigned)status);
         CHECK_MSG(out == NULL, "out-pointer left at %p", out);
-        CHECK_MSG(heap_now() == before, "a refused call changed the heap by %+ld " HEAP_UNIT,
-                  heap_now() - before);
+        CHECK_MSG(live_blocks() == before, "a refused call changed the live blocks by %+ld", live_blocks() - before);
         CHECK_MSG(left != NO_FAILURE && pending_failure() == NO_FAILURE,
                   "refused with no failure armed (pending %u)", (unsigned)left);
         if (tree >= 0)
@@ -203,12 +196,11 @@ static void free_tree(struct run *run, unsigned tree)
     struct tree *t = &run->trees[tree];
     CHECK_MSG(tree_intact(run, tree), "tree %u lost contents before its free", tree);
     ULONG left = pending_failure();
-    long before = client_blocks_now();
+    long before = live_blocks();
     void *root = run->blocks[t->first].address;
     CHECK(MAPIFreeBuffer(root) == 0);
     figures->calls++;
-    long after = client_blocks_now();
-    long after_all = heap_now();
+    long after = live_blocks();
     t->live = 0;
     if (left != NO_FAILURE && pending_failure() == NO_FAILURE) {
         /* A free asks for no memory; should one ever, a refusal must be
@@ -216,7 +208,7 @@ static void free_tree(struct run *run, unsigned tree)
         run->failed_in_free++;
         run->failure_reached = 1;
     }
-    CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the heap by %+ld blocks",
+    CHECK_MSG(after == before - (long)t->count, "freeing a tree of %u blocks changed the live blocks by %+ld",
               t->count, after - before);
     /* Nothing was allocated since the free, so no address is live again. */
     ULONG armed = pending_failure();
@@ -229,8 +221,7 @@ static void free_tree(struct run *run, unsigned tree)
     }
     CHECK(MAPIFreeBuffer(root) == 0);
     figures->calls++;
-    CHECK_MSG(heap_now() == after_all, "misuse after a free changed the heap by %+ld " HEAP_UNIT,
-              heap_now() - after_all);
+    CHECK_MSG(live_blocks() == after, "misuse after a free changed the live blocks by %+ld", live_blocks() - after);
     if (armed != NO_FAILURE && pending_failure() == NO_FAILURE) {
         run->failed_in_misuse++;
         run->failure_reached = 1;
@@ -317,7 +308,7 @@ static int run_once(workload_fn workload, ULONG successes, unsigned n)
     static struct run run;
     memset(&run, 0, sizeof run);
     run.seed = n * 7919u;
-    long baseline = client_blocks_now();
+    long baseline = live_blocks();
     mapi32_test_fail_allocation_after(successes);
     workload(&run);
     ULONG left = mapi32_test_fail_allocation_after(NO_FAILURE);
@@ -327,7 +318,7 @@ static int run_once(workload_fn workload, ULONG successes, unsigned n)
               run.failure_reached ? "a" : "no");
     for (unsigned i = 0; i < run.tree_count; i++)
         CHECK_MSG(!run.trees[i].live, "N=%u: workload left tree %u", n, i);
-    long leaked = client_blocks_now() - baseline;
+    long leaked = live_blocks() - baseline;
     CHECK_MSG(leaked == 0, "N=%u: %+ld blocks after everything was freed", n, leaked);
     figures->runs++;
     figures->failed_blocks += run.failed_blocks;
